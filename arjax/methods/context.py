@@ -1,0 +1,118 @@
+"""What every training method shares: the classification term and the attack.
+
+A method is a pure function
+``loss(ctx, params, batch_stats, batch, key) -> (loss, (metrics, new_batch_stats))``
+where ``ctx`` is a :class:`MethodContext` built once from the config. The
+method decides weighting and reduction exactly as its paper writes them
+(DESIGN §3.5).
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from arjax import attacks, losses
+from arjax.config_lib import check_choice, check_range
+from arjax.models import ModelFns
+from arjax.types import Array, PRNGKey, PyTree
+
+# Classification losses a method can train with (per example, [B]).
+CLS_LOSSES: dict[str, Callable[[Array, Array], Array]] = {
+    "ce": losses.classification_loss,
+    "weighted_bce": losses.weighted_bce,
+}
+ATTACKS = ("fgsm", "pgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodContext:
+    """Static pieces a method loss closes over.
+
+    Attributes:
+      model: the model's pure functions.
+      cfg: the ``method`` config section.
+      bounds: valid input range ``(lo, hi)`` or None (two-moons points).
+    """
+
+    model: ModelFns
+    cfg: ml_collections.ConfigDict
+    bounds: tuple[float, float] | None
+
+    def cls_loss(self, logits: Array, labels: Array) -> Array:
+        """Per-example classification loss ``[B]`` named by ``method.cls_loss``."""
+        return CLS_LOSSES[self.cfg.get("cls_loss", "ce")](logits, labels)
+
+    def attack(
+        self, params: PyTree, batch_stats: PyTree, x: Array, y: Array, key: PRNGKey
+    ) -> Array:
+        """Adversarial inputs for ``x`` from the configured attack (gradients stopped).
+
+        FGSM uses ``step = eps``; PGD uses ``method.step_size`` when set, else
+        ``alpha * eps / num_steps`` (IMA's convention, alpha = 4; Madry's
+        2.5 is ``alpha=2.5``). The model runs in eval mode unless
+        ``method.attack_train_mode`` is set.
+        """
+        cfg = self.cfg
+        f = self.model.logits_fn(params, batch_stats, train=cfg.get("attack_train_mode", False))
+        if cfg.attack == "fgsm":
+            return attacks.fgsm(
+                f, x, y, eps=cfg.eps, norm=cfg.norm, loss=cfg.attack_loss, bounds=self.bounds
+            )
+        step = cfg.get("step_size", None) or cfg.alpha * cfg.eps / cfg.num_steps
+        return attacks.pgd(
+            f,
+            x,
+            y,
+            key,
+            eps=cfg.eps,
+            step_size=step,
+            num_steps=cfg.num_steps,
+            norm=cfg.norm,
+            loss=cfg.attack_loss,
+            random_start=cfg.random_start,
+            bounds=self.bounds,
+        )
+
+
+def mean(values: Array) -> Array:
+    """Batch mean of per-example values ``[B] -> []``."""
+    return jnp.mean(values)
+
+
+def accuracy(logits: Array, labels: Array) -> Array:
+    """Fraction of the batch classified correctly (a metric, not differentiated)."""
+    return jnp.mean(losses.predictions_correct(jax.lax.stop_gradient(logits), labels))
+
+
+def validate_attack(cfg: ml_collections.ConfigDict) -> None:
+    """Checks the attack fields shared by adversarial methods (``method.*``)."""
+    check_choice(cfg, "method.attack", ATTACKS)
+    check_choice(cfg, "method.norm", attacks.NORMS)
+    check_choice(cfg, "method.attack_loss", ("ce", "margin"))
+    check_range(cfg, "method.eps", 0.0, lo_open=True)
+    if cfg.method.attack == "pgd":
+        check_range(cfg, "method.num_steps", 1, integer=True)
+        check_range(cfg, "method.alpha", 0.0, lo_open=True)
+
+
+def validate_common(cfg: ml_collections.ConfigDict) -> None:
+    """Checks fields every method has."""
+    check_choice(cfg, "method.cls_loss", CLS_LOSSES)
+
+
+def attack_defaults() -> dict:
+    """Default attack fields (PGD-20, alpha 4, linf, random start: IMA's ``adv eps``)."""
+    return dict(
+        attack="pgd",
+        eps=0.1,
+        num_steps=20,
+        alpha=4.0,
+        step_size=None,
+        norm="linf",
+        attack_loss="ce",
+        random_start=True,
+        attack_train_mode=False,
+    )

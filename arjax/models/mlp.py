@@ -1,0 +1,88 @@
+"""Multi-layer perceptron returning logits and penultimate features.
+
+Used by the two-moons experiments of both papers:
+
+* ARFL (Hao et al., §4.2): 2-10-10-1, ReLU, one binary logit; ``L_robust``
+  is computed on the penultimate layer.
+* IMA (Ma et al., Moons experiment): 2-32-64-128-2 with LayerNorm and
+  LeakyReLU, softmax over two classes.
+"""
+
+from collections.abc import Sequence
+
+import jax
+from flax import nnx
+
+from arjax.types import Array
+
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "gelu": jax.nn.gelu,
+    "tanh": jax.numpy.tanh,
+}
+
+
+class MLP(nnx.Module):
+    """Fully connected network ``in -> hidden... -> outputs``.
+
+    Each hidden layer is ``Linear -> [LayerNorm] -> activation``. The output
+    of the last hidden layer is the feature vector (the "penultimate layer"
+    that ARFL regularises).
+
+    Args:
+      in_features: input width D (2 for two-moons points).
+      hidden: widths of the hidden layers, e.g. ``(10, 10)``.
+      num_outputs: 1 for a single binary logit (logits come out as ``[B]``),
+        K > 1 for a softmax head (``[B, K]``).
+      activation: one of ``ACTIVATIONS``.
+      layer_norm: put a LayerNorm after every hidden Linear (IMA's Moons net).
+      rngs: parameter initialisation streams.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int] = (10, 10),
+        num_outputs: int = 1,
+        activation: str = "relu",
+        layer_norm: bool = False,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown model.activation {activation!r}; valid: {sorted(ACTIVATIONS)}"
+            )
+        widths = (in_features, *hidden)
+        self.hidden = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+        )
+        self.norms = nnx.List(
+            [nnx.LayerNorm(w, rngs=rngs) for w in hidden] if layer_norm else []
+        )
+        self.head = nnx.Linear(widths[-1], num_outputs, rngs=rngs)
+        self.activation = activation
+        self.num_outputs = num_outputs
+
+    def __call__(self, x: Array) -> tuple[Array, Array]:
+        """Forward pass.
+
+        Args:
+          x: float ``[B, D]``.
+
+        Returns:
+          ``(logits, features)``: logits ``[B]`` (one output) or ``[B, K]``;
+          features ``[B, hidden[-1]]``, the penultimate activations.
+        """
+        act = ACTIVATIONS[self.activation]
+        h = x.reshape(x.shape[0], -1)
+        for i, layer in enumerate(self.hidden):
+            h = layer(h)
+            if len(self.norms):
+                h = self.norms[i](h)
+            h = act(h)
+        logits = self.head(h)
+        if self.num_outputs == 1:
+            logits = logits[:, 0]
+        return logits, h

@@ -1,0 +1,83 @@
+"""Orbax checkpoints of the ``TrainState``: periodic, final, and on SIGTERM.
+
+The data pipeline needs no saved iterator: batches are addressed by the
+global step (``train_dataset(...)[step]``), so restoring the step restores the
+data position exactly.
+"""
+
+import os
+import signal
+import threading
+
+import jax
+import orbax.checkpoint as ocp
+
+from arjax.training.state import TrainState
+
+
+class Checkpointer:
+    """Thin wrapper over ``ocp.CheckpointManager`` for one run directory.
+
+    Args:
+      directory: ``<workdir>/checkpoints``.
+      max_to_keep: number of recent checkpoints kept.
+    """
+
+    def __init__(self, directory: str, max_to_keep: int = 2):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """The newest saved step, or None."""
+        return self.manager.latest_step()
+
+    def save(self, state: TrainState, *, force: bool = True) -> None:
+        """Saves ``state`` under its step (no-op when that step is already saved)."""
+        step = int(jax.device_get(state.step))
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+    def restore(self, like: TrainState, step: int | None = None) -> TrainState:
+        """Restores the given (default: latest) step into the structure and shardings of ``like``."""
+        step = self.latest_step() if step is None else step
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def wait(self) -> None:
+        """Blocks until asynchronous saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finishes pending saves and releases the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+class PreemptionFlag:
+    """Set by SIGTERM (and SIGINT); the loop saves and exits cleanly when it is set.
+
+    Handlers are installed only from the main thread and restored on ``close``.
+    """
+
+    def __init__(self):
+        self.event = threading.Event()
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame):
+        del frame
+        self.signal = signal.Signals(signum).name
+        self.event.set()
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+    def close(self) -> None:
+        """Restores the previous signal handlers."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}

@@ -1,0 +1,356 @@
+"""The one imperative host loop: data, compiled steps, logging, checkpoints, report.
+
+``run(config, workdir)`` trains every seed in ``config.seeds`` (one run
+directory each when there are several), evaluates, and writes the report.
+Restarting the same command resumes each seed from its latest checkpoint; a
+finished seed is not retrained. SIGTERM/SIGINT save a checkpoint and return.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from arjax import data as data_lib
+from arjax import methods
+from arjax.config_lib import ConfigError, check_range, to_json
+from arjax.evaluation import report as report_lib
+from arjax.evaluation import suite
+from arjax.evaluation.metrics import aggregate
+from arjax.models import MODELS, build_model
+from arjax.training import optim, parallel
+from arjax.training.checkpoint import Checkpointer, PreemptionFlag
+from arjax.training.state import create_train_state
+from arjax.training.step import compile_multi_step
+
+log = logging.getLogger("arjax")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class Preempted(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """The run received SIGTERM/SIGINT and saved a checkpoint."""
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Checks every section of an experiment config before any compute.
+
+    Raises:
+      ConfigError: naming the field and the valid choices or range.
+    """
+    if cfg.data.name not in data_lib.DATASETS:
+        raise ConfigError(
+            f"unknown data.name {cfg.data.name!r}; valid choices: {', '.join(data_lib.DATASETS)}"
+        )
+    if cfg.model.name not in MODELS:
+        raise ConfigError(
+            f"unknown model.name {cfg.model.name!r}; valid choices: {', '.join(MODELS)}"
+        )
+    methods.validate(cfg)
+    optim.validate(cfg)
+    suite.validate(cfg)
+    for field in ("batch_size", "num_epochs", "steps_per_call"):
+        check_range(cfg, f"train.{field}", 1, integer=True)
+    for field in ("log_every", "eval_every", "checkpoint_every"):
+        check_range(cfg, f"train.{field}", 0, integer=True)
+    if not len(cfg.seeds):
+        raise ConfigError("seeds is empty; give at least one seed, e.g. seeds=(0,)")
+
+
+@dataclasses.dataclass
+class _Writer:
+    """Append-only ``metrics.jsonl``; readers keep the last record per (kind, step)."""
+
+    path: str
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+
+
+def _check_workdir_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
+    """Writes ``config.json``; refuses to resume a run made with another config."""
+    path = os.path.join(workdir, "config.json")
+    text = to_json(cfg)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if old != text:
+            old_flat = _flatten(json.loads(old))
+            new_flat = _flatten(json.loads(text))
+            keys = old_flat.keys() | new_flat.keys()
+            diff = sorted(k for k in keys if old_flat.get(k) != new_flat.get(k))
+            raise ConfigError(
+                f"{path} holds a run with a different config (fields {diff[:6]}); "
+                "use another --workdir or delete that one"
+            )
+        return
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _boundary(step: int, every: int, total: int) -> int:
+    """The next step > ``step`` that is a multiple of ``every`` (or ``total``)."""
+    if every <= 0:
+        return total
+    return min(total, (step // every + 1) * every)
+
+
+def train_seed(
+    cfg: ml_collections.ConfigDict,
+    seed: int,
+    workdir: str,
+    dataset: data_lib.DatasetSplits,
+    *,
+    preempted: PreemptionFlag,
+    progress: bool = True,
+) -> dict:
+    """Trains (or resumes) one seed in ``workdir`` and returns its evaluation.
+
+    Args:
+      cfg: the validated experiment config.
+      seed: model initialisation / shuffling / attack seed of this run.
+      workdir: this run's directory.
+      dataset: the loaded splits.
+      preempted: set by SIGTERM; the loop then saves and raises ``Preempted``.
+      progress: show a progress bar.
+
+    Returns:
+      the evaluation dict of the final state (also written to ``result.json``).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    result_path = os.path.join(workdir, "result.json")
+    tcfg = cfg.train
+    mesh = parallel.make_mesh(tcfg.get("num_devices", 0))
+    train = dataset.splits["train"]
+    if tcfg.batch_size % mesh.size:
+        raise ConfigError(
+            f"train.batch_size={tcfg.batch_size} must be divisible by the {mesh.size} devices"
+        )
+    spe = data_lib.steps_per_epoch(len(train["label"]), tcfg.batch_size)
+    total = spe * tcfg.num_epochs
+    model, params, batch_stats = build_model(
+        cfg.model, dataset.input_shape, dataset.num_classes, seed
+    )
+    tx = optim.make_optimizer(cfg.optim, total)
+    state = parallel.put_replicated(create_train_state(params, batch_stats, tx, seed), mesh)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), tcfg.get("max_checkpoints", 2))
+    start = ckpt.latest_step()
+    if start is not None:
+        state = ckpt.restore(state)
+        log.info("resumed %s from step %d", workdir, start)
+    step = int(state.step)
+    writer = _Writer(os.path.join(workdir, "metrics.jsonl"))
+    if step >= total and os.path.exists(result_path):
+        ckpt.close()
+        with open(result_path) as f:
+            return json.load(f)
+
+    loss_fn = methods.make_loss(cfg.method, model, dataset.bounds)
+    multi_step = compile_multi_step(loss_fn, tx, mesh)
+    ds = data_lib.train_dataset(
+        train,
+        batch_size=tcfg.batch_size,
+        seed=seed,
+        num_epochs=tcfg.num_epochs,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    k = tcfg.steps_per_call
+    stacked = parallel.batch_sharding(mesh, leading_axes=2)
+    bar = tqdm.tqdm(
+        total=total, initial=step, disable=not progress, unit="step", desc=f"seed {seed}"
+    )
+    t_last, n_since = time.perf_counter(), 0
+    try:
+        while step < total:
+            stop = min(
+                step + k,
+                _boundary(step, tcfg.log_every, total),
+                _boundary(step, tcfg.eval_every, total),
+                _boundary(step, tcfg.checkpoint_every, total),
+            )
+            n = stop - step
+            host = [ds[s] for s in range(step, stop)] + [ds[stop - 1]] * (k - n)
+            batches = jax.tree.map(lambda *a: np.stack(a), *host)
+            valid = np.arange(k) < n
+            state, m = multi_step(state, parallel.put_batch(batches, stacked), valid)
+            m = {key: np.asarray(v)[:n] for key, v in jax.device_get(m).items()}
+            bad = ~np.isfinite(m["loss"])
+            if bad.any():
+                first = step + int(np.argmax(bad)) + 1
+                raise NonFiniteLossError(
+                    f"non-finite loss {m['loss'][bad][0]} at step {first} "
+                    f"(method {cfg.method.name!r}, seed {seed}); last checkpoint: "
+                    f"{ckpt.latest_step()}. Lower optim.learning_rate or check the data."
+                )
+            step = stop
+            n_since += n
+            bar.update(n)
+            if tcfg.log_every and (step % tcfg.log_every == 0 or step == total):
+                now = time.perf_counter()
+                rate = n_since * tcfg.batch_size / max(now - t_last, 1e-9)
+                means = {f"train/{key}": float(np.mean(v)) for key, v in m.items()}
+                writer.write({"step": step, "epoch": step / spe, **means, "examples_per_s": rate})
+                bar.set_postfix(loss=f"{means['train/loss']:.4f}", ex_s=f"{rate:,.0f}")
+                t_last, n_since = now, 0
+            if tcfg.eval_every and (step % tcfg.eval_every == 0 or step == total):
+                split = "val" if "val" in dataset.splits else "test"
+                logits = suite.predict(
+                    model,
+                    state.params,
+                    state.batch_stats,
+                    dataset.splits[split],
+                    batch_size=cfg.eval.batch_size,
+                    mesh=mesh,
+                )
+                ev = suite.classification_metrics(logits, dataset.splits[split]["label"])
+                writer.write({"step": step, **{f"{split}/{k_}": v for k_, v in ev.items()}})
+            if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
+                ckpt.save(state)
+            if preempted:
+                ckpt.save(state)
+                ckpt.wait()
+                raise Preempted(f"{preempted.signal}: saved step {step} in {workdir}")
+        ckpt.save(state)
+        ckpt.wait()
+    finally:
+        bar.close()
+        ckpt.close()
+
+    split = cfg.eval.get("split", "test")
+    key = jax.random.fold_in(jax.random.key(seed), 0x5EED)
+    result = suite.evaluate(
+        model,
+        state.params,
+        state.batch_stats,
+        dataset.splits[split],
+        cfg.eval,
+        dataset.bounds,
+        key,
+        mesh,
+    )
+    result.update(seed=seed, steps=step, split=split)
+    _plots_for_run(cfg, dataset, model, state, workdir, split, seed)
+    report_lib.write_json(result_path, result)
+    return result
+
+
+def _plots_for_run(cfg, dataset, model, state, workdir, split, seed) -> None:
+    """Per-run PNGs: training curves, and the decision boundary for 2-D data."""
+    records = report_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    if records:
+        report_lib.plot_training_curves(records, os.path.join(workdir, "training_curves.png"))
+    if tuple(dataset.input_shape) == (2,):
+        f = jax.jit(model.logits_fn(state.params, state.batch_stats))
+
+        def prob(points):
+            logits = np.asarray(f(np.asarray(points, np.float32)))
+            return 1 / (1 + np.exp(-logits)) if logits.ndim == 1 else _softmax1(logits)
+
+        arrays = dataset.splits[split]
+        report_lib.plot_decision_boundary(
+            prob,
+            arrays["image"],
+            arrays["label"],
+            os.path.join(workdir, "decision_boundary.png"),
+            title=f"{cfg.get('name', cfg.method.name)}, seed {seed}, {split} split",
+        )
+
+
+def _softmax1(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e[:, 1] / e.sum(-1)
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> dict | None:
+    """Runs an experiment end to end (all seeds) and writes its report.
+
+    Args:
+      cfg: experiment config (validated here, before any compute).
+      workdir: output directory; an existing run there is resumed.
+      progress: show progress bars.
+
+    Returns:
+      the report dict, or None when the run was preempted (a checkpoint was
+      saved; rerun the same command to continue).
+    """
+    validate(cfg)
+    os.makedirs(workdir, exist_ok=True)
+    _check_workdir_config(workdir, cfg)
+    dataset = data_lib.load_dataset(cfg.data)
+    seeds = tuple(int(s) for s in cfg.seeds)
+    preempted = PreemptionFlag()
+    results = []
+    try:
+        for seed in seeds:
+            run_dir = workdir if len(seeds) == 1 else os.path.join(workdir, f"seed_{seed}")
+            results.append(
+                train_seed(cfg, seed, run_dir, dataset, preempted=preempted, progress=progress)
+            )
+    except Preempted as e:
+        log.warning("%s; rerun the same command to resume", e)
+        return None
+    finally:
+        preempted.close()
+    report = _report(cfg, results)
+    report_lib.write_json(os.path.join(workdir, "report.json"), report)
+    curves = {cfg.method.name: _curve_with_std(results)}
+    report_lib.plot_accuracy_vs_eps(
+        curves, os.path.join(workdir, "accuracy_vs_eps.png"), title=cfg.get("name", "")
+    )
+    return report
+
+
+def _scalars(result: dict) -> dict[str, float]:
+    """Flat ``{"clean/accuracy": ..., "adversarial/auc": ...}`` of one run's numbers."""
+    out = {}
+    for section in ("clean", "adversarial"):
+        for key, value in result.get(section, {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                if key not in ("eps",):
+                    out[f"{section}/{key}"] = float(value)
+    out["robust_curve/area"] = float(result["robust_curve"]["area"])
+    return out
+
+
+def _curve_with_std(results: list[dict]):
+    eps = np.asarray(results[0]["robust_curve"]["eps"], float)
+    accs = np.asarray([r["robust_curve"]["accuracy"] for r in results], float)
+    std = accs.std(0, ddof=1) if len(results) > 1 else None
+    return (eps, accs.mean(0), std)
+
+
+def _report(cfg: ml_collections.ConfigDict, results: list[dict]) -> dict:
+    """The experiment report: per-seed results and mean (std) over seeds."""
+    summary = aggregate([_scalars(r) for r in results])
+    clean = summary.get("clean/accuracy", {}).get("mean", math.nan)
+    adv = summary.get("adversarial/accuracy", {}).get("mean", math.nan)
+    return {
+        "name": cfg.get("name", ""),
+        "method": cfg.method.name,
+        "seeds": [r["seed"] for r in results],
+        "summary": summary,
+        "mean_accuracy": (clean + adv) / 2,
+        "runs": results,
+    }

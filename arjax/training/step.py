@@ -1,0 +1,88 @@
+"""Pure training and evaluation steps, written for the global batch (DESIGN §3.7).
+
+``train_step(state, batch) -> (state, metrics)`` takes one optimiser step;
+``multi_step`` runs ``k`` of them inside one compiled ``lax.scan`` so that the
+host loop dispatches once per ``k`` steps (tiny models, e.g. two-moons MLPs,
+are otherwise bound by Python dispatch). A ``valid`` mask lets the last call
+of a run do fewer than ``k`` real steps without a second compilation.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from arjax.training import parallel
+from arjax.training.state import TrainState, step_key
+from arjax.types import Batch, Metrics
+
+# loss(params, batch_stats, batch, key) -> (loss, (metrics, new_batch_stats))
+MethodLoss = Callable
+
+
+def make_train_step(
+    loss_fn: MethodLoss, tx: optax.GradientTransformation
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """One optimiser update on the batch.
+
+    The step key is ``fold_in(state.rng, state.step)``, so a resumed run
+    draws the same randomness as an uninterrupted one.
+    """
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (metrics, batch_stats)), grads = grad_fn(
+            state.params, state.batch_stats, batch, step_key(state)
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        return new_state, metrics
+
+    return train_step
+
+
+def make_multi_step(
+    train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]],
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+    """``k`` train steps in one ``lax.scan``.
+
+    Args:
+      train_step: from :func:`make_train_step`.
+
+    Returns:
+      ``multi_step(state, batches, valid)`` with ``batches`` stacked
+      ``[k, B, ...]`` and ``valid`` bool ``[k]``; steps whose ``valid`` is
+      False leave the state unchanged (padding of the run's last call).
+      Metrics come back stacked ``[k]``.
+    """
+
+    def body(state, inputs):
+        batch, ok = inputs
+        new_state, metrics = train_step(state, batch)
+        state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+        return state, metrics
+
+    def multi_step(state, batches, valid):
+        return jax.lax.scan(body, state, (batches, valid))
+
+    return multi_step
+
+
+def compile_multi_step(
+    loss_fn: MethodLoss, tx: optax.GradientTransformation, mesh: Mesh
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+    """The jitted data-parallel multi-step: batch sharded, state replicated and donated."""
+    fn = make_multi_step(make_train_step(loss_fn, tx))
+    repl = parallel.replicated(mesh)
+    return jax.jit(
+        fn,
+        in_shardings=(repl, parallel.batch_sharding(mesh, leading_axes=2), repl),
+        out_shardings=(repl, repl),
+        donate_argnums=0,
+    )

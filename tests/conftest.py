@@ -1,0 +1,16 @@
+"""Test setup: 8 fake CPU devices, so data-parallel code runs as on 8 chips.
+
+The flag must be set before JAX initialises its backends, hence at import
+time of this conftest (pytest imports it before any test module).
+"""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
