@@ -1,0 +1,118 @@
+"""Per-example objectives that an untargeted attack maximises.
+
+Names (DESIGN §8): ``"ce"`` (cross-entropy, or BCE for one logit / multi-hot labels),
+``"margin"`` (Carlini-Wagner logit margin, arXiv 1608.04644 objective f6, unclamped), and
+``"kl"`` (KL divergence from the clean prediction, TRADES, arXiv 1901.08573 Eq. 5).
+All objectives return ``[B]`` and work for the three heads of
+:func:`arjax.losses.classification.head_kind`.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from arjax.losses.classification import classification_loss, head_kind
+from arjax.types import Array
+
+LOSSES = ("ce", "margin", "kl")
+
+
+def check_loss_name(name: str) -> None:
+    """Raise a ValueError listing the valid choices unless ``name`` is in ``LOSSES``."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown attack loss {name!r}; valid choices: {', '.join(LOSSES)}.")
+
+
+def margin_objective(logits: Array, labels: Array) -> Array:
+    """Logit margin, positive exactly when the example is misclassified.
+
+    Softmax: ``max_{j != y} z_j - z_y`` (Carlini & Wagner). Single binary logit:
+    ``-(2y - 1) * z``. Multi-label: ``sum_c -(2 y_c - 1) * z_c`` (the per-class binary
+    margins summed; positive-iff-misclassified then holds per class, not for the sum).
+
+    Args:
+      logits: float ``[B, K]``, ``[B]``, ``[B, 1]`` or ``[B, C]``.
+      labels: int ``[B]``, ``[B]`` in ``{0, 1}``, or multi-hot ``[B, C]``.
+
+    Returns:
+      float ``[B]``.
+    """
+    labels = jnp.asarray(labels)
+    kind = head_kind(logits, labels)
+    if kind == "softmax":
+        is_label = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.bool_)
+        z_label = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)
+        z_other = jnp.max(jnp.where(is_label, -jnp.inf, logits), axis=-1)
+        return z_other - z_label
+    if kind == "binary":
+        z = logits.reshape(logits.shape[0])
+        sign = 2.0 * jnp.reshape(labels, z.shape).astype(z.dtype) - 1.0
+        return -sign * z
+    sign = 2.0 * labels.astype(logits.dtype) - 1.0
+    return jnp.sum(-sign * logits, axis=-1)
+
+
+def _bernoulli_log_probs(logits: Array) -> Array:
+    """``[..., 2]`` log-probabilities ``(log p, log(1 - p))`` of ``p = sigmoid(logits)``."""
+    return jnp.stack([jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)], axis=-1)
+
+
+def kl_objective(logits: Array, labels: Array, clean_logits: Array) -> Array:
+    """``KL(P_clean || P_adv)`` per example, the TRADES inner objective.
+
+    Softmax: categorical KL between ``softmax(clean_logits)`` and ``softmax(logits)``.
+    Single binary logit: the Bernoulli KL between ``sigmoid(clean)`` and ``sigmoid(z)``;
+    multi-label: the Bernoulli KLs summed over the C classes. The labels only select the
+    head. No gradient is stopped here: the attack stops it on ``clean_logits``.
+
+    Args:
+      logits: float ``[B, K]``, ``[B]``, ``[B, 1]`` or ``[B, C]`` at the perturbed input.
+      labels: labels matching the head (used for the dispatch only).
+      clean_logits: float, same shape as ``logits``, at the clean input.
+
+    Returns:
+      float ``[B]``, ``>= 0``, zero when ``logits == clean_logits``.
+    """
+    if jnp.shape(clean_logits) != jnp.shape(logits):
+        raise ValueError(
+            f"clean_logits {jnp.shape(clean_logits)} must have the shape of the logits "
+            f"{jnp.shape(logits)}."
+        )
+    kind = head_kind(logits, jnp.asarray(labels))
+    if kind == "softmax":
+        return optax.losses.kl_divergence_with_log_targets(
+            jax.nn.log_softmax(logits), jax.nn.log_softmax(clean_logits)
+        )
+    per_class = optax.losses.kl_divergence_with_log_targets(
+        _bernoulli_log_probs(logits), _bernoulli_log_probs(clean_logits)
+    )
+    return per_class.reshape(per_class.shape[0], -1).sum(axis=-1)
+
+
+def attack_objective(
+    name: str, logits: Array, labels: Array, clean_logits: Array | None = None
+) -> Array:
+    """The per-example value an untargeted attack maximises.
+
+    Args:
+      name: one of ``LOSSES``: ``"ce"`` -> :func:`arjax.losses.classification_loss`;
+        ``"margin"`` -> :func:`margin_objective`; ``"kl"`` -> :func:`kl_objective`.
+      logits: float ``[B, K]``, ``[B]``, ``[B, 1]`` or ``[B, C]`` at the perturbed input.
+      labels: int ``[B]``, ``[B]`` in ``{0, 1}``, or multi-hot ``[B, C]``.
+      clean_logits: logits at the clean input, required for ``"kl"`` only.
+
+    Returns:
+      float ``[B]``.
+
+    Raises:
+      ValueError: for an unknown name (the message lists the valid ones), for ``"kl"``
+        without ``clean_logits``, or for shapes that match no head.
+    """
+    check_loss_name(name)
+    if name == "ce":
+        return classification_loss(logits, labels)
+    if name == "margin":
+        return margin_objective(logits, labels)
+    if clean_logits is None:
+        raise ValueError('attack loss "kl" needs clean_logits (the logits at the clean input).')
+    return kl_objective(logits, labels, clean_logits)

@@ -1,0 +1,165 @@
+"""PGD (Madry et al., arXiv 1706.06083) and FGSM as its one-step case.
+
+FGSM is Goodfellow et al., arXiv 1412.6572.
+
+Both are pure functions of arrays: they see the model only through a ``logits_fn`` closure
+the caller built (eval-mode statistics by default, DESIGN §3.6), use a static number of
+steps in a ``lax.fori_loop``, and are jittable as a whole with the radius traced.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from arjax.attacks.geometry import (
+    check_norm_name,
+    clip_to_bounds,
+    per_sample,
+    project,
+    random_init,
+    step_direction,
+)
+from arjax.attacks.objectives import attack_objective, check_loss_name
+from arjax.types import Array, LogitsFn, PRNGKey, Radius
+
+# Madry et al. use a step size of 2.5 * eps / num_steps (alpha = 2.5).
+DEFAULT_STEP_FACTOR = 2.5
+
+
+def pgd(
+    logits_fn: LogitsFn,
+    x: Array,
+    y: Array,
+    key: PRNGKey | None = None,
+    *,
+    eps: Radius,
+    step_size: Radius | None = None,
+    num_steps: int = 10,
+    norm: str = "linf",
+    loss: str = "ce",
+    random_start: bool = True,
+    bounds: tuple[float, float] | None = (0.0, 1.0),
+    targeted: bool = False,
+    clean_logits: Array | None = None,
+) -> Array:
+    """Projected gradient ascent on a per-example objective inside an l-inf or l2 ball.
+
+    Madry et al. (2018), Eq. 2 / Sec. 2.1: start at ``x`` (or at a uniform random point of
+    the ball), then ``num_steps`` times
+    ``delta <- project(delta + step_size * step_direction(grad), eps)`` and
+    ``x_adv <- clip(x + delta, bounds)``, so every iterate, and the result, lies inside
+    both the ball and the bounds (given ``x`` itself lies inside the bounds).
+
+    The objective is summed over the batch before ``jax.grad``: examples are independent,
+    so the gradient of the sum w.r.t. example b is the gradient of example b's objective.
+
+    Args:
+      logits_fn: images ``[B, ...]`` -> logits ``[B, K]``, ``[B]`` or ``[B, C]`` (see
+        :func:`arjax.losses.classification.head_kind`); a closure over the parameters.
+      x: float ``[B, ...]`` clean inputs.
+      y: labels ``[B]`` or multi-hot ``[B, C]``; the target labels when ``targeted``.
+      key: PRNG key; required when ``random_start`` is True.
+      eps: radius; python float, 0-d array or per-sample ``[B]`` (may be traced).
+      step_size: python float or ``[B]``; default ``2.5 * eps / num_steps`` (Madry).
+      num_steps: static python int ``>= 0``.
+      norm: ``"linf"`` or ``"l2"`` (static).
+      loss: ``"ce"``, ``"margin"`` or ``"kl"`` (static); see
+        :func:`arjax.attacks.objectives.attack_objective`.
+      random_start: start from a uniform random point of the ball (static).
+      bounds: ``(lo, hi)`` data range, or None for no clipping (static).
+      targeted: if True, ``y`` are target labels and the attack *minimises* the objective
+        (e.g. the cross-entropy towards them) instead of maximising it (static).
+      clean_logits: logits at ``x`` for ``loss="kl"``; computed once here when None.
+        Gradients through them are stopped either way. The KL gradient vanishes at ``x``,
+        so ``loss="kl"`` wants ``random_start=True`` (TRADES).
+
+    Returns:
+      ``x_adv`` shaped like ``x``, with gradients stopped.
+
+    Raises:
+      ValueError: unknown ``norm`` / ``loss``, ``random_start`` without ``key``, a negative
+        or non-integer ``num_steps``, or badly shaped ``eps`` / ``step_size``.
+    """
+    check_norm_name(norm)
+    check_loss_name(loss)
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 0:
+        raise ValueError(f"num_steps must be a python int >= 0; got {num_steps!r}.")
+    if random_start and key is None:
+        raise ValueError("pgd with random_start=True needs a PRNG key.")
+    x = jax.lax.stop_gradient(jnp.asarray(x))
+    eps_b = per_sample(eps, x)
+    if step_size is None:
+        step_size = DEFAULT_STEP_FACTOR * jnp.asarray(eps) / max(num_steps, 1)
+    step_b = per_sample(step_size, x)
+    if loss == "kl":
+        clean = logits_fn(x) if clean_logits is None else clean_logits
+        clean_logits = jax.lax.stop_gradient(clean)
+    sign = -1.0 if targeted else 1.0
+
+    def total_objective(x_adv: Array) -> Array:
+        values = attack_objective(loss, logits_fn(x_adv), y, clean_logits)
+        return sign * jnp.sum(values)
+
+    grad_fn = jax.grad(total_objective)
+
+    def body(_, delta: Array) -> Array:
+        grad = grad_fn(x + delta)
+        delta = project(delta + step_b * step_direction(grad, norm), eps_b, norm)
+        return clip_to_bounds(x + delta, bounds) - x
+
+    if random_start:
+        delta = clip_to_bounds(x + random_init(key, x, eps, norm), bounds) - x
+    else:
+        delta = jnp.zeros_like(x)
+    delta = lax.fori_loop(0, num_steps, body, delta)
+    return jax.lax.stop_gradient(clip_to_bounds(x + delta, bounds))
+
+
+def fgsm(
+    logits_fn: LogitsFn,
+    x: Array,
+    y: Array,
+    *,
+    eps: Radius,
+    norm: str = "linf",
+    loss: str = "ce",
+    bounds: tuple[float, float] | None = (0.0, 1.0),
+    targeted: bool = False,
+) -> Array:
+    """Fast gradient (sign) method: one full step of size ``eps`` from ``x``.
+
+    Goodfellow et al. (2015), Eq. 3: ``x_adv = clip(x + eps * sign(grad_x L))`` for l-inf;
+    for l2 the step is ``eps * grad / ||grad||``. Implemented as
+    ``pgd(num_steps=1, step_size=eps, random_start=False)``, so the two agree exactly.
+
+    With ``loss="kl"`` the true gradient at ``x`` is zero (the KL to the clean prediction
+    has its minimum there), so the computed gradient is rounding noise and the FGSM step
+    direction is meaningless; TRADES-style attacks need a random start (use :func:`pgd`).
+
+    Args:
+      logits_fn: images ``[B, ...]`` -> logits (see :func:`pgd`).
+      x: float ``[B, ...]`` clean inputs.
+      y: labels ``[B]`` or multi-hot ``[B, C]`` (targets when ``targeted``).
+      eps: radius and step size; python float or per-sample ``[B]``.
+      norm: ``"linf"`` or ``"l2"``.
+      loss: ``"ce"``, ``"margin"`` or ``"kl"``.
+      bounds: ``(lo, hi)`` or None.
+      targeted: minimise the objective towards the labels ``y``.
+
+    Returns:
+      ``x_adv`` shaped like ``x``, with gradients stopped.
+    """
+    return pgd(
+        logits_fn,
+        x,
+        y,
+        None,
+        eps=eps,
+        step_size=eps,
+        num_steps=1,
+        norm=norm,
+        loss=loss,
+        random_start=False,
+        bounds=bounds,
+        targeted=targeted,
+    )
