@@ -58,9 +58,7 @@ class MLP(nnx.Module):
         self.hidden = nnx.List(
             [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
         )
-        self.norms = nnx.List(
-            [nnx.LayerNorm(w, rngs=rngs) for w in hidden] if layer_norm else []
-        )
+        self.norms = nnx.List([nnx.LayerNorm(w, rngs=rngs) for w in hidden] if layer_norm else [])
         self.head = nnx.Linear(widths[-1], num_outputs, rngs=rngs)
         self.activation = activation
         self.num_outputs = num_outputs

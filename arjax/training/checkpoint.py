@@ -40,7 +40,7 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
     def restore(self, like: TrainState, step: int | None = None) -> TrainState:
-        """Restores the given (default: latest) step into the structure and shardings of ``like``."""
+        """Restores a step (default: the latest) into the structure and shardings of ``like``."""
         step = self.latest_step() if step is None else step
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))

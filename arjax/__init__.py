@@ -1,0 +1,24 @@
+"""arjax: adversarially robust training and evaluation of image classifiers in JAX.
+
+Public API (DESIGN §8)::
+
+    import arjax
+    x_adv = arjax.attacks.pgd(logits_fn, x, y, key, eps=0.03, num_steps=20)
+    arjax.losses.arfl_robust(features, y_pm1)
+    curve = arjax.evaluation.robust_accuracy(logits_fn, x, y, key, eps=(0.0, 0.1))
+"""
+
+from arjax import attacks, evaluation, losses, methods, models
+from arjax.config_lib import ConfigError, base_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "attacks",
+    "base_config",
+    "evaluation",
+    "losses",
+    "methods",
+    "models",
+]

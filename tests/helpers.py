@@ -1,0 +1,41 @@
+"""Small builders shared by tests."""
+
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from arjax.config_lib import base_config
+from arjax.models import split_model
+from arjax.models.mlp import MLP
+
+
+def linear_model(w, b):
+    """A 'MLP' with no hidden layer: one binary logit ``x @ w + b``; features = x."""
+    w = jnp.asarray(w, jnp.float32)
+    model = MLP(w.shape[0], hidden=(), num_outputs=1, rngs=nnx.Rngs(0))
+    model.head.kernel.value = w[:, None]
+    model.head.bias.value = jnp.asarray([b], jnp.float32)
+    return split_model(model)
+
+
+def tiny_config(**train) -> ml_collections.ConfigDict:
+    """A seconds-long two-moons config (used by end-to-end tests)."""
+    from arjax.methods import method_config
+
+    c = base_config()
+    c.name = "tiny"
+    c.data.sizes = dict(train=512, test=128)
+    c.model.hidden = (8, 8)
+    c.method = method_config("arfl", r=0.5, lam=0.5, attack="fgsm", eps=0.05)
+    c.optim.learning_rate = 1e-2
+    c.train.batch_size = 64
+    c.train.num_epochs = 4
+    c.train.steps_per_call = 4
+    c.train.log_every = 4
+    c.train.eval_every = 16
+    c.train.checkpoint_every = 16
+    c.eval.batch_size = 128
+    c.eval.num_steps = 5
+    c.eval.eps = (0.0, 0.1, 0.2)
+    c.train.update(train)
+    return c
