@@ -7,6 +7,8 @@ the caller built (eval-mode statistics by default, DESIGN §3.6), use a static n
 steps in a ``lax.fori_loop``, and are jittable as a whole with the radius traced.
 """
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -24,6 +26,128 @@ from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
 # Madry et al. use a step size of 2.5 * eps / num_steps (alpha = 2.5).
 DEFAULT_STEP_FACTOR = 2.5
+
+
+def check_attack_args(
+    norm: str, loss: str, num_steps: int, random_start: bool, key: PRNGKey | None, name: str
+) -> None:
+    """Validate the static arguments shared by the iterative attacks.
+
+    Args:
+      norm: must be in ``NORMS``.
+      loss: must be in ``LOSSES``.
+      num_steps: must be a python int ``>= 0`` (it is a static loop count).
+      random_start: whether a PRNG key is needed.
+      key: PRNG key or None.
+      name: the attack's name, for the messages.
+
+    Raises:
+      ValueError: with the valid choices or the expected type in the message.
+    """
+    check_norm_name(norm)
+    check_loss_name(loss)
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 0:
+        raise ValueError(f"num_steps must be a python int >= 0; got {num_steps!r}.")
+    if random_start and key is None:
+        raise ValueError(f"{name} with random_start=True needs a PRNG key.")
+
+
+def objective_grad_fn(
+    logits_fn: LogitsFn,
+    y: Array,
+    loss: str,
+    *,
+    targeted: bool = False,
+    clean_logits: Array | None = None,
+) -> Callable[[Array], tuple[Array, Array]]:
+    """The input gradient of the summed attack objective, with the logits it was taken at.
+
+    The objective is summed over the batch before differentiating: examples are independent,
+    so the gradient of the sum w.r.t. example b is the gradient of example b's objective.
+    The logits are the auxiliary output of the same forward pass, so an attack that also
+    needs predictions at its iterates (BPGD) pays one forward+backward pass per step.
+
+    Args:
+      logits_fn: images ``[B, ...]`` -> logits ``[B, K]``, ``[B]`` or ``[B, C]``.
+      y: labels ``[B]`` or multi-hot ``[B, C]``.
+      loss: a name in ``LOSSES`` (static).
+      targeted: minimise the objective instead of maximising it (static).
+      clean_logits: logits at the clean input, needed for ``"kl"``; gradients through
+        them are stopped.
+
+    Returns:
+      ``x_adv [B, ...] -> (grad [B, ...], logits)``, the ascent gradient (negated when
+      ``targeted``) and the logits at ``x_adv``.
+    """
+    sign = -1.0 if targeted else 1.0
+    if clean_logits is not None:
+        clean_logits = jax.lax.stop_gradient(clean_logits)
+
+    def total_objective(x_adv: Array) -> tuple[Array, Array]:
+        logits = logits_fn(x_adv)
+        values = attack_objective(loss, logits, y, clean_logits)
+        return sign * jnp.sum(values), logits
+
+    return jax.grad(total_objective, has_aux=True)
+
+
+def start_delta(
+    key: PRNGKey | None,
+    x: Array,
+    eps: Radius,
+    norm: str,
+    bounds: tuple[float, float] | None,
+    random_start: bool,
+) -> Array:
+    """The perturbation of iterate 0: zero, or a uniform random point of the ball.
+
+    Args:
+      key: PRNG key (used only when ``random_start``).
+      x: float ``[B, ...]`` clean inputs.
+      eps: radius, python float or ``[B]``.
+      norm: ``"linf"`` or ``"l2"``.
+      bounds: ``(lo, hi)`` or None; ``x + delta`` is clipped to them.
+      random_start: static.
+
+    Returns:
+      ``delta`` shaped like ``x``, inside the ball and with ``x + delta`` in the bounds.
+    """
+    if not random_start:
+        return jnp.zeros_like(x)
+    return clip_to_bounds(x + random_init(key, x, eps, norm), bounds) - x
+
+
+def ascent_step(
+    x: Array,
+    delta: Array,
+    grad: Array,
+    *,
+    eps: Radius,
+    step_size: Radius,
+    norm: str,
+    bounds: tuple[float, float] | None,
+) -> Array:
+    """One PGD step (Madry et al. 2018, Sec. 2.1; Ma et al. Eq. 1) on the perturbation.
+
+    ``delta <- project(delta + step_size * step_direction(grad), eps)``, then
+    ``clip(x + delta, bounds) - x``. Both maps are projections onto convex sets, so the
+    step moves ``delta`` by at most ``step_size`` in the attack's norm.
+
+    Args:
+      x: float ``[B, ...]`` clean inputs.
+      delta: float ``[B, ...]`` current perturbation.
+      grad: float ``[B, ...]`` ascent gradient at ``x + delta``.
+      eps: radius, python float, ``[B]`` or already ``[B, 1, ..., 1]``.
+      step_size: same shapes as ``eps``.
+      norm: ``"linf"`` or ``"l2"``.
+      bounds: ``(lo, hi)`` or None.
+
+    Returns:
+      the next ``delta``, shaped like ``x``.
+    """
+    step_b = per_sample(step_size, x)
+    delta = project(delta + step_b * step_direction(grad, norm), eps, norm)
+    return clip_to_bounds(x + delta, bounds) - x
 
 
 def pgd(
@@ -80,37 +204,21 @@ def pgd(
       ValueError: unknown ``norm`` / ``loss``, ``random_start`` without ``key``, a negative
         or non-integer ``num_steps``, or badly shaped ``eps`` / ``step_size``.
     """
-    check_norm_name(norm)
-    check_loss_name(loss)
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 0:
-        raise ValueError(f"num_steps must be a python int >= 0; got {num_steps!r}.")
-    if random_start and key is None:
-        raise ValueError("pgd with random_start=True needs a PRNG key.")
+    check_attack_args(norm, loss, num_steps, random_start, key, name="pgd")
     x = jax.lax.stop_gradient(jnp.asarray(x))
     eps_b = per_sample(eps, x)
     if step_size is None:
         step_size = DEFAULT_STEP_FACTOR * jnp.asarray(eps) / max(num_steps, 1)
     step_b = per_sample(step_size, x)
     if loss == "kl":
-        clean = logits_fn(x) if clean_logits is None else clean_logits
-        clean_logits = jax.lax.stop_gradient(clean)
-    sign = -1.0 if targeted else 1.0
-
-    def total_objective(x_adv: Array) -> Array:
-        values = attack_objective(loss, logits_fn(x_adv), y, clean_logits)
-        return sign * jnp.sum(values)
-
-    grad_fn = jax.grad(total_objective)
+        clean_logits = logits_fn(x) if clean_logits is None else clean_logits
+    grad_fn = objective_grad_fn(logits_fn, y, loss, targeted=targeted, clean_logits=clean_logits)
 
     def body(_, delta: Array) -> Array:
-        grad = grad_fn(x + delta)
-        delta = project(delta + step_b * step_direction(grad, norm), eps_b, norm)
-        return clip_to_bounds(x + delta, bounds) - x
+        grad, _ = grad_fn(x + delta)
+        return ascent_step(x, delta, grad, eps=eps_b, step_size=step_b, norm=norm, bounds=bounds)
 
-    if random_start:
-        delta = clip_to_bounds(x + random_init(key, x, eps, norm), bounds) - x
-    else:
-        delta = jnp.zeros_like(x)
+    delta = start_delta(key, x, eps_b, norm, bounds, random_start)
     delta = lax.fori_loop(0, num_steps, body, delta)
     return jax.lax.stop_gradient(clip_to_bounds(x + delta, bounds))
 
