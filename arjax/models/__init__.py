@@ -1,11 +1,21 @@
-"""Model registry: flax NNX modules returning ``(logits, features)``."""
+"""Model registry: flax NNX modules returning ``(logits, features)``.
+
+Registered ``model.name`` values:
+
+* ``"mlp"``: ``MLP`` (fields ``hidden``, ``activation``, ``layer_norm``,
+  ``num_outputs``).
+* ``"ima_cnn"``: the IMA paper's image CNNs, ``model.variant`` picks
+  ``"fmnist"`` (Fashion-MNIST, 28x28x1) or ``"svhn"`` (SVHN, 32x32x3).
+"""
 
 from collections.abc import Callable
 
 import ml_collections
 from flax import nnx
 
+from arjax.models.cnn import ARCHITECTURES, ConvSpec, ImaCNN, feature_map_shape, ima_cnn
 from arjax.models.functional import ModelFns, split_model
+from arjax.models.layers import Conv, conv2d, instance_norm, layer_norm, linear
 from arjax.models.mlp import ACTIVATIONS, MLP
 
 
@@ -19,13 +29,44 @@ def _build_mlp(cfg: ml_collections.ConfigDict, input_shape, num_classes: int, rn
         hidden=tuple(cfg.hidden),
         num_outputs=num_outputs,
         activation=cfg.get("activation", "relu"),
-        layer_norm=cfg.get("layer_norm", False),
+        layer_norm=_bool_or_tuple(cfg.get("layer_norm", False)),
+        rngs=rngs,
+    )
+
+
+def _bool_or_tuple(value):
+    """``model.layer_norm``: a bool, or per-hidden-layer flags (``()`` = none)."""
+    if isinstance(value, bool):
+        return value
+    flags = tuple(bool(v) for v in value)
+    return flags if flags else False
+
+
+def _build_ima_cnn(cfg: ml_collections.ConfigDict, input_shape, num_classes: int, rngs: nnx.Rngs):
+    """IMA's image CNNs: ``model.variant`` is ``"fmnist"`` or ``"svhn"`` (see ``cnn.py``).
+
+    Optional ``model.negative_slope`` (LeakyReLU slope, default 0.01). The
+    input shape and class count come from the data.
+    """
+    variant = cfg.get("variant", None)
+    if variant not in ARCHITECTURES:
+        raise ValueError(f"unknown model.variant {variant!r}; valid: {sorted(ARCHITECTURES)}")
+    convs = ARCHITECTURES[variant][0]
+    try:
+        feature_map_shape(convs, input_shape)
+    except ValueError as e:
+        raise ValueError(f"model.variant {variant!r}: {e}") from None
+    return ima_cnn(
+        variant,
+        num_classes,
+        input_shape,
+        negative_slope=cfg.get("negative_slope", 0.01),
         rngs=rngs,
     )
 
 
 # name -> builder(model_config, per-example input shape, num_classes, rngs) -> nnx.Module
-MODELS: dict[str, Callable[..., nnx.Module]] = {"mlp": _build_mlp}
+MODELS: dict[str, Callable[..., nnx.Module]] = {"mlp": _build_mlp, "ima_cnn": _build_ima_cnn}
 
 
 def build_model(
@@ -48,4 +89,21 @@ def build_model(
     return split_model(module)
 
 
-__all__ = ["ACTIVATIONS", "MLP", "MODELS", "ModelFns", "build_model", "split_model"]
+__all__ = [
+    "ACTIVATIONS",
+    "ARCHITECTURES",
+    "MLP",
+    "MODELS",
+    "Conv",
+    "ConvSpec",
+    "ImaCNN",
+    "ModelFns",
+    "build_model",
+    "conv2d",
+    "feature_map_shape",
+    "ima_cnn",
+    "instance_norm",
+    "layer_norm",
+    "linear",
+    "split_model",
+]

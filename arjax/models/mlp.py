@@ -36,7 +36,8 @@ class MLP(nnx.Module):
       num_outputs: 1 for a single binary logit (logits come out as ``[B]``),
         K > 1 for a softmax head (``[B, K]``).
       activation: one of ``ACTIVATIONS``.
-      layer_norm: put a LayerNorm after every hidden Linear (IMA's Moons net).
+      layer_norm: put a LayerNorm after every hidden Linear (True), or per hidden
+        layer (a tuple of bools; IMA's Moons net has none after the first).
       rngs: parameter initialisation streams.
     """
 
@@ -46,7 +47,7 @@ class MLP(nnx.Module):
         hidden: Sequence[int] = (10, 10),
         num_outputs: int = 1,
         activation: str = "relu",
-        layer_norm: bool = False,
+        layer_norm: bool | Sequence[bool] = False,
         *,
         rngs: nnx.Rngs,
     ):
@@ -58,7 +59,14 @@ class MLP(nnx.Module):
         self.hidden = nnx.List(
             [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
         )
-        self.norms = nnx.List([nnx.LayerNorm(w, rngs=rngs) for w in hidden] if layer_norm else [])
+        flags = (layer_norm,) * len(hidden) if isinstance(layer_norm, bool) else tuple(layer_norm)
+        if len(flags) != len(hidden):
+            raise ValueError(
+                f"model.layer_norm has {len(flags)} entries for {len(hidden)} hidden layers"
+            )
+        self.norms = nnx.List(
+            [nnx.LayerNorm(w, rngs=rngs) if f else None for w, f in zip(hidden, flags, strict=True)]
+        )
         self.head = nnx.Linear(widths[-1], num_outputs, rngs=rngs)
         self.activation = activation
         self.num_outputs = num_outputs
@@ -77,7 +85,7 @@ class MLP(nnx.Module):
         h = x.reshape(x.shape[0], -1)
         for i, layer in enumerate(self.hidden):
             h = layer(h)
-            if len(self.norms):
+            if self.norms[i] is not None:
                 h = self.norms[i](h)
             h = act(h)
         logits = self.head(h)
