@@ -4,11 +4,12 @@
 its splits as numpy arrays plus the facts a model and an attack need
 (input shape, number of classes, pixel bounds). ``train_dataset`` and
 ``eval_batches`` turn a split into batches. New sources (TFDS, medical
-folders) register a builder with ``register_dataset``.
+folders) register a builder with ``register_dataset``
+(``arjax.data.registry``). Registered ``data.name`` values: ``"moons"``
+(below) and ``"tfds"`` (``arjax.data.tfds``).
 """
 
-import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -23,56 +24,9 @@ from arjax.data.pipeline import (
     steps_per_epoch,
     train_dataset,
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSplits:
-    """A dataset's splits and the facts downstream code needs.
-
-    Attributes:
-        splits: Split name -> field -> array; every split has ``image``
-            ``[N, *input_shape]`` and ``label`` (int32 ``[N]`` or float32
-            multi-hot ``[N, C]``).
-        input_shape: Per-example input shape, e.g. ``(2,)`` or ``(28, 28, 1)``.
-        num_classes: Number of classes (or of labels for multi-label data).
-        bounds: ``(low, high)`` value range of the inputs, used to clip
-            attacks; ``None`` when inputs are not images (two moons).
-        name: Registered dataset name.
-    """
-
-    splits: dict[str, dict[str, np.ndarray]]
-    input_shape: tuple[int, ...]
-    num_classes: int
-    bounds: tuple[float, float] | None
-    name: str
-
-
-Builder = Callable[[ml_collections.ConfigDict], DatasetSplits]
-
-# Dataset name -> builder(config.data) -> DatasetSplits.
-DATASETS: dict[str, Builder] = {}
-
-
-def register_dataset(name: str) -> Callable[[Builder], Builder]:
-    """Decorator registering ``builder(config.data) -> DatasetSplits`` as ``name``.
-
-    Args:
-        name: The ``data.name`` value that selects the builder.
-
-    Returns:
-        A decorator returning the builder unchanged.
-
-    Raises:
-        ValueError: If ``name`` is already registered.
-    """
-
-    def decorator(builder: Builder) -> Builder:
-        if name in DATASETS:
-            raise ValueError(f"dataset '{name}' is already registered")
-        DATASETS[name] = builder
-        return builder
-
-    return decorator
+from arjax.data.registry import DATASETS, DatasetSplits, load_dataset, register_dataset
+from arjax.data.synthetic import build_synthetic_images
+from arjax.data.tfds import build_tfds
 
 
 def _check_sizes(sizes: Any) -> dict[str, int]:
@@ -123,28 +77,6 @@ def build_moons(config: ml_collections.ConfigDict) -> DatasetSplits:
     )
 
 
-def load_dataset(config: ml_collections.ConfigDict | Mapping[str, Any]) -> DatasetSplits:
-    """Builds the dataset that ``config.name`` selects.
-
-    Args:
-        config: The ``data`` section of an experiment config (a ConfigDict or
-            a plain mapping) with ``name`` and the builder's fields.
-
-    Returns:
-        The builder's ``DatasetSplits``.
-
-    Raises:
-        ValueError: ``unknown data.name 'x'; valid: ...`` for an unregistered
-            name, or the builder's validation error naming the field.
-    """
-    if not isinstance(config, ml_collections.ConfigDict):
-        config = ml_collections.ConfigDict(dict(config))
-    name = config.get("name")
-    if name not in DATASETS:
-        raise ValueError(f"unknown data.name {name!r}; valid: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](config)
-
-
 __all__ = [
     "DATASETS",
     "INDEX_KEY",
@@ -152,6 +84,8 @@ __all__ = [
     "ArraySource",
     "DatasetSplits",
     "build_moons",
+    "build_synthetic_images",
+    "build_tfds",
     "eval_batches",
     "load_dataset",
     "make_moons",
