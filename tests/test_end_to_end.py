@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
+from arjax import methods
 from arjax.training import checkpoint, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,8 +44,12 @@ def test_run_writes_report_plots_and_checkpoint(tmp_path):
     assert np.all(np.diff(curve["accuracy"]) <= 1e-9)  # robust accuracy falls with eps
 
 
-def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["arfl", "ima"])
+def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, method):
     cfg = tiny_config()
+    if method == "ima":
+        cfg.method = methods.method_config("ima", num_steps=5, num_bisections=4)
+        cfg.model.num_outputs = 2
     straight = loop.run(cfg, str(tmp_path / "a"), progress=False)
 
     # Interrupt run b right after its first checkpoint, as SIGTERM would.
@@ -74,6 +79,9 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch):
     resumed = loop.run(cfg, str(tmp_path / "b"), progress=False)
     a, b = flat_numbers(straight), flat_numbers(resumed)
     assert a.keys() == b.keys()
+    if method == "ima":
+        assert "margins/median" in a
+        assert (tmp_path / "b" / "margin_histogram.png").stat().st_size > 0
     for key in a:
         assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), key
 
@@ -106,9 +114,12 @@ def launch(*args, timeout=300):
 @pytest.mark.parametrize(
     "override,expect",
     [
-        ("--config.method.name=madry", "valid choices: adversarial, arfl, noise, standard"),
-        ("--config.model.name=resnet", "unknown model.name 'resnet'; valid choices: mlp"),
-        ("--config.data.name=mnist", "unknown data.name 'mnist'; valid choices: moons"),
+        ("--config.method.name=madry", "valid choices: adversarial, arfl, ima, noise, standard"),
+        ("--config.model.name=resnet", "unknown model.name 'resnet'; valid choices: ima_cnn, mlp"),
+        (
+            "--config.data.name=mnist",
+            "unknown data.name 'mnist'; valid choices: moons, synthetic_images, tfds",
+        ),
         ("--config.optim.name=lion", "valid choices: adam, adamw, sgd"),
         ("--config.method.r=2.0", "method.r=2.0 is out of range"),
     ],

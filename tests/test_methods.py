@@ -111,9 +111,13 @@ def test_arfl_with_r1_equals_standard_plus_lambda_lrobust():
 
 def test_method_losses_are_differentiable_and_jittable():
     model, params, stats = linear_model(W, B)
+    batch = {**BATCH, "margin": jnp.full((4,), 0.1)}  # IMA reads the batch's margins
     for name in methods.METHODS:
-        loss_fn = methods.make_loss(methods.method_config(name), model, None)
-        grads = jax.jit(jax.grad(lambda p, f=loss_fn: f(p, stats, BATCH, jax.random.key(1))[0]))(
+        cfg = methods.method_config(name)
+        if name == "ima":
+            cfg.delta = 0.01
+        loss_fn = methods.make_loss(cfg, model, None)
+        grads = jax.jit(jax.grad(lambda p, f=loss_fn: f(p, stats, batch, jax.random.key(1))[0]))(
             params
         )
         assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads)), name
@@ -122,7 +126,7 @@ def test_method_losses_are_differentiable_and_jittable():
 @pytest.mark.parametrize(
     "field,value,expect",
     [
-        ("name", "madry", "valid choices: adversarial, arfl, noise, standard"),
+        ("name", "madry", "valid choices: adversarial, arfl, ima, noise, standard"),
         ("r", 1.5, "method.r=1.5 is out of range; valid: [0.0, 1.0]"),
         ("attack", "cw", "valid choices: fgsm, pgd"),
         ("eps", 0.0, "method.eps=0.0 is out of range"),

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
-from arjax import methods
+from arjax import margins, methods
 from arjax.data import moons_splits, train_dataset
 from arjax.models import build_model
 from arjax.training import parallel
@@ -14,7 +15,9 @@ from arjax.training.state import create_train_state
 from arjax.training.step import compile_multi_step
 
 MODEL = ml_collections.ConfigDict(
-    dict(name="mlp", hidden=(16, 16), activation="leaky_relu", layer_norm=True, num_outputs=2)
+    dict(
+        name="mlp", hidden=(16, 16), activation="leaky_relu", layer_norm=(True, True), num_outputs=2
+    )
 )
 
 
@@ -23,7 +26,9 @@ def setup(method, num_devices, k=3):
     model, params, stats = build_model(MODEL, (2,), 2, seed=0)
     tx = optax.adam(1e-2)
     mesh = parallel.make_mesh(num_devices)
-    state = parallel.put_replicated(create_train_state(params, stats, tx, seed=0), mesh)
+    table = margins.init_margins(256, 0.01) if method.name == "ima" else None
+    state = create_train_state(params, stats, tx, seed=0, margins=table)
+    state = parallel.put_replicated(state, mesh)
     calls = {"traces": 0}
     loss = methods.make_loss(method, model, None)
 
@@ -43,10 +48,12 @@ def setup(method, num_devices, k=3):
 
 
 PGD = methods.method_config("adversarial", r=0.5, attack="pgd", eps=0.1, num_steps=5)
+IMA = methods.method_config("ima", eps_max=0.3, delta=0.01, num_steps=5, num_bisections=4)
 
 
-def test_step_traces_once_across_calls_and_padding():
-    state, step, batches, calls = setup(PGD, 8)
+@pytest.mark.parametrize("method", [PGD, IMA], ids=["pgd", "ima"])
+def test_step_traces_once_across_calls_and_padding(method):
+    state, step, batches, calls = setup(method, 8)
     for i in range(4):
         valid = np.arange(3) < (3 if i < 3 else 1)  # the last call is padded
         state, metrics = step(state, batches(3 * i), jnp.asarray(valid))
@@ -63,19 +70,25 @@ def test_padded_steps_leave_state_unchanged():
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, after))
 
 
-def test_eight_devices_equal_one_device():
-    # Same init, same batches, same keys: after 6 PGD-adversarial steps the
-    # parameters agree to float32 reduction-order noise (atol 1e-5).
+@pytest.mark.parametrize("method", [PGD, IMA], ids=["pgd", "ima"])
+def test_eight_devices_equal_one_device(method):
+    # Same init, same batches, same keys: after 6 adversarial steps the
+    # parameters (and IMA margins) agree to float32 reduction-order noise.
     results = []
     for n in (1, 8):
-        state, step, batches, _ = setup(PGD, n)
+        state, step, batches, _ = setup(method, n)
         for i in range(2):
             state, metrics = step(state, batches(3 * i), jnp.ones(3, bool))
         assert state.params["head"]["kernel"].value.sharding.num_devices == n
-        results.append((jax.tree.map(np.asarray, state.params), np.asarray(metrics["loss"])))
-    (p1, l1), (p8, l8) = results
+        results.append(jax.tree.map(np.asarray, (state.params, state.margins, metrics["loss"])))
+    (p1, m1, l1), (p8, m8, l8) = results
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), p1, p8)
     np.testing.assert_allclose(l1, l8, rtol=1e-5)
+    if method.name == "ima":
+        # 6 batches of 64 over 256 examples: every margin moved off its initial value
+        # at least once, and both runs agree (bisection is discrete: allow 1e-4).
+        assert np.mean(m1 != 0.01) > 0.5
+        np.testing.assert_allclose(m1, m8, atol=1e-4)
     # and training moved the parameters
     _, fresh, _ = build_model(MODEL, (2,), 2, seed=0)
     assert not np.allclose(p1["head"]["kernel"], np.asarray(fresh["head"]["kernel"].value))

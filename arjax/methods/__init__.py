@@ -11,7 +11,7 @@ from collections.abc import Callable
 import ml_collections
 
 from arjax.config_lib import check_choice
-from arjax.methods import adversarial, arfl, standard
+from arjax.methods import adversarial, arfl, ima, standard
 from arjax.methods.context import MethodContext
 from arjax.models import ModelFns
 
@@ -23,6 +23,10 @@ class Method:
     loss: Callable
     defaults: Callable[[], dict]
     validate: Callable[[ml_collections.ConfigDict], None]
+    # Fills derived fields (e.g. IMA's delta from the epoch count) before validation.
+    resolve: Callable[[ml_collections.ConfigDict], None] | None = None
+    # Keeps a per-example margin table in the TrainState (IMA).
+    uses_margins: bool = False
 
 
 METHODS: dict[str, Method] = {
@@ -30,6 +34,7 @@ METHODS: dict[str, Method] = {
     "adversarial": Method(adversarial.loss, adversarial.defaults, adversarial.validate),
     "noise": Method(adversarial.noise_loss, adversarial.noise_defaults, adversarial.validate_noise),
     "arfl": Method(arfl.loss, arfl.defaults, arfl.validate),
+    "ima": Method(ima.loss, ima.defaults, ima.validate, ima.resolve, uses_margins=True),
 }
 
 
@@ -45,6 +50,13 @@ def method_config(name: str, **overrides) -> ml_collections.ConfigDict:
         )
     fields.update(overrides)
     return ml_collections.ConfigDict(fields)
+
+
+def resolve(cfg: ml_collections.ConfigDict) -> None:
+    """Fills the method's derived fields in place (no-op for most methods)."""
+    name = check_choice(cfg, "method.name", METHODS)
+    if METHODS[name].resolve is not None:
+        METHODS[name].resolve(cfg)
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
@@ -65,4 +77,12 @@ def make_loss(
     return functools.partial(METHODS[cfg.name].loss, ctx)
 
 
-__all__ = ["METHODS", "Method", "MethodContext", "make_loss", "method_config", "validate"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodContext",
+    "make_loss",
+    "method_config",
+    "resolve",
+    "validate",
+]

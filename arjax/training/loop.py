@@ -19,8 +19,9 @@ import numpy as np
 import tqdm
 
 from arjax import data as data_lib
+from arjax import margins as margin_table
 from arjax import methods
-from arjax.config_lib import ConfigError, check_range, to_json
+from arjax.config_lib import ConfigError, check_choice, check_range, to_json
 from arjax.evaluation import report as report_lib
 from arjax.evaluation import suite
 from arjax.evaluation.metrics import aggregate
@@ -47,14 +48,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     Raises:
       ConfigError: naming the field and the valid choices or range.
     """
-    if cfg.data.name not in data_lib.DATASETS:
-        raise ConfigError(
-            f"unknown data.name {cfg.data.name!r}; valid choices: {', '.join(data_lib.DATASETS)}"
-        )
-    if cfg.model.name not in MODELS:
-        raise ConfigError(
-            f"unknown model.name {cfg.model.name!r}; valid choices: {', '.join(MODELS)}"
-        )
+    check_choice(cfg, "data.name", data_lib.DATASETS)
+    check_choice(cfg, "model.name", MODELS)
     methods.validate(cfg)
     optim.validate(cfg)
     suite.validate(cfg)
@@ -152,7 +147,13 @@ def train_seed(
         cfg.model, dataset.input_shape, dataset.num_classes, seed
     )
     tx = optim.make_optimizer(cfg.optim, total)
-    state = parallel.put_replicated(create_train_state(params, batch_stats, tx, seed), mesh)
+    uses_margins = methods.METHODS[cfg.method.name].uses_margins
+    table = (
+        margin_table.init_margins(len(train["label"]), cfg.method.delta) if uses_margins else None
+    )
+    state = parallel.put_replicated(
+        create_train_state(params, batch_stats, tx, seed, margins=table), mesh
+    )
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), tcfg.get("max_checkpoints", 2))
     start = ckpt.latest_step()
     if start is not None:
@@ -250,6 +251,16 @@ def train_seed(
         mesh,
     )
     result.update(seed=seed, steps=step, split=split)
+    if state.margins is not None:
+        values = np.asarray(jax.device_get(state.margins))
+        kw = dict(delta=cfg.method.delta, eps_max=cfg.method.eps_max)
+        result["margins"] = margin_table.statistics(values, **kw)
+        report_lib.plot_histogram(
+            values,
+            os.path.join(workdir, "margin_histogram.png"),
+            title=f"IMA margins after {step} steps (median {result['margins']['median']:.3f})",
+            xlabel=f"margin ({cfg.method.norm})",
+        )
     _plots_for_run(cfg, dataset, model, state, workdir, split, seed)
     report_lib.write_json(result_path, result)
     return result
@@ -295,6 +306,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
       the report dict, or None when the run was preempted (a checkpoint was
       saved; rerun the same command to continue).
     """
+    cfg = cfg.copy_and_resolve_references()
+    methods.resolve(cfg)
     validate(cfg)
     os.makedirs(workdir, exist_ok=True)
     _check_workdir_config(workdir, cfg)
@@ -315,10 +328,14 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
         preempted.close()
     report = _report(cfg, results)
     report_lib.write_json(os.path.join(workdir, "report.json"), report)
-    curves = {cfg.method.name: _curve_with_std(results)}
-    report_lib.plot_accuracy_vs_eps(
-        curves, os.path.join(workdir, "accuracy_vs_eps.png"), title=cfg.get("name", "")
-    )
+    for key, suffix in (("robust_curve", ""), ("robust_curve_l2", "_l2")):
+        if key in results[0]:
+            norm = results[0][key]["norm"]
+            report_lib.plot_accuracy_vs_eps(
+                {cfg.method.name: _curve_with_std(results, key)},
+                os.path.join(workdir, f"accuracy_vs_eps{suffix}.png"),
+                title=f"{cfg.get('name', '')} ({norm})",
+            )
     return report
 
 
@@ -330,13 +347,18 @@ def _scalars(result: dict) -> dict[str, float]:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 if key not in ("eps",):
                     out[f"{section}/{key}"] = float(value)
-    out["robust_curve/area"] = float(result["robust_curve"]["area"])
+    for key in ("robust_curve", "robust_curve_l2"):
+        if key in result:
+            out[f"{key}/area"] = float(result[key]["area"])
+    if "margins" in result:
+        out["margins/median"] = result["margins"]["median"]
+        out["margins/mean"] = result["margins"]["mean"]
     return out
 
 
-def _curve_with_std(results: list[dict]):
-    eps = np.asarray(results[0]["robust_curve"]["eps"], float)
-    accs = np.asarray([r["robust_curve"]["accuracy"] for r in results], float)
+def _curve_with_std(results: list[dict], key: str = "robust_curve"):
+    eps = np.asarray(results[0][key]["eps"], float)
+    accs = np.asarray([r[key]["accuracy"] for r in results], float)
     std = accs.std(0, ddof=1) if len(results) > 1 else None
     return (eps, accs.mean(0), std)
 

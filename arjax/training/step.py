@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from arjax import margins as margin_table
 from arjax.training import parallel
 from arjax.training.state import TrainState, step_key
 from arjax.types import Batch, Metrics
@@ -28,19 +29,33 @@ def make_train_step(
     """One optimiser update on the batch.
 
     The step key is ``fold_in(state.rng, state.step)``, so a resumed run
-    draws the same randomness as an uninterrupted one.
+    draws the same randomness as an uninterrupted one. When the state holds
+    a margin table (IMA), the batch's margins are gathered into
+    ``batch["margin"]`` and the method's updated values (returned under
+    ``margins.MARGIN_KEY`` in its metrics) are scattered back.
     """
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        if state.margins is not None:
+            batch = {**batch, "margin": margin_table.gather(state.margins, batch["index"])}
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, (metrics, batch_stats)), grads = grad_fn(
             state.params, state.batch_stats, batch, step_key(state)
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = dict(metrics)
+        table = state.margins
+        if table is not None:
+            new = metrics.pop(margin_table.MARGIN_KEY)
+            table = margin_table.scatter(table, batch["index"], new)
+        metrics.update(loss=loss, grad_norm=optax.global_norm(grads))
         new_state = state.replace(
-            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            margins=table,
         )
         return new_state, metrics
 

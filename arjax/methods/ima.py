@@ -1,0 +1,136 @@
+"""IMA: increasing-margin adversarial training (Ma et al., Algorithms 1-3).
+
+Per batch, with the batch's margins ``eps_i`` gathered from the margin table:
+
+1. classify the clean batch; masks split it into wrongly (X0) and correctly
+   (X1) classified samples;
+2. BPGD (Alg. 3) inside each sample's margin gives a boundary point
+   ``x_n`` and whether the search ``crossed``;
+3. ``L = ((1 - beta) (L0 + L1) + beta L2) / batch_size`` (Alg. 1) with summed
+   cross-entropies: L0 over X0, L1 over X1, L2 over the noisy copies of the X1
+   samples that crossed;
+4. the same BPGD result updates the margins (Alg. 2, ``arjax.margins``); the
+   training step scatters them back into the table.
+
+Paper defaults: beta = 0.5, N_PGD = 20, N_binary = 10, alpha = 4, attacks in
+eval mode. Options reproducing the authors' public code: ``bracket =
+"clean_to_last"``, ``margin_momentum < 1`` (running average),
+``reset_misclassified = False``, ``attack_train_mode = True``.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from arjax import attacks, losses, margins
+from arjax.config_lib import check_choice, check_range
+from arjax.methods.context import MethodContext, validate_common
+
+
+def loss(ctx: MethodContext, params, batch_stats, batch, key):
+    """IMA loss (Alg. 1) and the batch's margin update (Alg. 2).
+
+    Args:
+      ctx: method context.
+      params: model parameters.
+      batch_stats: batch statistics.
+      batch: ``image`` ``[B, ...]``, ``label`` ``[B]``, ``margin`` ``[B]`` (gathered
+        from the table by the training step).
+      key: PRNG key for BPGD's random start.
+
+    Returns:
+      ``(loss [], (metrics, new_batch_stats))``; ``metrics[margins.MARGIN_KEY]``
+      holds the new margins ``[B]`` for the step to scatter.
+    """
+    cfg = ctx.cfg
+    x, y, eps = batch["image"], batch["label"], batch["margin"]
+    beta = cfg.beta
+    logits, _, stats = ctx.model.apply(params, batch_stats, x, train=True)
+    correct = losses.predictions_correct(jax.lax.stop_gradient(logits), y)
+    ce = ctx.cls_loss(logits, y)
+    l0 = jnp.sum(jnp.where(correct, 0.0, ce))
+    l1 = jnp.sum(jnp.where(correct, ce, 0.0))
+    f = ctx.model.logits_fn(params, batch_stats, train=cfg.attack_train_mode)
+    found = attacks.bpgd(
+        f,
+        x,
+        y,
+        key,
+        eps=eps,
+        num_steps=cfg.num_steps,
+        num_bisections=cfg.num_bisections,
+        alpha=cfg.alpha,
+        norm=cfg.norm,
+        loss=cfg.attack_loss,
+        random_start=cfg.random_start,
+        bounds=ctx.bounds,
+        bracket=cfg.bracket,
+        side=cfg.side,
+    )
+    use = correct & found.crossed
+    logits_n, _, stats = ctx.model.apply(params, stats, found.images, train=True)
+    l2 = jnp.sum(jnp.where(use, ctx.cls_loss(logits_n, y), 0.0))
+    batch_size = x.shape[0]
+    value = ((1.0 - beta) * (l0 + l1) + beta * l2) / batch_size
+    new_margins = margins.update(
+        eps,
+        correct,
+        found.crossed,
+        found.distance,
+        delta=cfg.delta,
+        eps_max=cfg.eps_max,
+        momentum=cfg.margin_momentum,
+        reset_misclassified=cfg.reset_misclassified,
+    )
+    metrics = {
+        "loss": value,
+        "accuracy": jnp.mean(correct),
+        "crossed": jnp.mean(use),
+        "margin_mean": jnp.mean(new_margins),
+        margins.MARGIN_KEY: new_margins,
+    }
+    return value, (metrics, stats)
+
+
+def defaults() -> dict:
+    """Default ``method`` fields (paper: beta 0.5, BPGD 20 + 10 steps, alpha 4)."""
+    return dict(
+        name="ima",
+        cls_loss="ce",
+        beta=0.5,
+        eps_max=0.3,
+        delta=0.0,
+        num_steps=20,
+        num_bisections=10,
+        alpha=4.0,
+        norm="linf",
+        attack_loss="ce",
+        random_start=True,
+        bracket="recorded",
+        side="middle",
+        margin_momentum=1.0,
+        reset_misclassified=True,
+        attack_train_mode=False,
+    )
+
+
+def resolve(cfg: ml_collections.ConfigDict) -> None:
+    """Fills ``method.delta`` = ε_max / number of adversarial epochs when it is 0."""
+    if not cfg.method.delta:
+        cfg.method.delta = cfg.method.eps_max / cfg.train.num_epochs
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Checks ``method.*`` fields of ``ima``."""
+    validate_common(cfg)
+    check_range(cfg, "method.beta", 0.0, 1.0)
+    check_range(cfg, "method.eps_max", 0.0, lo_open=True)
+    check_range(cfg, "method.delta", 0.0, cfg.method.eps_max)
+    check_range(cfg, "method.num_steps", 1, integer=True)
+    check_range(cfg, "method.num_bisections", 0, integer=True)
+    check_range(cfg, "method.alpha", 0.0, lo_open=True)
+    check_range(cfg, "method.margin_momentum", 0.0, 1.0, lo_open=True)
+    check_choice(cfg, "method.norm", attacks.NORMS)
+    check_choice(cfg, "method.attack_loss", ("ce", "margin"))
+    check_choice(cfg, "method.bracket", ("recorded", "clean_to_last"))
+    check_choice(cfg, "method.side", ("middle", "correct", "wrong"))
