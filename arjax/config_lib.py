@@ -86,7 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.name = ""
     c.seeds = (0,)
     c.data = dict(name="moons", sizes=dict(train=10000, test=1000), noise=0.2, seed=0)
-    c.model = dict(name="mlp", hidden=(10, 10), activation="relu", layer_norm=False, num_outputs=0)
+    # layer_norm: per-hidden-layer flags, () for none; num_outputs: 0 = 1 logit for
+    # two classes, else one per class.
+    c.model = dict(name="mlp", hidden=(10, 10), activation="relu", layer_norm=(), num_outputs=0)
     c.method = method_config("standard")
     c.optim = dict(
         name="adam",
@@ -115,6 +117,105 @@ def base_config() -> ml_collections.ConfigDict:
         norm="linf",
         losses=("ce", "margin"),
         eps=(0.0, 0.05, 0.1, 0.2, 0.3),
+        eps_l2=(),
         alpha=4.0,
     )
     return c
+
+
+def ima_experiment_method(variant: str) -> ml_collections.ConfigDict:
+    """The ``method`` section of an IMA-paper experiment variant.
+
+    ``ce`` (clean training), ``adv<eps>`` (the paper's "adv eps": (CE(x) +
+    CE(PGD-20(x))) / 2 with alpha 4, e.g. ``adv0.1``), ``rand<eps>`` (uniform
+    noise), ``ima`` (Alg. 1-3 with eps_max 0.3, beta 0.5).
+    """
+    from arjax.methods import method_config
+
+    if variant == "ce":
+        return method_config("standard")
+    if variant == "ima":
+        return method_config("ima", eps_max=0.3, beta=0.5)
+    for prefix, name in (("adv", "adversarial"), ("rand", "noise")):
+        if variant.startswith(prefix):
+            try:
+                eps = float(variant[len(prefix) :])
+            except ValueError:
+                break
+            if name == "noise":
+                return method_config(name, eps=eps)
+            return method_config(name, r=0.5, attack="pgd", eps=eps, num_steps=20, alpha=4.0)
+    raise ConfigError(
+        f"unknown variant {variant!r}; valid: ce, ima, adv<eps> (e.g. adv0.1), rand<eps>, "
+        "each optionally with ',smoke'; or 'smoke'"
+    )
+
+
+def ima_image_config(arg: str, *, tfds_name: str, model_variant: str, image_shape: tuple):
+    """Config of the IMA paper's Fashion-MNIST / SVHN experiments.
+
+    Paper setting: the paper's CNN (``model.variant``), 60 epochs, batch 128,
+    Adam with default parameters, eps_max 0.3, 100-PGD evaluation with
+    cross-entropy and margin losses (L-inf and L2 noise levels). Data from
+    TFDS prepared locally (``--config.data.data_dir``); 90/10 train/val split
+    of the TFDS train split. ``<variant>,smoke`` (or ``smoke``) runs on built-in
+    synthetic images of the same shape in seconds.
+
+    Args:
+      arg: ``<variant>[,smoke]`` with a variant of :func:`ima_experiment_method`.
+      tfds_name: ``"fashion_mnist"`` or ``"svhn_cropped"``.
+      model_variant: ``"fmnist"`` or ``"svhn"``.
+      image_shape: ``(H, W, C)`` of the data (for the smoke data).
+    """
+    variant, _, modifier = (arg or "ima").partition(",")
+    if variant == "smoke":
+        variant, modifier = "ima", "smoke"
+    config = base_config()
+    config.name = f"{tfds_name}_ima:{variant}"
+    config.data = dict(
+        name="tfds",
+        tfds_name=tfds_name,
+        data_dir=None,
+        splits=dict(train="train[:90%]", val="train[90%:]", test="test"),
+        max_examples=0,
+    )
+    config.model = dict(name="ima_cnn", variant=model_variant)
+    config.method = ima_experiment_method(variant)
+    config.optim.learning_rate = 1e-3
+    config.train.batch_size = 128
+    config.train.num_epochs = 60
+    config.train.steps_per_call = 1
+    config.train.log_every = 100
+    config.train.eval_every = 1000
+    config.train.checkpoint_every = 1000
+    config.eval.adv_attack = "pgd"
+    config.eval.adv_eps = 0.1
+    config.eval.num_steps = 100
+    config.eval.batch_size = 500
+    config.eval.eps = (0.0, 0.05, 0.1, 0.2, 0.3)
+    config.eval.eps_l2 = (0.0, 0.5, 1.0, 2.0, 3.0)
+    if modifier == "smoke":
+        config.name += ",smoke"
+        config.data = dict(
+            name="synthetic_images",
+            sizes=dict(train=64, val=32, test=32),
+            image_shape=tuple(image_shape),
+            num_classes=10,
+            noise=0.1,
+            seed=0,
+        )
+        config.train.batch_size = 16
+        config.train.num_epochs = 2
+        config.train.log_every = 4
+        config.train.eval_every = 8
+        config.train.checkpoint_every = 8
+        config.eval.num_steps = 3
+        config.eval.batch_size = 32
+        config.eval.eps = (0.0, 0.1)
+        config.eval.eps_l2 = (0.0, 1.0)
+        if config.method.name == "ima":
+            config.method.num_steps = 3
+            config.method.num_bisections = 3
+    elif modifier:
+        raise ConfigError(f"unknown modifier {modifier!r}; valid: smoke")
+    return config

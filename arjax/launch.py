@@ -34,7 +34,7 @@ def format_summary(report: dict) -> str:
 
     lines = [f"{report['name'] or report['method']}  seeds={report['seeds']}"]
     for key, stats in report["summary"].items():
-        pct = "loss" not in key
+        pct = "loss" not in key and not key.startswith("margins/")
         text = format_mean_std(stats, digits=1 if pct else 3, scale=100.0 if pct else 1.0)
         lines.append(f"  {key:<28} {text}{' %' if pct else ''}")
     lines.append(f"  {'mean of clean/adv accuracy':<28} {100 * report['mean_accuracy']:.1f} %")

@@ -40,11 +40,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             from arjax.config_lib import ConfigError
 
             raise ConfigError(f"unknown eval.losses entry {loss!r}; valid choices: ce, margin")
-    for i, eps in enumerate(cfg.eval.eps):
-        if not isinstance(eps, int | float) or eps < 0:
-            from arjax.config_lib import ConfigError
+    for field in ("eps", "eps_l2"):
+        for i, eps in enumerate(cfg.eval.get(field, ())):
+            if not isinstance(eps, int | float) or eps < 0:
+                from arjax.config_lib import ConfigError
 
-            raise ConfigError(f"eval.eps[{i}]={eps!r} is out of range; valid: [0, inf)")
+                raise ConfigError(f"eval.{field}[{i}]={eps!r} is out of range; valid: [0, inf)")
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -120,7 +121,8 @@ def evaluate(
       mesh: device mesh.
 
     Returns:
-      ``{"clean": {...}, "adversarial": {...}, "robust_curve": {...}}``.
+      ``{"clean": {...}, "adversarial": {...}, "robust_curve": {...}}`` and,
+      when ``eval.eps_l2`` is set, ``"robust_curve_l2"``.
     """
     x, y = arrays["image"], arrays["label"]
     logits = predict(model, params, batch_stats, arrays, batch_size=cfg.batch_size, mesh=mesh)
@@ -149,18 +151,22 @@ def evaluate(
         "norm": cfg.norm,
         **classification_metrics(adv_logits, y),
     }
-    curve = robust_accuracy(
-        logits_fn,
-        x,
-        y,
-        k_curve,
-        eps=tuple(cfg.eps),
-        num_steps=cfg.num_steps,
-        norm=cfg.norm,
-        losses=tuple(cfg.losses),
-        alpha=cfg.alpha,
-        bounds=bounds,
-        batch_size=cfg.batch_size,
-    )
-    report["robust_curve"] = {**curve.to_dict(), "area": curve.area()}
+    curves = [("robust_curve", cfg.norm, cfg.eps)]
+    if cfg.get("eps_l2", ()):
+        curves.append(("robust_curve_l2", "l2", cfg.eps_l2))
+    for name, norm, eps in curves:
+        curve = robust_accuracy(
+            logits_fn,
+            x,
+            y,
+            jax.random.fold_in(k_curve, len(name)),
+            eps=tuple(eps),
+            num_steps=cfg.num_steps,
+            norm=norm,
+            losses=tuple(cfg.losses),
+            alpha=cfg.alpha,
+            bounds=bounds,
+            batch_size=cfg.batch_size,
+        )
+        report[name] = {**curve.to_dict(), "area": curve.area()}
     return report
