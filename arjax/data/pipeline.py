@@ -19,6 +19,7 @@ microseconds.
 """
 
 from collections.abc import Iterator, Mapping
+from typing import Protocol, runtime_checkable
 
 import grain
 import numpy as np
@@ -80,6 +81,11 @@ class ArraySource:
         """The source's arrays (without ``"index"``)."""
         return self._arrays
 
+    @property
+    def labels(self) -> np.ndarray:
+        """The ``"label"`` array ``[N]`` or ``[N, C]``."""
+        return self._arrays["label"]
+
     def __getitem__(self, record_key: int) -> dict[str, np.ndarray]:
         """Returns example ``record_key``: its fields and int32 ``"index"``."""
         index = int(record_key)
@@ -106,8 +112,54 @@ class ArraySource:
         return batch
 
 
-def _as_source(arrays: Mapping[str, np.ndarray] | ArraySource) -> ArraySource:
-    return arrays if isinstance(arrays, ArraySource) else ArraySource(arrays)
+@runtime_checkable
+class RecordSource(Protocol):
+    """What the pipeline needs of a split: a length and a vectorised batch read.
+
+    ``ArraySource`` (in-memory arrays) is one; file-backed sources (medical
+    image folders) implement the same three members and decode in ``gather``,
+    which then runs in grain worker processes.
+    """
+
+    def __len__(self) -> int:
+        """Number of examples N."""
+        ...
+
+    def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Fields ``[B, ...]`` of examples ``indices`` plus int32 ``"index"`` ``[B]``."""
+        ...
+
+    @property
+    def labels(self) -> np.ndarray:
+        """All labels ``[N]`` or ``[N, C]`` without reading images (for metrics and folds)."""
+        ...
+
+
+def _as_source(arrays: Mapping[str, np.ndarray] | RecordSource) -> RecordSource:
+    if isinstance(arrays, RecordSource):
+        return arrays
+    return ArraySource(arrays)
+
+
+def split_length(split: Mapping[str, np.ndarray] | RecordSource) -> int:
+    """Number of examples of a split given as arrays or as a source."""
+    return len(split) if isinstance(split, RecordSource) else len(split["label"])
+
+
+def split_labels(split: Mapping[str, np.ndarray] | RecordSource) -> np.ndarray:
+    """All labels of a split given as arrays or as a source."""
+    return split.labels if isinstance(split, RecordSource) else np.asarray(split["label"])
+
+
+def split_arrays(
+    split: Mapping[str, np.ndarray] | RecordSource, max_examples: int = 0
+) -> dict[str, np.ndarray]:
+    """The split (or its first ``max_examples``) as in-memory arrays, decoding if needed."""
+    n = split_length(split)
+    n = min(n, max_examples) if max_examples else n
+    if isinstance(split, RecordSource):
+        return split.gather(np.arange(n))
+    return {k: np.asarray(v)[:n] for k, v in split.items()}
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
