@@ -97,6 +97,8 @@ def base_config() -> ml_collections.ConfigDict:
         weight_decay=0.0,
         schedule="constant",
         warmup_steps=0,
+        # regexes over parameter paths to fine-tune; () trains everything
+        trainable=(),
     )
     c.train = dict(
         batch_size=128,
@@ -107,6 +109,10 @@ def base_config() -> ml_collections.ConfigDict:
         checkpoint_every=1000,
         max_checkpoints=2,
         num_devices=0,
+        # grain worker processes decoding file-backed data (0: in the host loop)
+        num_workers=0,
+        # "val/loss": keep the lowest-validation-loss state and evaluate it at the end
+        select_best="",
     )
     c.eval = dict(
         split="test",
@@ -119,6 +125,8 @@ def base_config() -> ml_collections.ConfigDict:
         eps=(0.0, 0.05, 0.1, 0.2, 0.3),
         eps_l2=(),
         alpha=4.0,
+        # evaluate attacks on the first N examples of the split (0: all)
+        max_examples=0,
     )
     return c
 

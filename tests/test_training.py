@@ -92,3 +92,33 @@ def test_eight_devices_equal_one_device(method):
     # and training moved the parameters
     _, fresh, _ = build_model(MODEL, (2,), 2, seed=0)
     assert not np.allclose(p1["head"]["kernel"], np.asarray(fresh["head"]["kernel"].value))
+
+
+def test_trainable_patterns_freeze_the_rest():
+    from arjax.training import optim
+
+    _, params, _ = build_model(MODEL, (2,), 2, seed=0)
+    cfg = ml_collections.ConfigDict(
+        dict(
+            name="sgd",
+            learning_rate=0.1,
+            momentum=0.9,
+            weight_decay=0.0,
+            schedule="constant",
+            warmup_steps=0,
+            trainable=("head",),
+        )
+    )
+    tx = optim.make_optimizer(cfg, 10, params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    flat = {
+        optim.param_path(p): np.asarray(u)
+        for p, u in jax.tree_util.tree_flatten_with_path(updates)[0]
+    }
+    assert set(flat) >= {"head/kernel", "head/bias", "hidden/0/kernel"}
+    for path, u in flat.items():
+        assert np.all(u != 0) if path.startswith("head/") else np.all(u == 0), path
+    cfg.trainable = ("classifer",)
+    with pytest.raises(ValueError, match="'classifer' matches no parameter"):
+        optim.make_optimizer(cfg, 10, params)

@@ -77,7 +77,7 @@ def predict(
     Returns:
       logits ``[N, ...]`` as numpy.
     """
-    source = dict(arrays) if images is None else {**arrays, "image": images}
+    source = arrays if images is None else {**arrays, "image": images}
     sharding = parallel.batch_sharding(mesh)
     outs = []
     for batch in eval_batches(source, batch_size=batch_size, multiple_of=mesh.size):
@@ -88,12 +88,22 @@ def predict(
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy, ROC-AUC (binary tasks) and mean loss of a split's logits."""
+    """Accuracy, ROC-AUC and mean loss of a split's logits.
+
+    Binary tasks report ``auc``; multi-label tasks (labels ``[N, C]``) report
+    the mean ``auc`` over classes that have both label values and
+    ``auc_per_class`` (NaN for a class with one label value); accuracy is then
+    the fraction of examples with all C labels right.
+    """
     out = {
         "accuracy": metrics.accuracy(logits, labels),
         "loss": float(np.mean(losses.classification_loss(logits, labels))),
     }
-    if labels.ndim == 1 and (logits.ndim == 1 or logits.shape[-1] == 2):
+    if labels.ndim == 2:
+        per_class = metrics.roc_auc_per_class(1 / (1 + np.exp(-logits)), labels)
+        out["auc"] = float(np.nanmean(per_class)) if np.any(np.isfinite(per_class)) else np.nan
+        out["auc_per_class"] = [float(a) for a in per_class]
+    elif logits.ndim == 1 or logits.shape[-1] == 2:
         out["auc"] = metrics.roc_auc(metrics.binary_scores(logits), labels)
     return out
 

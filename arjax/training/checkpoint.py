@@ -5,6 +5,8 @@ global step (``train_dataset(...)[step]``), so restoring the step restores the
 data position exactly.
 """
 
+import json
+import math
 import os
 import signal
 import threading
@@ -81,3 +83,56 @@ class PreemptionFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+class BestCheckpoint:
+    """Keeps the state with the lowest validation loss.
+
+    Khakzar et al. §4: "the model with the smallest validation loss is used".
+    Saved under ``<workdir>/best`` with ``best.json`` (step and value) so a
+    resumed run knows the best so far. Disabled when ``metric`` is empty.
+
+    Args:
+      workdir: the run directory.
+      metric: ``""`` (off) or ``"val/loss"`` / ``"test/loss"``-style key whose
+        split-free name (``loss``) is looked up in the evaluation dict.
+    """
+
+    def __init__(self, workdir: str, metric: str):
+        self.enabled = bool(metric)
+        self.metric = metric.split("/")[-1] if metric else ""
+        self.step: int | None = None
+        self.value = math.inf
+        self._meta = os.path.join(workdir, "best", "best.json")
+        self._ckpt = None
+        if self.enabled:
+            self._ckpt = Checkpointer(os.path.join(workdir, "best", "checkpoints"), max_to_keep=1)
+            if os.path.exists(self._meta):
+                with open(self._meta) as f:
+                    meta = json.load(f)
+                self.step, self.value = meta["step"], meta["value"]
+
+    def offer(self, state: TrainState, evaluation: dict, step: int) -> bool:
+        """Saves ``state`` if ``evaluation[metric]`` is the lowest so far."""
+        if not self.enabled:
+            return False
+        value = float(evaluation[self.metric])
+        if not value < self.value:
+            return False
+        self._ckpt.save(state)
+        self._ckpt.wait()
+        self.step, self.value = step, value
+        tmp = self._meta + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"step": step, "value": value, "metric": self.metric}, f)
+        os.replace(tmp, self._meta)
+        return True
+
+    def restore(self, like: TrainState) -> TrainState:
+        """The best state, in the structure and shardings of ``like``."""
+        return self._ckpt.restore(like, self.step)
+
+    def close(self) -> None:
+        """Finishes pending saves."""
+        if self._ckpt is not None:
+            self._ckpt.close()

@@ -22,12 +22,13 @@ from arjax import data as data_lib
 from arjax import margins as margin_table
 from arjax import methods
 from arjax.config_lib import ConfigError, check_choice, check_range, to_json
+from arjax.data.streaming import BatchStream
 from arjax.evaluation import report as report_lib
 from arjax.evaluation import suite
 from arjax.evaluation.metrics import aggregate
 from arjax.models import MODELS, build_model
 from arjax.training import optim, parallel
-from arjax.training.checkpoint import Checkpointer, PreemptionFlag
+from arjax.training.checkpoint import BestCheckpoint, Checkpointer, PreemptionFlag
 from arjax.training.state import create_train_state
 from arjax.training.step import compile_multi_step
 
@@ -55,8 +56,15 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     suite.validate(cfg)
     for field in ("batch_size", "num_epochs", "steps_per_call"):
         check_range(cfg, f"train.{field}", 1, integer=True)
-    for field in ("log_every", "eval_every", "checkpoint_every"):
+    for field in ("log_every", "eval_every", "checkpoint_every", "num_workers"):
         check_range(cfg, f"train.{field}", 0, integer=True)
+    check_range(cfg, "eval.max_examples", 0, integer=True)
+    if cfg.train.select_best not in ("", "val/loss"):
+        raise ConfigError(
+            f"unknown train.select_best {cfg.train.select_best!r}; valid choices: '', 'val/loss'"
+        )
+    if cfg.train.select_best and not cfg.train.eval_every:
+        raise ConfigError("train.select_best needs train.eval_every > 0 (validation evaluations)")
     if not len(cfg.seeds):
         raise ConfigError("seeds is empty; give at least one seed, e.g. seeds=(0,)")
 
@@ -141,15 +149,17 @@ def train_seed(
         raise ConfigError(
             f"train.batch_size={tcfg.batch_size} must be divisible by the {mesh.size} devices"
         )
-    spe = data_lib.steps_per_epoch(len(train["label"]), tcfg.batch_size)
+    spe = data_lib.steps_per_epoch(data_lib.split_length(train), tcfg.batch_size)
     total = spe * tcfg.num_epochs
     model, params, batch_stats = build_model(
         cfg.model, dataset.input_shape, dataset.num_classes, seed
     )
-    tx = optim.make_optimizer(cfg.optim, total)
+    tx = optim.make_optimizer(cfg.optim, total, params)
     uses_margins = methods.METHODS[cfg.method.name].uses_margins
     table = (
-        margin_table.init_margins(len(train["label"]), cfg.method.delta) if uses_margins else None
+        margin_table.init_margins(data_lib.split_length(train), cfg.method.delta)
+        if uses_margins
+        else None
     )
     state = parallel.put_replicated(
         create_train_state(params, batch_stats, tx, seed, margins=table), mesh
@@ -177,6 +187,8 @@ def train_seed(
         process_count=jax.process_count(),
     )
     k = tcfg.steps_per_call
+    stream = BatchStream(ds, step, tcfg.get("num_workers", 0))
+    best = BestCheckpoint(workdir, tcfg.get("select_best", ""))
     stacked = parallel.batch_sharding(mesh, leading_axes=2)
     bar = tqdm.tqdm(
         total=total, initial=step, disable=not progress, unit="step", desc=f"seed {seed}"
@@ -191,7 +203,8 @@ def train_seed(
                 _boundary(step, tcfg.checkpoint_every, total),
             )
             n = stop - step
-            host = [ds[s] for s in range(step, stop)] + [ds[stop - 1]] * (k - n)
+            host = [stream.next() for _ in range(n)]
+            host += host[-1:] * (k - n)
             batches = jax.tree.map(lambda *a: np.stack(a), *host)
             valid = np.arange(k) < n
             state, m = multi_step(state, parallel.put_batch(batches, stacked), valid)
@@ -224,8 +237,10 @@ def train_seed(
                     batch_size=cfg.eval.batch_size,
                     mesh=mesh,
                 )
-                ev = suite.classification_metrics(logits, dataset.splits[split]["label"])
+                labels = data_lib.split_labels(dataset.splits[split])
+                ev = suite.classification_metrics(logits, labels)
                 writer.write({"step": step, **{f"{split}/{k_}": v for k_, v in ev.items()}})
+                best.offer(state, ev, step)
             if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
                 ckpt.save(state)
             if preempted:
@@ -234,23 +249,31 @@ def train_seed(
                 raise Preempted(f"{preempted.signal}: saved step {step} in {workdir}")
         ckpt.save(state)
         ckpt.wait()
+        if best.enabled and best.step is not None:
+            state = best.restore(state)
+            log.info("final evaluation uses the best checkpoint (step %d)", best.step)
     finally:
         bar.close()
         ckpt.close()
+        stream.close()
+        best.close()
 
     split = cfg.eval.get("split", "test")
     key = jax.random.fold_in(jax.random.key(seed), 0x5EED)
+    eval_arrays = data_lib.split_arrays(dataset.splits[split], cfg.eval.get("max_examples", 0))
     result = suite.evaluate(
         model,
         state.params,
         state.batch_stats,
-        dataset.splits[split],
+        eval_arrays,
         cfg.eval,
         dataset.bounds,
         key,
         mesh,
     )
     result.update(seed=seed, steps=step, split=split)
+    if best.enabled:
+        result["selected_step"] = best.step if best.step is not None else step
     if state.margins is not None:
         values = np.asarray(jax.device_get(state.margins))
         kw = dict(delta=cfg.method.delta, eps_max=cfg.method.eps_max)
@@ -261,12 +284,12 @@ def train_seed(
             title=f"IMA margins after {step} steps (median {result['margins']['median']:.3f})",
             xlabel=f"margin ({cfg.method.norm})",
         )
-    _plots_for_run(cfg, dataset, model, state, workdir, split, seed)
+    _plots_for_run(cfg, dataset, model, state, workdir, eval_arrays, split, seed)
     report_lib.write_json(result_path, result)
     return result
 
 
-def _plots_for_run(cfg, dataset, model, state, workdir, split, seed) -> None:
+def _plots_for_run(cfg, dataset, model, state, workdir, arrays, split, seed) -> None:
     """Per-run PNGs: training curves, and the decision boundary for 2-D data."""
     records = report_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     if records:
@@ -278,7 +301,6 @@ def _plots_for_run(cfg, dataset, model, state, workdir, split, seed) -> None:
             logits = np.asarray(f(np.asarray(points, np.float32)))
             return 1 / (1 + np.exp(-logits)) if logits.ndim == 1 else _softmax1(logits)
 
-        arrays = dataset.splits[split]
         report_lib.plot_decision_boundary(
             prob,
             arrays["image"],

@@ -1,5 +1,8 @@
 """Optax optimisers and learning-rate schedules from the ``optim`` config."""
 
+import re
+
+import jax
 import ml_collections
 import optax
 
@@ -31,13 +34,68 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     )
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
-    """The configured optax optimiser.
+def param_path(path) -> str:
+    """``"layer4/1/conv2/kernel"`` for a pytree key path (nnx ``.value`` dropped)."""
+    parts = []
+    for k in path:
+        part = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
+        if part != "value":
+            parts.append(str(part))
+    return "/".join(parts)
+
+
+def trainable_labels(params, patterns) -> object:
+    """``"train"`` / ``"freeze"`` per parameter leaf: trained iff a regex matches its path.
+
+    Args:
+      params: the parameter pytree.
+      patterns: regexes searched (``re.search``) in paths such as
+        ``"classifier/6/kernel"``; empty means every parameter is trained.
+
+    Raises:
+      ValueError: when a pattern matches no parameter (a typo would otherwise
+        freeze the whole network); the message lists some valid paths.
+    """
+    compiled = [re.compile(p) for p in patterns]
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [param_path(path) for path, _ in flat]
+    if not compiled:
+        return jax.tree_util.tree_unflatten(treedef, ["train"] * len(paths))
+    for pattern in compiled:
+        if not any(pattern.search(p) for p in paths):
+            raise ValueError(
+                f"optim.trainable pattern {pattern.pattern!r} matches no parameter; "
+                f"paths look like: {', '.join(paths[:3])} ... {', '.join(paths[-3:])}"
+            )
+    labels = ["train" if any(c.search(p) for c in compiled) else "freeze" for p in paths]
+    return jax.tree_util.tree_unflatten(treedef, labels)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, params=None):
+    """The configured optax optimiser, optionally updating only chosen layers.
+
+    ``optim.trainable`` (regexes over parameter paths, see
+    :func:`trainable_labels`) restricts updates to the matching parameters
+    (``optax.multi_transform``; the rest get zero updates), e.g. ARFL
+    fine-tunes VGG16's fully connected layers and last convolution:
+    ``trainable=("classifier", "features/28")``.
 
     ``sgd`` uses heavy-ball momentum (Khakzar: lr 0.01, momentum 0.9, no
     weight decay); ``adam`` adds L2 weight decay to the gradient when
     ``weight_decay > 0``; ``adamw`` decouples it.
     """
+    tx = _base_optimizer(cfg, total_steps)
+    patterns = tuple(cfg.get("trainable", ()) or ())
+    if patterns:
+        if params is None:
+            raise ValueError("optim.trainable needs the parameters to label")
+        tx = optax.multi_transform(
+            {"train": tx, "freeze": optax.set_to_zero()}, trainable_labels(params, patterns)
+        )
+    return tx
+
+
+def _base_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
     schedule = make_schedule(cfg, total_steps)
     if cfg.name == "sgd":
         tx = optax.sgd(schedule, momentum=cfg.momentum or None)
