@@ -113,6 +113,8 @@ def base_config() -> ml_collections.ConfigDict:
         num_workers=0,
         # "val/loss": keep the lowest-validation-loss state and evaluate it at the end
         select_best="",
+        # a finished run's workdir to take parameters from (two-phase schedules)
+        init_from="",
     )
     c.eval = dict(
         split="test",

@@ -159,3 +159,24 @@ def test_cli_sigterm_saves_and_exits_zero(tmp_path):
     assert "preempted" in out
     steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
     assert steps and steps[-1] < 100000 * 31
+
+
+def test_init_from_takes_another_runs_parameters(tmp_path):
+    import jax
+
+    from arjax.models import build_model
+    from arjax.training import optim
+    from arjax.training.state import create_train_state
+
+    cfg = tiny_config(num_epochs=1)
+    loop.run(cfg, str(tmp_path / "phase1"), progress=False)
+    saved = checkpoint.Checkpointer(str(tmp_path / "phase1" / "checkpoints"))
+    _, params, stats = build_model(cfg.model, (2,), 2, seed=0)
+    fresh = create_train_state(params, stats, optim.make_optimizer(cfg.optim, 8), seed=0)
+    trained = saved.restore(fresh)
+    saved.close()
+    started = loop._init_from(str(tmp_path / "phase1"), fresh, seed=0)
+    assert int(started.step) == 0
+    jax.tree.map(np.testing.assert_array_equal, started.params, trained.params)
+    with pytest.raises(loop.ConfigError, match="not a run directory"):
+        loop._init_from(str(tmp_path / "nope"), fresh, seed=0)

@@ -169,6 +169,8 @@ def train_seed(
     if start is not None:
         state = ckpt.restore(state)
         log.info("resumed %s from step %d", workdir, start)
+    elif tcfg.get("init_from", ""):
+        state = _init_from(tcfg.init_from, state, seed)
     step = int(state.step)
     writer = _Writer(os.path.join(workdir, "metrics.jsonl"))
     if step >= total and os.path.exists(result_path):
@@ -287,6 +289,38 @@ def train_seed(
     _plots_for_run(cfg, dataset, model, state, workdir, eval_arrays, split, seed)
     report_lib.write_json(result_path, result)
     return result
+
+
+def _init_from(run_dir: str, state, seed: int):
+    """Parameters and batch statistics of another run (its best, else latest, checkpoint).
+
+    The two-phase schedule of Khakzar et al. (§3.2: clean training to
+    convergence, then adversarial fine-tuning) as two runs: phase 2 names
+    phase 1's workdir in ``train.init_from``. Step, optimiser state and
+    margins start fresh.
+    """
+    if not os.path.isdir(run_dir):
+        raise ConfigError(f"train.init_from={run_dir!r} is not a run directory")
+    seed_dir = os.path.join(run_dir, f"seed_{seed}")
+    run_dir = seed_dir if os.path.isdir(seed_dir) else run_dir
+    for sub in ("best/checkpoints", "checkpoints"):
+        path = os.path.join(run_dir, sub)
+        if os.path.isdir(path):
+            source = Checkpointer(path)
+            if source.latest_step() is not None:
+                try:
+                    other = source.restore(state)
+                except Exception as e:  # structure mismatch: other optimiser or model
+                    raise ConfigError(
+                        f"train.init_from={run_dir!r}: its checkpoint does not match this "
+                        f"model/optimiser ({type(e).__name__}: {str(e)[:200]})"
+                    ) from e
+                finally:
+                    source.close()
+                log.info("initialised from %s (step %s)", path, int(other.step))
+                return state.replace(params=other.params, batch_stats=other.batch_stats)
+            source.close()
+    raise ConfigError(f"train.init_from={run_dir!r} holds no checkpoint")
 
 
 def _plots_for_run(cfg, dataset, model, state, workdir, arrays, split, seed) -> None:
