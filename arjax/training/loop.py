@@ -151,9 +151,12 @@ def train_seed(
         )
     spe = data_lib.steps_per_epoch(data_lib.split_length(train), tcfg.batch_size)
     total = spe * tcfg.num_epochs
-    model, params, batch_stats = build_model(
-        cfg.model, dataset.input_shape, dataset.num_classes, seed
-    )
+    try:
+        model, params, batch_stats = build_model(
+            cfg.model, dataset.input_shape, dataset.num_classes, seed
+        )
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from e
     tx = optim.make_optimizer(cfg.optim, total, params)
     uses_margins = methods.METHODS[cfg.method.name].uses_margins
     table = (
@@ -367,7 +370,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
     validate(cfg)
     os.makedirs(workdir, exist_ok=True)
     _check_workdir_config(workdir, cfg)
-    dataset = data_lib.load_dataset(cfg.data)
+    try:
+        dataset = data_lib.load_dataset(cfg.data)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from e
     seeds = tuple(int(s) for s in cfg.seeds)
     preempted = PreemptionFlag()
     results = []

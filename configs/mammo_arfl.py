@@ -1,0 +1,104 @@
+"""ARFL on mammograms (Hao et al., seed 003, Tables 2-3 and Fig. 4): VGG16 from ImageNet weights.
+
+Expected data: a CSV manifest (--config.data.manifest=/path/manifest.csv) with columns
+    path,label,patient_id,fold      (label benign/malignant or 0/1; fold 0-4)
+images PNG/JPEG or DICOM (pip install 'arjax[medical]'), e.g. CMMD exported to PNG.
+ImageNet weights: torchvision's vgg16 state dict as .safetensors (or .pth with torch):
+    --config.model.pretrained=/path/vgg16.safetensors
+
+Run one fold (test fold 0, validation fold 1):
+    python -m arjax.launch --config configs/mammo_arfl.py:dual_arfl --workdir runs/mammo_F_f0 \
+        --config.data.manifest=$M --config.model.pretrained=$W --config.data.test_fold=0
+
+Variants: ``r<r>`` / ``r<r>_arfl`` for r in {1, 0, 0.5, 0.25, 0.75} (e.g. r0.25_arfl),
+and the Table rows' names ``standard``, ``standard_arfl``, ``adversarial``,
+``adversarial_arfl``, ``dual``, ``dual_arfl``; append ``,smoke`` (or ``smoke``)
+for a seconds-long run on built-in synthetic lesions (binary, 32x32).
+Setting: fine-tune the fully connected layers and the last convolution
+(optim.trainable), PGD-7 eps_1 = 0.01 for training and attack at test,
+lambda = 10, 100 epochs, AUC as the metric, 5-fold cross-validation by the
+manifest's fold column (one run per test fold).
+"""
+
+from arjax.config_lib import base_config
+from arjax.methods import method_config
+
+ROWS = {
+    "standard": "r1",
+    "standard_arfl": "r1_arfl",
+    "adversarial": "r0",
+    "adversarial_arfl": "r0_arfl",
+    "dual": "r0.5",
+    "dual_arfl": "r0.5_arfl",
+}
+PGD7 = dict(attack="pgd", eps=0.01, num_steps=7, alpha=2.5)
+
+
+def _method(variant):
+    spec = ROWS.get(variant, variant)
+    arfl = spec.endswith("_arfl")
+    try:
+        r = float(spec.removesuffix("_arfl")[1:]) if spec.startswith("r") else None
+    except ValueError:
+        r = None
+    if r not in (1.0, 0.0, 0.5, 0.25, 0.75):
+        raise ValueError(
+            f"unknown variant {variant!r}; valid: {', '.join(ROWS)}, r<r>[_arfl] for r in "
+            "1, 0, 0.5, 0.25, 0.75"
+        )
+    if arfl:
+        return method_config("arfl", r=r, lam=10.0, **PGD7)
+    return method_config("adversarial", r=r, **PGD7)
+
+
+def get_config(arg="dual_arfl"):
+    variant, _, modifier = (arg or "dual_arfl").partition(",")
+    if variant == "smoke":
+        variant, modifier = "dual_arfl", "smoke"
+    config = base_config()
+    config.name = f"mammo_arfl:{variant}"
+    config.data = dict(
+        name="csv_manifest",
+        manifest="",
+        image_size=224,
+        channels=3,
+        test_fold=0,
+        val_fold=1,
+        seed=0,
+        cache_dir="",
+    )
+    config.model = dict(name="vgg16", pretrained="", num_outputs=1)
+    config.method = _method(variant)
+    config.optim.name = "adam"
+    config.optim.learning_rate = 1e-4
+    config.optim.trainable = ("classifier", "features/28")
+    config.train.batch_size = 32
+    config.train.num_epochs = 100
+    config.train.num_workers = 2
+    config.train.log_every = 20
+    config.train.eval_every = 200
+    config.train.checkpoint_every = 200
+    config.eval.batch_size = 32
+    config.eval.adv_attack = "pgd"
+    config.eval.adv_eps = 0.01
+    config.eval.num_steps = 7
+    config.eval.eps = (0.0, 0.005, 0.01, 0.02)
+    if modifier == "smoke":
+        config.name += ",smoke"
+        config.data = dict(
+            name="synthetic_lesions", num_images=80, image_size=32, num_classes=2, seed=0
+        )
+        config.model.name = "vgg16"
+        config.train.batch_size = 8
+        config.train.num_epochs = 1
+        config.train.num_workers = 0
+        config.train.log_every = 2
+        config.train.eval_every = 4
+        config.train.checkpoint_every = 4
+        config.eval.batch_size = 16
+        config.eval.num_steps = 2
+        config.eval.eps = (0.0, 0.01)
+        config.method.num_steps = 2
+    elif modifier:
+        raise ValueError(f"unknown modifier {modifier!r}; valid: smoke")
+    return config
