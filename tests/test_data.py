@@ -93,7 +93,7 @@ def test_load_dataset_moons():
 @pytest.mark.parametrize(
     "overrides, field",
     [
-        ({"name": "x"}, "unknown data.name 'x'; valid: moons"),
+        ({"name": "x"}, "unknown data.name 'x'; valid: chestxray14, covid_ct, csv_manifest, moons"),
         ({"sizes": {"test": 10}}, "data.sizes.train"),
         ({"sizes": {"train": 0}}, "data.sizes.train"),
         ({"sizes": {"train": 10, "val": -1}}, "data.sizes.val"),

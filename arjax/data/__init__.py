@@ -1,12 +1,15 @@
 """Datasets and input pipelines.
 
 ``load_dataset(config.data)`` builds a dataset by registered name and returns
-its splits as numpy arrays plus the facts a model and an attack need
+its splits (in-memory arrays, or file-backed ``RecordSource`` objects that
+decode images on ``gather``) plus the facts a model and an attack need
 (input shape, number of classes, pixel bounds). ``train_dataset`` and
-``eval_batches`` turn a split into batches. New sources (TFDS, medical
-folders) register a builder with ``register_dataset``
-(``arjax.data.registry``). Registered ``data.name`` values: ``"moons"``
-(below) and ``"tfds"`` (``arjax.data.tfds``).
+``eval_batches`` turn a split into batches. New sources register a builder
+with ``register_dataset`` (``arjax.data.registry``). Registered
+``data.name`` values: ``"moons"`` (below), ``"tfds"`` (``tfds.py``),
+``"synthetic_images"`` (``synthetic.py``), ``"chestxray14"`` and
+``"covid_ct"`` (``medical.py``), ``"csv_manifest"`` (``manifest.py``) and
+``"synthetic_lesions"`` (``lesions.py``).
 """
 
 from collections.abc import Mapping
@@ -15,6 +18,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from arjax.data.images import ImageFileSource, decode_image
+from arjax.data.lesions import build_synthetic_lesions, write_synthetic_lesions
+from arjax.data.manifest import build_csv_manifest, read_manifest
+from arjax.data.medical import CHESTXRAY14_CLASSES, build_chestxray14, build_covid_ct
 from arjax.data.moons import make_moons, moons_splits, split_seed
 from arjax.data.pipeline import (
     INDEX_KEY,
@@ -82,12 +89,21 @@ def build_moons(config: ml_collections.ConfigDict) -> DatasetSplits:
 
 
 __all__ = [
+    "CHESTXRAY14_CLASSES",
     "DATASETS",
     "INDEX_KEY",
     "MASK_KEY",
     "ArraySource",
     "RecordSource",
     "DatasetSplits",
+    "ImageFileSource",
+    "build_chestxray14",
+    "build_covid_ct",
+    "build_csv_manifest",
+    "build_synthetic_lesions",
+    "decode_image",
+    "read_manifest",
+    "write_synthetic_lesions",
     "build_moons",
     "build_synthetic_images",
     "build_tfds",

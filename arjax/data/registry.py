@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
-import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,9 +19,12 @@ class DatasetSplits:
     """A dataset's splits and the facts downstream code needs.
 
     Attributes:
-        splits: Split name -> field -> array; every split has ``image``
-            ``[N, *input_shape]`` and ``label`` (int32 ``[N]`` or float32
-            multi-hot ``[N, C]``).
+        splits: Split name -> either field -> array (every split has
+            ``image`` ``[N, *input_shape]`` and ``label``: int32 ``[N]`` or
+            float32 multi-hot ``[N, C]``), or a file-backed
+            ``pipeline.RecordSource`` whose ``gather`` yields those fields.
+            Use ``split_length`` / ``split_labels`` / ``split_arrays`` to
+            read either kind.
         input_shape: Per-example input shape, e.g. ``(2,)`` or ``(28, 28, 1)``.
         num_classes: Number of classes (or of labels for multi-label data).
         bounds: ``(low, high)`` value range of the inputs, used to clip
@@ -30,7 +32,7 @@ class DatasetSplits:
         name: Registered dataset name.
     """
 
-    splits: dict[str, dict[str, np.ndarray]]
+    splits: dict[str, Any]
     input_shape: tuple[int, ...]
     num_classes: int
     bounds: tuple[float, float] | None

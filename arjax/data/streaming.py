@@ -36,8 +36,11 @@ class BatchStream:
         self._iter = None
         if num_workers > 0 and start < len(ds):
             _ensure_absl_flags_parsed()
+            # One read thread and a short buffer per worker: the defaults (16
+            # threads, 500 batches) thrash 2 cores and hold GBs of image batches.
+            read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
             options = grain.MultiprocessingOptions(num_workers=num_workers)
-            self._iter = iter(ds[start:].to_iter_dataset().mp_prefetch(options))
+            self._iter = iter(ds[start:].to_iter_dataset(read).mp_prefetch(options))
 
     def next(self) -> dict[str, np.ndarray]:
         """The next step's batch."""
