@@ -122,3 +122,33 @@ def test_trainable_patterns_freeze_the_rest():
     cfg.trainable = ("classifer",)
     with pytest.raises(ValueError, match="'classifer' matches no parameter"):
         optim.make_optimizer(cfg, 10, params)
+
+
+def test_batch_norm_statistics_update_inside_the_compiled_step():
+    # Regression: BatchStat variables must be owned by the trace that updates them
+    # (nnx.merge(copy=True)); the running mean then follows flax's momentum 0.99.
+    from flax import nnx
+
+    from arjax.models import split_model
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.bn = nnx.BatchNorm(3, rngs=rngs)
+            self.head = nnx.Linear(3, 2, rngs=rngs)
+
+        def __call__(self, x):
+            h = self.bn(x)
+            return self.head(h), h
+
+    fns, params, stats = split_model(Net(nnx.Rngs(0)))
+    tx = optax.sgd(0.1)
+    step = compile_multi_step(
+        methods.make_loss(methods.method_config("standard"), fns, None), tx, parallel.make_mesh(1)
+    )
+    state = create_train_state(params, stats, tx, seed=0)
+    x = np.tile(np.arange(3, dtype=np.float32), (2, 4, 1))  # [k=2, B=4, 3], column means 0, 1, 2
+    batch = {"image": x, "label": np.zeros((2, 4), np.int32), "index": np.zeros((2, 4), np.int32)}
+    state, _ = step(state, batch, jnp.ones(2, bool))
+    np.testing.assert_allclose(
+        state.batch_stats["bn"]["mean"][...], np.arange(3) * (1 - 0.99**2), rtol=1e-5
+    )

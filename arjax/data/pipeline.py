@@ -158,7 +158,9 @@ def split_arrays(
     n = split_length(split)
     n = min(n, max_examples) if max_examples else n
     if isinstance(split, RecordSource):
-        return split.gather(np.arange(n))
+        batch = split.gather(np.arange(n))
+        batch.pop(INDEX_KEY, None)  # positions are implicit in a materialised split
+        return batch
     return {k: np.asarray(v)[:n] for k, v in split.items()}
 
 

@@ -6,17 +6,62 @@ Registered ``model.name`` values:
   ``num_outputs``).
 * ``"ima_cnn"``: the IMA paper's image CNNs, ``model.variant`` picks
   ``"fmnist"`` (Fashion-MNIST, 28x28x1) or ``"svhn"`` (SVHN, 32x32x3).
+* ``"resnet18"``, ``"resnet50"``, ``"densenet121"``, ``"densenet121_truncated"``
+  (Khakzar et al.), ``"vgg16"``: torchvision's ImageNet networks on ``[H, W, C]``
+  inputs (C = 1 or 3, H, W >= 32), returning ``features`` = the last
+  convolutional map (see each module). Fields:
+
+  - ``norm``: ``"batch"`` (default) or ``"instance"`` (IMA's COVID-19 ResNet);
+    ResNets only.
+  - ``num_outputs``: head width; 0 (default) = ``num_classes``, except 1 (one
+    binary logit, ``[B]``) when ``num_classes == 2`` and ``binary_head`` is True.
+    Multi-label data: ``num_classes`` labels, sigmoid outputs.
+  - ``binary_head``: see ``num_outputs`` (default False: 2-way softmax).
+  - ``input_norm``: standardisation inside the model of the ``[0, 1]`` images:
+    ``"imagenet"`` (default; torchvision's mean/std), ``"half"`` ((x-0.5)/0.5,
+    IMA's code) or ``"none"``.
+  - ``pretrained``: path of a torchvision ImageNet state dict (``.safetensors``,
+    or ``.pth`` with PyTorch installed) or None. The head loads only when its
+    shape matches (1000 classes), else it keeps its initialisation. A
+    1-channel model gets the first convolution's RGB kernel summed over its
+    input channels (exact for gray images copied to RGB). See
+    ``arjax.models.pretrained``.
 """
 
+import logging
 from collections.abc import Callable
 
+import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from arjax.models.cnn import ARCHITECTURES, ConvSpec, ImaCNN, feature_map_shape, ima_cnn
+from arjax.models.densenet import DenseNet, TruncatedDenseNet, densenet
 from arjax.models.functional import ModelFns, split_model
-from arjax.models.layers import Conv, conv2d, instance_norm, layer_norm, linear
+from arjax.models.layers import (
+    INPUT_NORMS,
+    Conv,
+    batch_norm,
+    conv2d,
+    instance_norm,
+    layer_norm,
+    linear,
+)
 from arjax.models.mlp import ACTIVATIONS, MLP
+from arjax.models.pretrained import (
+    ImportReport,
+    abstract_module,
+    export_torchvision,
+    import_torchvision,
+    load_pretrained,
+    load_state_dict,
+    torchvision_init,
+)
+from arjax.models.resnet import NORMS, BasicBlock, Bottleneck, ResNet, resnet
+from arjax.models.vgg import VGG, adaptive_avg_pool, vgg16
+
+_log = logging.getLogger(__name__)
 
 
 def _build_mlp(cfg: ml_collections.ConfigDict, input_shape, num_classes: int, rngs: nnx.Rngs):
@@ -65,8 +110,69 @@ def _build_ima_cnn(cfg: ml_collections.ConfigDict, input_shape, num_classes: int
     )
 
 
+TORCHVISION_MODELS = ("resnet18", "resnet50", "densenet121", "densenet121_truncated", "vgg16")
+
+
+def torchvision_num_outputs(cfg: ml_collections.ConfigDict, num_classes: int) -> int:
+    """Head width: ``model.num_outputs``, or for 0 ``num_classes`` (1 if binary_head and K=2)."""
+    num_outputs = int(cfg.get("num_outputs", 0) or 0)
+    if num_outputs < 0:
+        raise ValueError(f"model.num_outputs must be >= 0, got {num_outputs}")
+    if num_outputs:
+        return num_outputs
+    return 1 if num_classes == 2 and cfg.get("binary_head", False) else num_classes
+
+
+def _build_torchvision(
+    cfg: ml_collections.ConfigDict, input_shape, num_classes: int, rngs: nnx.Rngs
+) -> nnx.Module:
+    """ResNet / DenseNet / VGG per ``model.*`` (module docstring), then optional weights."""
+    name = cfg.name
+    if len(input_shape) != 3 or min(input_shape[:2]) < 32:
+        raise ValueError(
+            f"model {name!r} needs [H, W, C] inputs with H, W >= 32, got {input_shape}"
+        )
+    channels = int(input_shape[-1])
+    num_outputs = torchvision_num_outputs(cfg, num_classes)
+    input_norm = cfg.get("input_norm", "imagenet")
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"unknown model.input_norm {input_norm!r}; valid: {sorted(INPUT_NORMS)}")
+    norm = cfg.get("norm", None) or "batch"
+    if name.startswith("resnet"):
+        if norm not in NORMS:
+            raise ValueError(f"unknown model.norm {norm!r}; valid: {list(NORMS)}")
+    elif norm != "batch":
+        raise ValueError(f"model.norm={norm!r}: only the ResNets have a norm choice")
+    path = cfg.get("pretrained", None)
+    head = cfg.get("pretrained_head", "auto")
+    # Host-side init seed derived from the params stream (same seed -> same model).
+    seed = np.asarray(jax.random.key_data(rngs.params())).ravel().tolist()
+    kwargs = dict(input_norm=input_norm, seed=seed)
+    if name.startswith("resnet"):
+        model = resnet(name, num_outputs, channels, norm=norm, **kwargs)
+    elif name.startswith("densenet"):
+        model = densenet(name, num_outputs, channels, **kwargs)
+    else:
+        model = vgg16(num_outputs, channels, hidden=int(cfg.get("hidden", 4096)), **kwargs)
+    if path:
+        report = load_pretrained(model, path, head=head)
+        _log.info(
+            "%s: loaded %d tensors from %s, dropped %d, head kept fresh: %s",
+            name,
+            len(report.loaded),
+            path,
+            len(report.dropped),
+            bool(report.skipped_head),
+        )
+    return model
+
+
 # name -> builder(model_config, per-example input shape, num_classes, rngs) -> nnx.Module
-MODELS: dict[str, Callable[..., nnx.Module]] = {"mlp": _build_mlp, "ima_cnn": _build_ima_cnn}
+MODELS: dict[str, Callable[..., nnx.Module]] = {
+    "mlp": _build_mlp,
+    "ima_cnn": _build_ima_cnn,
+    **dict.fromkeys(TORCHVISION_MODELS, _build_torchvision),
+}
 
 
 def build_model(
@@ -92,18 +198,40 @@ def build_model(
 __all__ = [
     "ACTIVATIONS",
     "ARCHITECTURES",
+    "INPUT_NORMS",
     "MLP",
     "MODELS",
+    "NORMS",
+    "TORCHVISION_MODELS",
+    "VGG",
+    "BasicBlock",
+    "Bottleneck",
     "Conv",
     "ConvSpec",
+    "DenseNet",
     "ImaCNN",
+    "ImportReport",
     "ModelFns",
+    "ResNet",
+    "TruncatedDenseNet",
+    "abstract_module",
+    "adaptive_avg_pool",
+    "batch_norm",
     "build_model",
     "conv2d",
+    "densenet",
+    "export_torchvision",
     "feature_map_shape",
     "ima_cnn",
+    "import_torchvision",
     "instance_norm",
     "layer_norm",
     "linear",
+    "load_pretrained",
+    "load_state_dict",
+    "resnet",
     "split_model",
+    "torchvision_init",
+    "torchvision_num_outputs",
+    "vgg16",
 ]

@@ -41,7 +41,10 @@ class ModelFns:
           ``(logits, features, new_batch_stats)``; ``new_batch_stats`` equals
           ``batch_stats`` when ``train`` is False.
         """
-        model = nnx.merge(self.graphdef, params, batch_stats)
+        # copy=True: fresh Variables owned by the current trace. Without it a
+        # BatchStat created at an outer trace level (jit) cannot be updated
+        # inside jax.grad (flax raises TraceContextError).
+        model = nnx.merge(self.graphdef, params, batch_stats, copy=True)
         if train:
             model.train()
         else:

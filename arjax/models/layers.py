@@ -7,8 +7,11 @@ initial loss scales and learning-rate settings carry over:
 * ``Conv``: THE convolution layer of every arjax model. NHWC inputs, HWIO
   kernel, integer stride and explicit symmetric integer padding exactly like
   ``torch.nn.Conv2d(in, out, k, stride, padding)``. The maths lives in one
-  function, ``conv2d``, so a faster formulation can replace it behind the same
-  layer.
+  function, ``conv2d``, with two implementations: XLA's convolution, and on CPU
+  (``impl="auto"``, the default) a custom JVP whose gradients are matrix
+  products over image patches, because XLA:CPU's gradient of a strided
+  convolution is slow. ``conv_impl_scope`` picks the implementation of the
+  layers built inside it (``model.conv_impl`` in configs).
 * ``instance_norm``: ``torch.nn.InstanceNorm2d(C)`` defaults (no affine
   parameters, no running statistics, eps 1e-5) via ``nnx.InstanceNorm``.
 * ``layer_norm``: ``torch.nn.LayerNorm(D)`` (affine, eps 1e-5) via
@@ -21,11 +24,15 @@ Initialisation (PyTorch's default for ``Conv2d`` and ``Linear``):
 bias; ``fan_in = in_channels * k * k`` (convolution) or ``in_features``.
 """
 
+import contextlib
+import functools
 import math
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.custom_derivatives import SymbolicZero
 
 from arjax.types import Array
 
@@ -33,29 +40,184 @@ from arjax.types import Array
 TORCH_NORM_EPS = 1e-5
 
 
-def conv2d(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-    """2-D cross-correlation with PyTorch's stride/padding semantics (no bias).
+CONV_IMPLS = ("auto", "xla", "patches")
+_default_conv_impl = "auto"
 
-    ``out[b, i, j, o] = sum_{di, dj, c} xpad[b, i*s + di, j*s + dj, c] *
-    kernel[di, dj, c, o]`` where ``xpad`` is ``x`` zero-padded by ``padding``
-    on every spatial side. Implemented with ``jax.lax.conv_general_dilated``.
+
+def check_conv_impl(impl: str) -> str:
+    """Returns ``impl`` if it names a convolution implementation, else raises.
+
+    Raises:
+      ValueError: listing ``CONV_IMPLS``.
+    """
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"unknown model.conv_impl {impl!r}; valid: {', '.join(CONV_IMPLS)}")
+    return impl
+
+
+def default_conv_impl() -> str:
+    """The implementation a ``Conv`` built now uses when given none (initially ``"auto"``)."""
+    return _default_conv_impl
+
+
+@contextlib.contextmanager
+def conv_impl_scope(impl: str) -> Iterator[None]:
+    """Sets the implementation of the ``Conv`` layers *built* inside the block.
+
+    The choice is stored on each layer when it is constructed (a static attribute, part of
+    the graph definition), so compiled functions never see a stale global and a model built
+    under ``conv_impl_scope("xla")`` keeps XLA's convolution wherever it is called.
+    ``arjax.models.build_model`` wraps construction in ``conv_impl_scope(model.conv_impl)``.
 
     Args:
-      x: float ``[B, H, W, C_in]``.
-      kernel: float ``[k, k, C_in, C_out]`` (HWIO).
-      stride: spatial stride s >= 1 (both axes).
-      padding: zeros added on each side of both spatial axes, p >= 0.
+      impl: ``"auto"``, ``"xla"`` or ``"patches"`` (see :func:`conv2d`).
 
-    Returns:
-      float ``[B, H', W', C_out]`` with ``H' = (H + 2p - k) // s + 1`` (same
-      for W).
+    Raises:
+      ValueError: for an unknown name (the message lists the valid ones).
     """
+    global _default_conv_impl
+    previous, _default_conv_impl = _default_conv_impl, check_conv_impl(impl)
+    try:
+        yield
+    finally:
+        _default_conv_impl = previous
+
+
+def _xla_conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
     return jax.lax.conv_general_dilated(
         x,
         kernel,
         window_strides=(stride, stride),
         padding=((padding, padding), (padding, padding)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+
+def extract_patches(x: Array, kernel_size: int, stride: int, padding: int) -> Array:
+    """The im2col matrix of ``conv2d``: every ``k x k x C`` input window, flattened.
+
+    ``patches[b, i, j, (di*k + dj)*C + c] = xpad[b, i*s + di, j*s + dj, c]``: the layout of
+    an HWIO kernel reshaped to ``[k*k*C, C_out]``, so ``conv2d(x, K) == patches @ K``.
+    Built from ``k*k`` strided slices (no gather), or one reshape when the output is a
+    single pixel; linear in ``x``.
+
+    Args:
+      x: float ``[B, H, W, C]``.
+      kernel_size: k.
+      stride: s.
+      padding: p.
+
+    Returns:
+      float ``[B, H', W', k*k*C]``.
+    """
+    batch, height, width, channels = x.shape
+    k = kernel_size
+    out_h = conv_output_size(height, k, stride, padding)
+    out_w = conv_output_size(width, k, stride, padding)
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    if out_h == out_w == 1:
+        return xp[:, :k, :k, :].reshape(batch, 1, 1, k * k * channels)
+    windows = [
+        jax.lax.slice(
+            xp,
+            (0, di, dj, 0),
+            (batch, di + stride * (out_h - 1) + 1, dj + stride * (out_w - 1) + 1, channels),
+            (1, stride, stride, 1),
+        )
+        for di in range(k)
+        for dj in range(k)
+    ]
+    return jnp.concatenate(windows, axis=-1)
+
+
+def _patches_matmul(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+    """``conv2d`` as ``extract_patches(x) @ kernel.reshape(k*k*C_in, C_out)``."""
+    k, _, c_in, c_out = kernel.shape
+    patches = extract_patches(x, k, stride, padding)
+    return jnp.matmul(patches, kernel.reshape(k * k * c_in, c_out))
+
+
+def _one_pixel(x: Array, kernel: Array, stride: int, padding: int) -> bool:
+    """The output is ``1 x 1``: the convolution is a matrix product of the flat window."""
+    k = kernel.shape[0]
+    out_h = conv_output_size(x.shape[1], k, stride, padding)
+    return out_h == 1 and conv_output_size(x.shape[2], k, stride, padding) == 1
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _patches_conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+    # Primal: XLA's forward convolution (fast on CPU), or a matrix product for a 1x1 output.
+    if _one_pixel(x, kernel, stride, padding):
+        return _patches_matmul(x, kernel, stride, padding)
+    return _xla_conv(x, kernel, stride, padding)
+
+
+@functools.partial(_patches_conv.defjvp, symbolic_zeros=True)
+def _patches_conv_jvp(stride, padding, primals, tangents):
+    # Linear in (dx, dkernel); reverse mode transposes each term. The dx term is written as
+    # patches(dx) @ K, whose transpose is (g @ K^T) folded back by the adjoint of the
+    # slicing: no lhs-dilated convolution (XLA:CPU's slow path). The dkernel term keeps
+    # XLA's convolution, whose transpose (the kernel gradient) is fast and compiles fast.
+    x, kernel = primals
+    dx, dkernel = tangents
+    y = _patches_conv(x, kernel, stride, padding)
+    dy = jnp.zeros_like(y)
+    if not isinstance(dx, SymbolicZero):
+        dy = dy + _patches_matmul(dx, kernel, stride, padding)
+    if not isinstance(dkernel, SymbolicZero):
+        if _one_pixel(x, kernel, stride, padding):
+            dy = dy + _patches_matmul(x, dkernel, stride, padding)
+        else:
+            dy = dy + _xla_conv(x, dkernel, stride, padding)
+    return y, dy
+
+
+def conv2d(x: Array, kernel: Array, stride: int, padding: int, impl: str = "auto") -> Array:
+    """2-D cross-correlation with PyTorch's stride/padding semantics (no bias).
+
+    ``out[b, i, j, o] = sum_{di, dj, c} xpad[b, i*s + di, j*s + dj, c] *
+    kernel[di, dj, c, o]`` where ``xpad`` is ``x`` zero-padded by ``padding``
+    on every spatial side.
+
+    Implementations (same maths; float32 results agree to rounding, ~1e-6 relative):
+
+    * ``"xla"``: ``jax.lax.conv_general_dilated`` and its autodiff. On XLA's CPU
+      backend the input gradient of a strided convolution is an lhs-dilated
+      convolution that XLA runs on a slow generic path (up to ~40x the forward
+      pass for the IMA Fashion-MNIST CNN's third layer).
+    * ``"patches"``: the same forward convolution (a matrix product when the
+      output is one pixel) with a custom JVP written as ``extract_patches(x) @ K``
+      (im2col). Reverse mode transposes it into matrix products plus the adjoint
+      of the patch slicing, so the input and kernel gradients cost about one
+      forward pass each. Forward and reverse mode, and higher orders, work.
+    * ``"auto"``: ``"patches"`` when compiled for CPU, ``"xla"`` elsewhere (GPU/TPU
+      convolutions are fast), decided when the function is lowered
+      (``jax.lax.platform_dependent``), not from the default backend.
+
+    Args:
+      x: float ``[B, H, W, C_in]``.
+      kernel: float ``[k, k, C_in, C_out]`` (HWIO).
+      stride: spatial stride s >= 1 (both axes).
+      padding: zeros added on each side of both spatial axes, p >= 0.
+      impl: ``"auto"`` (default), ``"xla"`` or ``"patches"`` (static).
+
+    Returns:
+      float ``[B, H', W', C_out]`` with ``H' = (H + 2p - k) // s + 1`` (same
+      for W).
+
+    Raises:
+      ValueError: for an unknown ``impl``.
+    """
+    check_conv_impl(impl)
+    if impl == "xla":
+        return _xla_conv(x, kernel, stride, padding)
+    if impl == "patches":
+        return _patches_conv(x, kernel, stride, padding)
+    return jax.lax.platform_dependent(
+        x,
+        kernel,
+        cpu=lambda x, kernel: _patches_conv(x, kernel, stride, padding),
+        default=lambda x, kernel: _xla_conv(x, kernel, stride, padding),
     )
 
 
@@ -100,6 +262,9 @@ class Conv(nnx.Module):
       stride: stride s (both axes).
       padding: explicit zero padding p on every spatial side.
       use_bias: add a learned per-channel bias.
+      impl: ``"auto"``, ``"xla"`` or ``"patches"`` (see :func:`conv2d`); None takes
+        the default of the enclosing :func:`conv_impl_scope` (``"auto"`` outside any).
+        Stored on the layer as a static attribute.
       rngs: uses the ``params`` stream.
     """
 
@@ -112,6 +277,7 @@ class Conv(nnx.Module):
         padding: int = 0,
         *,
         use_bias: bool = True,
+        impl: str | None = None,
         rngs: nnx.Rngs,
     ):
         for name, value, low in (
@@ -132,6 +298,7 @@ class Conv(nnx.Module):
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = padding
+        self.impl = check_conv_impl(default_conv_impl() if impl is None else impl)
 
     def __call__(self, x: Array) -> Array:
         """Applies the convolution.
@@ -142,7 +309,7 @@ class Conv(nnx.Module):
         Returns:
           float ``[B, H', W', C_out]``, ``H' = (H + 2p - k) // s + 1``.
         """
-        y = conv2d(x, self.kernel[...], self.stride, self.padding)
+        y = conv2d(x, self.kernel[...], self.stride, self.padding, self.impl)
         if self.bias is not None:
             y = y + self.bias[...]
         return y
@@ -200,3 +367,78 @@ def linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear
     """
     init = torch_uniform_init(in_features)
     return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=init, rngs=rngs)
+
+
+# PyTorch's BatchNorm2d momentum 0.1 weighs the NEW batch; flax's momentum weighs the OLD average.
+TORCH_BN_MOMENTUM = 0.9
+
+
+def batch_norm(channels: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    """``torch.nn.BatchNorm2d(channels)`` over the last (channel) axis of NHWC inputs.
+
+    Scale 1, bias 0, running mean 0 and variance 1, eps 1e-5; PyTorch's
+    momentum 0.1 is flax's ``momentum=0.9`` (``avg <- 0.9 avg + 0.1 batch``).
+    Train mode normalises with the batch's (biased) statistics and updates the
+    running averages (``nnx.BatchStat``); eval mode uses the running averages.
+    One difference remains: PyTorch folds the *unbiased* batch variance
+    (``n / (n - 1)``) into ``running_var``, flax the biased one; the two agree
+    to ``1/n`` with ``n = B*H*W`` values per channel.
+
+    Args:
+      channels: number of channels C of the ``[B, H, W, C]`` input.
+      rngs: parameter streams.
+
+    Returns:
+      An ``nnx.BatchNorm`` with parameters ``scale``/``bias`` ``[C]`` and batch
+      statistics ``mean``/``var`` ``[C]``.
+    """
+    return nnx.BatchNorm(
+        channels,
+        momentum=TORCH_BN_MOMENTUM,
+        epsilon=TORCH_NORM_EPS,
+        use_fast_variance=False,
+        rngs=rngs,
+    )
+
+
+# Per-channel (mean, std) of the input standardisation a network applies to [0, 1] images.
+NormStats = tuple[tuple[float, ...], tuple[float, ...]]
+INPUT_NORMS: dict[str, NormStats | None] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision's weights
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # (x - 0.5) / 0.5, IMA's COVID ResNet
+    "none": None,
+}
+
+
+def input_norm_stats(name: str, channels: int) -> NormStats | None:
+    """Per-channel ``(mean, std)`` of the named input standardisation for C channels.
+
+    A 1-channel (grayscale) input uses the average of the three RGB values
+    (ImageNet: mean 0.449, std 0.226), matching a first convolution whose RGB
+    kernel was summed over its input channels.
+
+    Args:
+      name: a key of ``INPUT_NORMS``.
+      channels: C of the ``[B, H, W, C]`` input (1 or 3).
+
+    Returns:
+      ``(mean, std)`` tuples of length C, or ``None`` for ``"none"``.
+    """
+    if name not in INPUT_NORMS:
+        raise ValueError(f"unknown model.input_norm {name!r}; valid: {sorted(INPUT_NORMS)}")
+    stats = INPUT_NORMS[name]
+    if stats is None:
+        return None
+    if channels == 3:
+        return stats
+    if channels == 1:
+        return tuple((sum(s) / 3,) for s in stats)
+    raise ValueError(f"model.input_norm {name!r} needs 1 or 3 input channels, got {channels}")
+
+
+def standardize(x: Array, stats: NormStats | None) -> Array:
+    """``(x - mean) / std`` per channel of ``x [B, H, W, C]``; identity for ``None``."""
+    if stats is None:
+        return x
+    mean, std = stats
+    return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)

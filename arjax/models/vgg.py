@@ -1,0 +1,211 @@
+"""VGG16 (Simonyan & Zisserman, 2014; configuration D) in torchvision's layout, NHWC.
+
+ARFL's backbone (Hao et al., seed 003, §4.2: "VGG16 ... pre-trained on
+ImageNet ... We finetuned the fully connected layers and the last
+convolutional layer"). Layout, names and initialisation follow
+``torchvision.models.vgg16``: ``features`` holds 13 ``3x3/1`` convolutions
+(with bias) at torchvision's ``nn.Sequential`` indices (ReLUs and max pools
+hold no parameters and are not stored), then ``AdaptiveAvgPool2d((7, 7))``
+and ``classifier`` = ``Linear(25088, 4096) - ReLU - Dropout - Linear(4096,
+4096) - ReLU - Dropout - Linear(4096, K)`` at indices 0, 3, 6. Parameter paths
+read ``features/0`` ... ``features/28`` (the last convolution),
+``classifier/0``, ``classifier/3``, ``classifier/6``; "the fully connected
+layers and the last convolutional layer" are ``classifier/*`` and
+``features/28``.
+
+Differences from torchvision, both documented choices:
+
+* Dropout is not applied (a pure ``apply`` has no dropout RNG; Khakzar et
+  al. train without dropout, ARFL does not mention it). Parameters are the
+  same.
+* The 7x7x512 map is flattened in PyTorch's channel-major (C, H, W) order, so
+  ``classifier.0.weight`` imports with a plain transpose.
+
+``features`` is the last convolution's output after its ReLU (``features.29``
+in torchvision), ``[B, H/16, W/16, 512]`` (14 x 14 for 224 x 224 inputs),
+before the final max pool: the highest-resolution map of the last block and
+ARFL's "feature map from the last convolutional layer". VGG's head is not
+global pooling + linear, so a class map on it is a Grad-CAM, not a CAM.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from arjax.models.layers import Conv, input_norm_stats, linear, standardize
+from arjax.models.pretrained import abstract_module, torchvision_init
+from arjax.types import Array
+
+# Configuration "D": output channels of each 3x3 convolution, "M" = 2x2/2 max pool.
+VGG16_CONFIG = (
+    *(64, 64, "M", 128, 128, "M"),
+    *(256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+)
+POOLED = 7  # AdaptiveAvgPool2d((7, 7))
+
+
+def adaptive_pool_matrix(size: int, out: int) -> np.ndarray:
+    """``[out, size]`` averaging weights of ``torch.nn.AdaptiveAvgPool1d(out)``.
+
+    Output ``i`` averages inputs ``floor(i*size/out) .. ceil((i+1)*size/out) - 1``
+    (PyTorch's bins, overlapping when ``size`` is not a multiple of ``out``,
+    repeating inputs when ``size < out``).
+
+    Args:
+      size: input length.
+      out: output length.
+
+    Returns:
+      float32 ``[out, size]`` with rows summing to 1.
+    """
+    weights = np.zeros((out, size), np.float32)
+    for i in range(out):
+        start, end = (i * size) // out, -((-(i + 1) * size) // out)
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
+
+
+def adaptive_avg_pool(x: Array, out: int = POOLED) -> Array:
+    """``torch.nn.AdaptiveAvgPool2d((out, out))`` on ``[B, H, W, C]`` -> ``[B, out, out, C]``."""
+    rows = jnp.asarray(adaptive_pool_matrix(x.shape[1], out), x.dtype)
+    cols = jnp.asarray(adaptive_pool_matrix(x.shape[2], out), x.dtype)
+    return jnp.einsum("ih,bhwc,jw->bijc", rows, x, cols)
+
+
+class VGG(nnx.Module):
+    """torchvision's VGG (no batch norm) returning ``(logits, features)``.
+
+    Args:
+      config: conv widths and ``"M"`` pools (``VGG16_CONFIG``).
+      num_outputs: width of ``classifier/6``; 1 gives one binary logit ``[B]``.
+      in_channels: input channels (3 RGB, 1 grayscale).
+      hidden: width of the two hidden classifier layers (4096).
+      input_norm: standardisation of ``[0, 1]`` inputs (``layers.INPUT_NORMS``).
+      rngs: parameter streams.
+    """
+
+    torchvision_input_conv = "features.0"
+    torchvision_head = "classifier.6"
+
+    def __init__(
+        self,
+        config: Sequence[int | str] = VGG16_CONFIG,
+        num_outputs: int = 1000,
+        in_channels: int = 3,
+        hidden: int = 4096,
+        input_norm: str = "imagenet",
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.input_stats = input_norm_stats(input_norm, in_channels)
+        convs, index, c = {}, 0, in_channels
+        for item in config:
+            if item == "M":
+                index += 1
+            else:
+                convs[str(index)] = Conv(c, item, 3, 1, 1, rngs=rngs)
+                c = item
+                index += 2  # the conv and its ReLU
+        self.config = tuple(config)
+        self.features = nnx.Dict(convs)
+        self.classifier = nnx.Dict(
+            {
+                "0": linear(c * POOLED * POOLED, hidden, rngs=rngs),
+                "3": linear(hidden, hidden, rngs=rngs),
+                "6": linear(hidden, num_outputs, rngs=rngs),
+            }
+        )
+        self.num_outputs = num_outputs
+
+    def _ops(self) -> list[tuple[int, str]]:
+        """Torchvision's ``features`` as ``(index, "conv" | "relu" | "pool")``."""
+        ops, index = [], 0
+        for item in self.config:
+            if item == "M":
+                ops.append((index, "pool"))
+                index += 1
+            else:
+                ops += [(index, "conv"), (index + 1, "relu")]
+                index += 2
+        return ops
+
+    def conv_features(self, x: Array, *, until: int | None = None) -> Array:
+        """Runs ``features`` through torchvision index ``until`` (default: all but the last pool).
+
+        Args:
+          x: float ``[B, H, W, C]`` images in ``[0, 1]``.
+          until: last torchvision index to run, e.g. 4 for the first block
+            (``conv - ReLU - conv - ReLU - maxpool``); ``None`` stops before the
+            final max pool (index 29, the last convolution's ReLU).
+
+        Returns:
+          The activations at that point, NHWC.
+        """
+        ops = self._ops()
+        stop = ops[-1][0] - 1 if until is None else until
+        h = standardize(x, self.input_stats)
+        for index, op in ops:
+            if index > stop:
+                break
+            if op == "conv":
+                h = self.features[str(index)](h)
+            elif op == "relu":
+                h = jax.nn.relu(h)
+            else:
+                h = nnx.max_pool(h, (2, 2), strides=(2, 2))
+        return h
+
+    def __call__(self, x: Array) -> tuple[Array, Array]:
+        """Forward pass.
+
+        Args:
+          x: float ``[B, H, W, C]`` images in ``[0, 1]`` (at least 32 x 32).
+
+        Returns:
+          ``(logits, features)``: logits ``[B, num_outputs]`` (``[B]`` for one
+          output); features the last convolution's ReLU output
+          ``[B, H/16, W/16, 512]``.
+        """
+        features = self.conv_features(x)
+        h = adaptive_avg_pool(nnx.max_pool(features, (2, 2), strides=(2, 2)))
+        h = jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1)  # PyTorch's (C, H, W)
+        cls = self.classifier
+        h = jax.nn.relu(cls["0"](h))
+        h = jax.nn.relu(cls["3"](h))
+        logits = cls["6"](h)
+        if self.num_outputs == 1:
+            logits = logits[:, 0]
+        return logits, features
+
+
+def vgg16(
+    num_outputs: int = 1000,
+    in_channels: int = 3,
+    *,
+    hidden: int = 4096,
+    input_norm: str = "imagenet",
+    seed: int | Sequence[int] = 0,
+) -> VGG:
+    """Builds VGG16 with torchvision's initialisation.
+
+    Built abstractly and filled on the host by ``pretrained.torchvision_init``
+    (kaiming-normal fan-out kernels and zero biases, linear ``N(0, 0.01)`` and
+    zero biases); nothing is compiled.
+
+    Args:
+      num_outputs: width of the last classifier layer.
+      in_channels: input channels.
+      hidden: hidden classifier width (4096; smaller only for tests).
+      input_norm: input standardisation (``"imagenet"``, ``"half"``, ``"none"``).
+      seed: initialisation seed (an int or ints for ``numpy.random.default_rng``).
+
+    Returns:
+      A ``VGG``.
+    """
+    model = abstract_module(
+        lambda rngs: VGG(VGG16_CONFIG, num_outputs, in_channels, hidden, input_norm, rngs=rngs)
+    )
+    return torchvision_init(model, seed, conv_mode="fan_out", linear="normal", zero_biases=True)
