@@ -11,7 +11,6 @@ from arjax.training import loop
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = [
     "moons_ima.py:smoke",
-    "moons_ima.py:adv0.1,smoke",
     "fashion_mnist_ima.py:smoke",
     "synthetic_lesions.py:smoke",
     "chestxray14_khakzar.py:smoke",

@@ -115,10 +115,15 @@ def launch(*args, timeout=300):
     "override,expect",
     [
         ("--config.method.name=madry", "valid choices: adversarial, arfl, ima, noise, standard"),
-        ("--config.model.name=resnet", "unknown model.name 'resnet'; valid choices: ima_cnn, mlp"),
+        (
+            "--config.model.name=resnet",
+            "unknown model.name 'resnet'; valid choices: densenet121, densenet121_truncated, "
+            "ima_cnn, mlp, resnet18",
+        ),
         (
             "--config.data.name=mnist",
-            "unknown data.name 'mnist'; valid choices: moons, synthetic_images, tfds",
+            "unknown data.name 'mnist'; valid choices: chestxray14, covid_ct, csv_manifest, "
+            "moons, synthetic_images",
         ),
         ("--config.optim.name=lion", "valid choices: adam, adamw, sgd"),
         ("--config.method.r=2.0", "method.r=2.0 is out of range"),
