@@ -229,3 +229,34 @@ def ima_image_config(arg: str, *, tfds_name: str, model_variant: str, image_shap
     elif modifier:
         raise ConfigError(f"unknown modifier {modifier!r}; valid: smoke")
     return config
+
+
+def lesion_smoke(
+    config: ml_collections.ConfigDict,
+    *,
+    num_classes: int = 2,
+    multi_label: bool = False,
+    eps: float = 0.01,
+) -> ml_collections.ConfigDict:
+    """Turns a medical config into its seconds-scale ``smoke`` variant, in place.
+
+    Swaps the data for 80 built-in synthetic lesion images at 32x32 (no
+    download), trains one epoch of batch 8 in the host loop, and evaluates with
+    2-step attacks at ``eps``; the model and method stay the experiment's.
+    """
+    config.name += ",smoke"
+    config.data = dict(
+        name="synthetic_lesions",
+        num_images=80,
+        image_size=32,
+        num_classes=num_classes,
+        multi_label=multi_label,
+        seed=0,
+    )
+    config.train.update(
+        batch_size=8, num_epochs=1, num_workers=0, log_every=2, eval_every=4, checkpoint_every=4
+    )
+    config.eval.update(batch_size=16, num_steps=2, eps=(0.0, eps), max_examples=0)
+    if config.eval.get("eps_l2", ()):
+        config.eval.eps_l2 = (0.0, 0.5)
+    return config

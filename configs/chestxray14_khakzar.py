@@ -21,7 +21,7 @@ or dropout, 224x224 grayscale, ImageNet weights optional
 close to the paper's Fig. 2 (mean ~0.8) for the clean model.
 """
 
-from arjax.config_lib import base_config
+from arjax.config_lib import base_config, lesion_smoke
 from arjax.methods import method_config
 
 EPS = (0.001, 0.005, 0.01, 0.05)
@@ -73,25 +73,7 @@ def get_config(arg="fgsm0.005"):
     config.eval.eps = (0.0, 0.001, 0.005, 0.01)
     config.eval.max_examples = 2000
     if modifier == "smoke":
-        config.name += ",smoke"
-        config.data = dict(
-            name="synthetic_lesions",
-            num_images=80,
-            image_size=32,
-            num_classes=3,
-            multi_label=True,
-            seed=0,
-        )
-        config.train.batch_size = 8
-        config.train.num_epochs = 1
-        config.train.num_workers = 0
-        config.train.log_every = 2
-        config.train.eval_every = 4
-        config.train.checkpoint_every = 4
-        config.eval.batch_size = 16
-        config.eval.num_steps = 2
-        config.eval.eps = (0.0, 0.005)
-        config.eval.max_examples = 0
+        lesion_smoke(config, num_classes=3, multi_label=True, eps=0.005)
     elif modifier:
         raise ValueError(f"unknown modifier {modifier!r}; valid: smoke")
     return config

@@ -14,7 +14,7 @@ output, Adam, batch 32, 100 epochs; 100-PGD (ce + margin) evaluation on L-inf
 and L2 noise levels.
 """
 
-from arjax.config_lib import base_config, ima_experiment_method
+from arjax.config_lib import base_config, ima_experiment_method, lesion_smoke
 
 
 def get_config(arg="ima"):
@@ -40,20 +40,7 @@ def get_config(arg="ima"):
     config.eval.eps = (0.0, 0.005, 0.01, 0.02, 0.05)
     config.eval.eps_l2 = (0.0, 0.5, 1.0, 2.0)
     if modifier == "smoke":
-        config.name += ",smoke"
-        config.data = dict(
-            name="synthetic_lesions", num_images=80, image_size=32, num_classes=2, seed=0
-        )
-        config.train.batch_size = 8
-        config.train.num_epochs = 1
-        config.train.num_workers = 0
-        config.train.log_every = 2
-        config.train.eval_every = 4
-        config.train.checkpoint_every = 4
-        config.eval.batch_size = 16
-        config.eval.num_steps = 2
-        config.eval.eps = (0.0, 0.01)
-        config.eval.eps_l2 = (0.0, 0.5)
+        lesion_smoke(config)
         if config.method.name == "ima":
             config.method.num_steps = 3
             config.method.num_bisections = 3

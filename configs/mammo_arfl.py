@@ -20,7 +20,7 @@ lambda = 10, 100 epochs, AUC as the metric, 5-fold cross-validation by the
 manifest's fold column (one run per test fold).
 """
 
-from arjax.config_lib import base_config
+from arjax.config_lib import base_config, lesion_smoke
 from arjax.methods import method_config
 
 ROWS = {
@@ -84,20 +84,8 @@ def get_config(arg="dual_arfl"):
     config.eval.num_steps = 7
     config.eval.eps = (0.0, 0.005, 0.01, 0.02)
     if modifier == "smoke":
-        config.name += ",smoke"
-        config.data = dict(
-            name="synthetic_lesions", num_images=80, image_size=32, num_classes=2, seed=0
-        )
+        lesion_smoke(config)
         config.model.hidden = 64  # a small classifier: seconds, not minutes, on CPU
-        config.train.batch_size = 8
-        config.train.num_epochs = 1
-        config.train.num_workers = 0
-        config.train.log_every = 2
-        config.train.eval_every = 4
-        config.train.checkpoint_every = 4
-        config.eval.batch_size = 16
-        config.eval.num_steps = 2
-        config.eval.eps = (0.0, 0.01)
         config.method.num_steps = 2
     elif modifier:
         raise ValueError(f"unknown modifier {modifier!r}; valid: smoke")

@@ -13,7 +13,7 @@ batch, eps 0.01), ``arfl`` (dual adversarial + ARFL), ``smoke`` (tiny, seconds).
 Expect clean ROC-AUC well above 0.9 for ``clean`` after the default epochs.
 """
 
-from arjax.config_lib import base_config
+from arjax.config_lib import base_config, lesion_smoke
 from arjax.methods import method_config
 
 VARIANTS = {
@@ -52,17 +52,7 @@ def get_config(arg="clean"):
     config.eval.num_steps = 10
     config.eval.eps = (0.0, 0.005, 0.01, 0.02)
     if modifier == "smoke":
-        config.name += ",smoke"
-        config.data.num_images = 80
-        config.data.image_size = 32
-        config.train.batch_size = 8
-        config.train.num_epochs = 1
-        config.train.log_every = 2
-        config.train.eval_every = 4
-        config.train.checkpoint_every = 4
-        config.eval.batch_size = 16
-        config.eval.num_steps = 2
-        config.eval.eps = (0.0, 0.01)
+        lesion_smoke(config)
     elif modifier:
         raise ValueError(f"unknown modifier {modifier!r}; valid: smoke")
     return config
