@@ -4,6 +4,8 @@ Registered ``model.name`` values:
 
 * ``"mlp"``: ``MLP`` (fields ``hidden``, ``activation``, ``layer_norm``,
   ``num_outputs``).
+* ``"cam_cnn"``: ``CamCNN``, a small conv + GAP + linear network for CAM tests
+  and demos (fields ``widths``, ``input_norm``, ``num_outputs``, ``binary_head``).
 * ``"ima_cnn"``: the IMA paper's image CNNs, ``model.variant`` picks
   ``"fmnist"`` (Fashion-MNIST, 28x28x1) or ``"svhn"`` (SVHN, 32x32x3).
 * ``"resnet18"``, ``"resnet50"``, ``"densenet121"``, ``"densenet121_truncated"``
@@ -36,6 +38,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from arjax.models.camnet import CamCNN, build_cam_cnn
 from arjax.models.cnn import ARCHITECTURES, ConvSpec, ImaCNN, feature_map_shape, ima_cnn
 from arjax.models.densenet import DenseNet, TruncatedDenseNet, densenet
 from arjax.models.functional import ModelFns, split_model
@@ -171,6 +174,7 @@ def _build_torchvision(
 MODELS: dict[str, Callable[..., nnx.Module]] = {
     "mlp": _build_mlp,
     "ima_cnn": _build_ima_cnn,
+    "cam_cnn": build_cam_cnn,
     **dict.fromkeys(TORCHVISION_MODELS, _build_torchvision),
 }
 
@@ -206,6 +210,7 @@ __all__ = [
     "VGG",
     "BasicBlock",
     "Bottleneck",
+    "CamCNN",
     "Conv",
     "ConvSpec",
     "DenseNet",
