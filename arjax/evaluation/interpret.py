@@ -1,0 +1,283 @@
+"""Interpretability maps: vanilla-gradient saliency and class activation maps (CAMs).
+
+Khakzar et al. (seed 002) measure interpretability with
+
+* **saliency maps** (§4.2, Fig. 1 and 4): "vanilla saliency maps [Simonyan et
+  al., 2013], the gradients are only clipped by three standard deviations and
+  scaled to [0 1] and no further processing (e.g. smoothing) is performed";
+* **class activation maps** (Zhou et al., 2016): for a network whose logits
+  are a linear head on the global average of the last feature map
+  ``f [h, w, C]``, ``logit_k = b_k + mean_ij sum_c W[c, k] f[i, j, c]``, and
+  ``CAM_k[i, j] = sum_c W[c, k] f[i, j, c]``: the head applied at every
+  position, without the bias, so ``mean_ij CAM_k + b_k = logit_k``. For
+  localisation (§3.3) a CAM is bilinearly upsampled to the input size and
+  scaled to ``[0, 255]`` (``upsample_cam``), then thresholded
+  (``arjax.evaluation.localization``).
+
+``save_grid`` writes the Fig. 1-style PNG: input, CAM overlay and saliency,
+each with the ground-truth boxes drawn.
+"""
+
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from arjax.evaluation.report import PathLike, _save, plt
+from arjax.losses import classification_loss
+from arjax.models.densenet import DenseNet
+from arjax.models.functional import ModelFns
+from arjax.models.resnet import ResNet
+from arjax.types import Array, PyTree
+
+# Networks whose logits are ``head(mean_ij features)``: class -> name of the head attribute.
+# A module may also declare its own ``cam_head`` attribute (see arjax.models.camnet).
+GAP_HEADS: dict[type, str] = {ResNet: "fc", DenseNet: "classifier"}
+
+
+def saliency(
+    fn: Callable[[Array], Array],
+    x: Array,
+    y: Array | None = None,
+    *,
+    num_std: float = 3.0,
+    signed: bool = False,
+) -> Array:
+    """Vanilla-gradient saliency maps, clipped at ``num_std`` standard deviations, in [0, 1].
+
+    Khakzar et al. §4.2 (after Simonyan et al., 2013, §3.1). Per image:
+
+    1. ``g = d loss / d x`` (the gradient of that image's own loss);
+    2. one value per pixel: ``max_c |g_c|`` (Simonyan's map), or with
+       ``signed=True`` the signed ``sum_c g_c``;
+    3. clip to ``mean +- num_std * std`` of the image's map;
+    4. scale to [0, 1] by the image's min and max (a constant map gives 0).
+
+    Args:
+      fn: with ``y``: a logits function ``x -> logits`` and the loss is
+        ``arjax.losses.classification_loss(logits, y)`` (softmax CE, binary or
+        multi-label BCE). Without ``y``: any per-example scalar ``x -> [B]``
+        (a loss, or one logit) whose gradient is taken. Examples must not
+        interact (eval-mode batch statistics), as the gradient of the batch sum
+        is used.
+      x: float ``[B, H, W, C]`` (or ``[B, H, W]``) inputs.
+      y: labels for the loss (int ``[B]`` or multi-hot ``[B, K]``), or None.
+      num_std: clipping width in standard deviations (3 in the paper).
+      signed: keep the gradient's sign (``sum_c g_c``) instead of ``max_c |g_c|``.
+
+    Returns:
+      float32 ``[B, H, W]`` in ``[0, 1]``.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"saliency needs inputs [B, H, W] or [B, H, W, C], got {x.shape}")
+    if y is None:
+        per_example = fn
+    else:
+
+        def per_example(images):
+            return classification_loss(fn(images), y)
+
+    def total(images):
+        values = per_example(images)
+        if values.shape != (x.shape[0],):
+            raise ValueError(
+                f"saliency: the function must give one value per example [B={x.shape[0]}], "
+                f"got {values.shape}"
+            )
+        return jnp.sum(values)
+
+    g = jax.jit(jax.grad(total))(x)  # one compilation, not op-by-op; inlined under an outer jit
+    if g.ndim == 4:
+        g = g.sum(-1) if signed else jnp.abs(g).max(-1)
+    elif not signed:
+        g = jnp.abs(g)
+    return clip_and_scale(g, num_std)
+
+
+def clip_and_scale(maps: Array, num_std: float = 3.0) -> Array:
+    """Clips each ``[H, W]`` map to its ``mean +- num_std * std`` and min-max scales it to [0, 1].
+
+    Args:
+      maps: float ``[B, H, W]``.
+      num_std: clipping width in standard deviations.
+
+    Returns:
+      float32 ``[B, H, W]`` in ``[0, 1]``; constant maps give zeros.
+    """
+    maps = jnp.asarray(maps, jnp.float32)
+    mean = maps.mean(axis=(1, 2), keepdims=True)
+    std = maps.std(axis=(1, 2), keepdims=True)
+    clipped = jnp.clip(maps, mean - num_std * std, mean + num_std * std)
+    return _minmax(clipped, axes=(1, 2), high=1.0)
+
+
+def _minmax(maps: Array, axes: tuple[int, ...], high: float) -> Array:
+    lo = maps.min(axis=axes, keepdims=True)
+    span = maps.max(axis=axes, keepdims=True) - lo
+    return jnp.where(span > 0, (maps - lo) / jnp.where(span > 0, span, 1.0), 0.0) * high
+
+
+def cam_head(module: nnx.Module) -> nnx.Linear:
+    """The linear head a CAM uses: ``module.cam_head`` or ``GAP_HEADS[type(module)]``.
+
+    Raises:
+      ValueError: for networks whose logits are not a linear head on the global
+        average of ``features`` (VGG16's MLP head, the IMA CNNs' flatten head,
+        MLPs), naming the networks that have one.
+    """
+    name = getattr(module, "cam_head", None)
+    for cls, attr in GAP_HEADS.items():
+        if name is None and isinstance(module, cls):
+            name = attr
+    head = getattr(module, name, None) if name else None
+    if not isinstance(head, nnx.Linear):
+        valid = sorted({c.__name__ for c in GAP_HEADS} | {"CamCNN (cam_cnn)"})
+        raise ValueError(
+            f"CAM needs global average pooling + a linear head; {type(module).__name__} has "
+            f"none. Networks with one: {', '.join(valid)} (resnet18/50, densenet121(_truncated),"
+            " cam_cnn)"
+        )
+    return head
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _cams(model: ModelFns, params: PyTree, batch_stats: PyTree, x: Array) -> tuple[Array, Array]:
+    logits, features, _ = model.apply(params, batch_stats, x, train=False)
+    head = cam_head(nnx.merge(model.graphdef, params, batch_stats, copy=True))
+    cams = jnp.einsum("bhwc,ck->bhwk", features, head.kernel[...].astype(features.dtype))
+    return cams, logits
+
+
+def class_activation_maps(
+    model: ModelFns, params: PyTree, batch_stats: PyTree, x: Array, *, with_logits: bool = False
+) -> Array | tuple[Array, Array]:
+    """Class activation maps of a GAP + linear network (Zhou et al., 2016, Eq. 2).
+
+    ``CAM_k[i, j] = sum_c W[c, k] * features[i, j, c]`` with ``W`` the head's
+    kernel ``[C, K]``; the head's bias is left out, so ``CAM_k.mean((1, 2)) +
+    b_k == logit_k``. A single-logit binary head gives ``K = 1`` (the CAM of
+    the positive class). Eval-mode batch statistics; jitted once per input shape.
+
+    Args:
+      model: the model's pure functions (``build_model``/``split_model``).
+      params: parameters.
+      batch_stats: batch statistics (may be empty).
+      x: float ``[B, H, W, C]`` images in ``[0, 1]``.
+      with_logits: also return the logits.
+
+    Returns:
+      float ``[B, h, w, K]`` on the last feature map's grid (and logits ``[B, K]``
+      or ``[B]`` when ``with_logits``).
+
+    Raises:
+      ValueError: the network has no GAP + linear head (see ``cam_head``).
+    """
+    cams, logits = _cams(model, params, batch_stats, jnp.asarray(x))
+    return (cams, logits) if with_logits else cams
+
+
+def upsample_cam(cam: Array, size: int | tuple[int, int]) -> Array:
+    """Bilinear upsampling to the input size, then per-map min-max scaling to [0, 255].
+
+    Khakzar et al. §3.3: "we upsample the CAMs via bilinear interpolation to
+    the input image size [...] and then scale their values to a range (we used
+    [0 255])". ``jax.image.resize`` with half-pixel centres (PyTorch's
+    ``align_corners=False``).
+
+    Args:
+      cam: float ``[B, h, w, K]``.
+      size: output side ``S`` or ``(H, W)``.
+
+    Returns:
+      float32 ``[B, H, W, K]``; each ``[H, W]`` map spans ``[0, 255]`` (a
+      constant map becomes zeros).
+    """
+    cam = jnp.asarray(cam, jnp.float32)
+    if cam.ndim != 4:
+        raise ValueError(f"upsample_cam needs cams [B, h, w, K], got {cam.shape}")
+    h, w = (size, size) if isinstance(size, int | np.integer) else tuple(size)
+    up = jax.image.resize(cam, (cam.shape[0], h, w, cam.shape[3]), method="bilinear")
+    return _minmax(up, axes=(1, 2), high=255.0)
+
+
+def _box_list(boxes) -> list:
+    """``(x, y, w, h)`` or ``(class, x, y, w, h)`` rows -> ``[(label, x, y, w, h)]``."""
+    out = []
+    for box in boxes if boxes is not None else ():
+        box = tuple(box)
+        if len(box) not in (4, 5):
+            raise ValueError(f"a box is (x, y, w, h) or (class, x, y, w, h), got {box}")
+        out.append(box if len(box) == 5 else (None, *box))
+    return out
+
+
+def save_grid(
+    path: PathLike,
+    images: Array,
+    cams: Array | None,
+    saliencies: Array | None,
+    boxes: Sequence | None = None,
+    *,
+    titles: Sequence[str] | None = None,
+    class_names: Sequence[str] = (),
+    alpha: float = 0.45,
+) -> PathLike:
+    """One row per image: the input, the CAM over it, the saliency map; boxes drawn on each.
+
+    Khakzar et al. Fig. 1 / Fig. 4 layout. Maps are shown with their own
+    range (``jet`` colour map for CAMs, gray for saliency).
+
+    Args:
+      path: PNG to write (parent folders are created).
+      images: float ``[N, H, W, C]`` or ``[N, H, W]`` in ``[0, 1]``.
+      cams: ``[N, H, W]`` upsampled CAMs (e.g. ``upsample_cam(...)[..., k]``) or None.
+      saliencies: ``[N, H, W]`` in ``[0, 1]`` (``saliency``) or None.
+      boxes: per image a list of ``(x, y, w, h)`` or ``(class, x, y, w, h)``
+        boxes in input pixels (``ImageFileSource.boxes`` rows), or None.
+      titles: one row label per image (e.g. "label 1, p=0.97").
+      class_names: names for the box classes in the legend.
+      alpha: CAM opacity over the image.
+
+    Returns:
+      The path written.
+    """
+    images = np.asarray(images, np.float32)
+    if images.ndim == 4:
+        images = images.mean(-1) if images.shape[-1] != 3 else images
+    n = images.shape[0]
+    panels = [("input", None)]
+    for name, maps in (("CAM", cams), ("saliency", saliencies)):
+        if maps is not None:
+            maps = np.asarray(maps, np.float32)
+            if maps.shape[:3] != images.shape[:3]:
+                raise ValueError(f"save_grid: {name} maps {maps.shape} do not match images")
+            panels.append((name, maps))
+    if boxes is not None and len(boxes) != n:
+        raise ValueError(f"save_grid: {len(boxes)} box lists for {n} images")
+    fig, axes = plt.subplots(n, len(panels), figsize=(2.4 * len(panels), 2.4 * n), squeeze=False)
+    gray = dict(cmap="gray", vmin=0.0, vmax=1.0)
+    for i in range(n):
+        for j, (name, maps) in enumerate(panels):
+            ax = axes[i, j]
+            if name == "saliency":
+                ax.imshow(maps[i], cmap="gray")
+            else:
+                ax.imshow(images[i], **({} if images.ndim == 4 else gray))
+                if maps is not None:
+                    ax.imshow(maps[i], cmap="jet", alpha=alpha)
+            for k, x, y, w, h in _box_list(boxes[i] if boxes is not None else None):
+                ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ec="deepskyblue"))
+                if k is not None and j == 0:
+                    label = class_names[k] if k < len(class_names) else str(k)
+                    ax.text(x, y - 1, label, color="deepskyblue", fontsize=7, va="bottom")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name)
+        if titles is not None:
+            axes[i, 0].set_ylabel(titles[i], fontsize=8)
+    return _save(fig, path)
