@@ -117,8 +117,8 @@ def launch(*args, timeout=300):
         ("--config.method.name=madry", "valid choices: adversarial, arfl, ima, noise, standard"),
         (
             "--config.model.name=resnet",
-            "unknown model.name 'resnet'; valid choices: densenet121, densenet121_truncated, "
-            "ima_cnn, mlp, resnet18",
+            "unknown model.name 'resnet'; valid choices: cam_cnn, densenet121, "
+            "densenet121_truncated, ima_cnn, mlp, resnet18",
         ),
         (
             "--config.data.name=mnist",
