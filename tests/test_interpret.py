@@ -10,7 +10,7 @@ from flax import nnx
 
 from arjax.evaluation import interpret
 from arjax.models import CamCNN, ResNet, build_model, ima_cnn, split_model
-from arjax.models.densenet import TruncatedDenseNet
+from arjax.models.densenet import DenseNet
 from arjax.models.vgg import VGG
 
 
@@ -81,8 +81,8 @@ def test_cam_is_the_head_weighted_sum_of_feature_maps(num_outputs):
 def test_cam_head_lookup_for_registered_networks():
     resnet = nnx.eval_shape(lambda: ResNet("basic", (1, 1, 1, 1), 3, 1, rngs=nnx.Rngs(0)))
     assert interpret.cam_head(resnet) is resnet.fc
-    dense = nnx.eval_shape(lambda: TruncatedDenseNet(14, 1, rngs=nnx.Rngs(0)))
-    assert interpret.cam_head(dense) is dense.classifier
+    dense = nnx.eval_shape(lambda: DenseNet((1, 1), 14, 1, rngs=nnx.Rngs(0)))
+    assert interpret.cam_head(dense) is dense.classifier  # and its subclass TruncatedDenseNet
     vgg = nnx.eval_shape(lambda: VGG(num_outputs=2, hidden=8, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="global average pooling.*resnet18"):
         interpret.cam_head(vgg)
@@ -93,6 +93,9 @@ def test_cam_head_lookup_for_registered_networks():
     fns, params, stats = build_model(cfg, (2,), 2, 0)
     with pytest.raises(ValueError, match="MLP has none"):
         interpret.class_activation_maps(fns, params, stats, jnp.zeros((1, 2)))
+    cfg = ml_collections.ConfigDict(dict(name="cam_cnn", widths=(4, 4, 4, 4)))
+    with pytest.raises(ValueError, match="too small for 3 poolings"):
+        build_model(cfg, (6, 6, 1), 2, 0)
 
 
 def test_upsample_cam_is_bilinear_and_spans_0_255():

@@ -97,6 +97,10 @@ def test_report_on_hand_made_images_has_known_accuracies(tmp_path):
         localization.localization_report(fns, params, stats, data, ious=(0.0, 0.5))
     with pytest.raises(ValueError, match="folds=1"):
         localization.localization_report(fns, params, stats, data, folds=1)
+    with pytest.raises(ValueError, match=r"out of range: \[30\]"):
+        localization.localization_report(
+            fns, params, stats, {**data, "boxes": {30: [(0, 1, 1, 2, 2)]}}
+        )
     with pytest.raises(ValueError, match="only 2 outputs"):
         localization.localization_report(*_identity_cam_model(2), data)
 

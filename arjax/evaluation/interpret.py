@@ -62,7 +62,8 @@ def saliency(
         multi-label BCE). Without ``y``: any per-example scalar ``x -> [B]``
         (a loss, or one logit) whose gradient is taken. Examples must not
         interact (eval-mode batch statistics), as the gradient of the batch sum
-        is used.
+        is used. The gradient is compiled on each call (``fn`` is a new closure
+        each time); call ``saliency`` inside your own ``jax.jit`` to reuse it.
       x: float ``[B, H, W, C]`` (or ``[B, H, W]``) inputs.
       y: labels for the loss (int ``[B]`` or multi-hot ``[B, K]``), or None.
       num_std: clipping width in standard deviations (3 in the paper).
@@ -98,6 +99,7 @@ def saliency(
     return clip_and_scale(g, num_std)
 
 
+@jax.jit
 def clip_and_scale(maps: Array, num_std: float = 3.0) -> Array:
     """Clips each ``[H, W]`` map to its ``mean +- num_std * std`` and min-max scales it to [0, 1].
 
@@ -180,6 +182,7 @@ def class_activation_maps(
     return (cams, logits) if with_logits else cams
 
 
+@functools.partial(jax.jit, static_argnames="size")
 def upsample_cam(cam: Array, size: int | tuple[int, int]) -> Array:
     """Bilinear upsampling to the input size, then per-map min-max scaling to [0, 255].
 
@@ -199,7 +202,7 @@ def upsample_cam(cam: Array, size: int | tuple[int, int]) -> Array:
     cam = jnp.asarray(cam, jnp.float32)
     if cam.ndim != 4:
         raise ValueError(f"upsample_cam needs cams [B, h, w, K], got {cam.shape}")
-    h, w = (size, size) if isinstance(size, int | np.integer) else tuple(size)
+    h, w = (size, size) if isinstance(size, int | np.integer) else size
     up = jax.image.resize(cam, (cam.shape[0], h, w, cam.shape[3]), method="bilinear")
     return _minmax(up, axes=(1, 2), high=255.0)
 

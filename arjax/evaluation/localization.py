@@ -20,6 +20,9 @@ The paper says the threshold is chosen "based on its resulting localization
 performance"; arjax reads this as the localisation accuracy at the same
 ``T(IoU)`` (ties: the larger mean IoU, then the lower threshold).
 
+Each box is one item: an image with two boxes of a class is scored twice,
+each box against the whole thresholded CAM of that class.
+
 A random-box baseline comes with every report: a box of the ground truth's
 own size placed uniformly at random in the image (``random_draws`` draws per
 box), a chance level that already knows the lesion size.
@@ -177,6 +180,12 @@ def _read_data(data: Any) -> tuple[Any, dict, tuple[str, ...]]:
         if "image" not in data or "boxes" not in data:
             raise ValueError("localization data must hold 'image' [N, S, S, C] and 'boxes'")
         images = np.asarray(data["image"])
+        bad = [p for p in data["boxes"] if not 0 <= p < len(images)]
+        if images.ndim != 4 or bad:
+            raise ValueError(
+                f"localization data: 'image' must be [N, S, S, C] (got {images.shape}) and box "
+                f"positions in [0, N); out of range: {bad[:5]}"
+            )
         return (lambda p: images[p]), dict(data["boxes"]), tuple(data.get("class_names", ()))
     if not hasattr(data, "gather") or not hasattr(data, "boxes"):
         raise TypeError(f"localization needs an ImageFileSource or a dict, got {type(data)}")
@@ -339,8 +348,14 @@ def plot_localization(reports: Mapping[str, Any], path: PathLike) -> PathLike:
     for ax, panel in zip(axes.flat, panels, strict=False):
         for label, report in reports.items():
             entry = report["mean"] if panel == "mean" else report["classes"].get(panel)
-            if entry is not None:
-                ax.plot(report["ious"], entry["accuracy"], marker="o", ms=3, label=label)
+            if entry is None:
+                continue
+            (line,) = ax.plot(report["ious"], entry["accuracy"], marker="o", ms=3, label=label)
+            if "accuracy_std" in entry:  # spread over the folds
+                mean, std = np.asarray(entry["accuracy"]), np.asarray(entry["accuracy_std"])
+                ax.fill_between(
+                    report["ious"], mean - std, mean + std, color=line.get_color(), alpha=0.2
+                )
         entry = first["mean"] if panel == "mean" else first["classes"][panel]
         ax.plot(first["ious"], entry["random_box"], "k--", lw=1, label="random box")
         ax.set_title(panel if panel == "mean" else f"{panel} (n={entry['count']})")
