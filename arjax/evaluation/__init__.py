@@ -3,7 +3,9 @@
 from arjax.evaluation.interpret import (
     class_activation_maps,
     clip_and_scale,
+    model_saliency,
     saliency,
+    save_box_grid,
     save_grid,
     upsample_cam,
 )
@@ -60,6 +62,7 @@ __all__ = [
     "localization_table",
     "mann_whitney_u",
     "mean_std",
+    "model_saliency",
     "plot_accuracy_vs_eps",
     "plot_decision_boundary",
     "plot_histogram",
@@ -71,6 +74,7 @@ __all__ = [
     "roc_auc",
     "roc_auc_per_class",
     "saliency",
+    "save_box_grid",
     "save_grid",
     "upsample_cam",
     "write_json",

@@ -19,7 +19,8 @@ each with the ground-truth boxes drawn.
 """
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +64,7 @@ def saliency(
         (a loss, or one logit) whose gradient is taken. Examples must not
         interact (eval-mode batch statistics), as the gradient of the batch sum
         is used. The gradient is compiled on each call (``fn`` is a new closure
-        each time); call ``saliency`` inside your own ``jax.jit`` to reuse it.
+        each time); use ``model_saliency`` (or your own ``jax.jit``) to reuse it.
       x: float ``[B, H, W, C]`` (or ``[B, H, W]``) inputs.
       y: labels for the loss (int ``[B]`` or multi-hot ``[B, K]``), or None.
       num_std: clipping width in standard deviations (3 in the paper).
@@ -97,6 +98,34 @@ def saliency(
     elif not signed:
         g = jnp.abs(g)
     return clip_and_scale(g, num_std)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_std", "signed"))
+def model_saliency(
+    model: ModelFns,
+    params: PyTree,
+    batch_stats: PyTree,
+    x: Array,
+    y: Array,
+    *,
+    num_std: float = 3.0,
+    signed: bool = False,
+) -> Array:
+    """``saliency`` of a model's loss (eval-mode statistics), compiled once per input shape.
+
+    Args:
+      model: the model's pure functions.
+      params: parameters.
+      batch_stats: batch statistics.
+      x: float ``[B, H, W, C]`` images.
+      y: labels (int ``[B]`` or multi-hot ``[B, K]``).
+      num_std: clipping width in standard deviations.
+      signed: see ``saliency``.
+
+    Returns:
+      float32 ``[B, H, W]`` in ``[0, 1]``.
+    """
+    return saliency(model.logits_fn(params, batch_stats), x, y, num_std=num_std, signed=signed)
 
 
 @jax.jit
@@ -284,3 +313,111 @@ def save_grid(
         if titles is not None:
             axes[i, 0].set_ylabel(titles[i], fontsize=8)
     return _save(fig, path)
+
+
+def box_data(data: Any) -> tuple[Callable[[np.ndarray], dict], dict, tuple[str, ...]]:
+    """Reads images with boxes from an ``ImageFileSource`` or a dict.
+
+    Args:
+      data: an ``ImageFileSource`` (``gather``, ``boxes``: position -> ``[(class,
+        x, y, w, h)]`` in input pixels, ``class_names``), or a dict with
+        ``image`` ``[N, S, S, C]``, ``boxes`` (the same mapping) and optional
+        ``label`` and ``class_names``.
+
+    Returns:
+      ``(gather, boxes, class_names)``: ``gather(positions [n])`` gives a dict
+      with ``image`` ``[n, S, S, C]`` (and ``label`` when the data have labels).
+    """
+    if isinstance(data, Mapping):
+        if "image" not in data or "boxes" not in data:
+            raise ValueError("box data must hold 'image' [N, S, S, C] and 'boxes'")
+        images = np.asarray(data["image"])
+        bad = [p for p in data["boxes"] if not 0 <= p < len(images)]
+        if images.ndim != 4 or bad:
+            raise ValueError(
+                f"box data: 'image' must be [N, S, S, C] (got {images.shape}) and box "
+                f"positions in [0, N); out of range: {bad[:5]}"
+            )
+        arrays = {k: np.asarray(data[k]) for k in ("image", "label") if k in data}
+        names = tuple(data.get("class_names", ()))
+        return (lambda p: {k: v[p] for k, v in arrays.items()}), dict(data["boxes"]), names
+    if not hasattr(data, "gather") or not hasattr(data, "boxes"):
+        raise TypeError(f"box data must be an ImageFileSource or a dict, got {type(data)}")
+    return data.gather, dict(data.boxes), tuple(data.class_names)
+
+
+def cam_channels(classes: np.ndarray, num_maps: int, names: Sequence[str] = ()) -> np.ndarray:
+    """CAM channel of each box class: the class itself, or 0 for a one-logit binary head.
+
+    Args:
+      classes: int ``[N]`` box classes (indices into the label names).
+      num_maps: CAM channels K of the model.
+      names: label names (a one-logit head with two names serves class 1).
+
+    Returns:
+      int ``[N]`` channels in ``[0, K)``.
+    """
+    classes = np.asarray(classes, int)
+    if num_maps == 1:
+        if len(names) == 2 and np.any(classes != 1):
+            raise ValueError(f"boxes of class {names[0]!r} for a one-logit (positive-class) CAM")
+        return np.zeros_like(classes)
+    if classes.max() >= num_maps:
+        raise ValueError(f"box class {classes.max()} but the model has only {num_maps} outputs")
+    return classes
+
+
+def save_box_grid(
+    path: PathLike,
+    model: ModelFns,
+    params: PyTree,
+    batch_stats: PyTree,
+    data: Any,
+    *,
+    num_images: int = 8,
+) -> PathLike:
+    """``save_grid`` for the first ``num_images`` annotated images of ``data`` (Fig. 1).
+
+    Each row: the image, the upsampled CAM of its first box's class, and the
+    saliency of its loss (of that class's logit when ``data`` has no labels);
+    the row title gives the class and the model's probability for it.
+
+    Args:
+      path: PNG to write.
+      model: a GAP + linear network's pure functions.
+      params: parameters.
+      batch_stats: batch statistics.
+      data: as for ``box_data``.
+      num_images: rows.
+
+    Returns:
+      The path written.
+    """
+    gather, boxes, names = box_data(data)
+    positions = np.asarray(sorted(boxes)[:num_images], int)
+    if positions.size == 0:
+        raise ValueError("save_box_grid needs images with boxes; the data hold none")
+    batch = gather(positions)
+    x = jnp.asarray(batch["image"], jnp.float32)
+    cams, logits = class_activation_maps(model, params, batch_stats, x, with_logits=True)
+    classes = np.array([boxes[p][0][0] for p in positions])
+    channel = cam_channels(classes, cams.shape[-1], names)
+    rows = np.arange(len(positions))
+    cam = np.asarray(upsample_cam(cams, x.shape[1:3]))[rows, ..., channel]
+    if "label" in batch:
+        sal = model_saliency(model, params, batch_stats, x, jnp.asarray(batch["label"]))
+    else:
+        logits_fn = model.logits_fn(params, batch_stats)
+        sal = saliency(lambda v: logits_fn(v).reshape(len(rows), -1)[rows, channel], x)
+    flat = np.asarray(logits).reshape(len(rows), -1)
+    if flat.shape[1] > 1 and "label" in batch and np.ndim(batch["label"]) == 1:
+        prob = np.asarray(jax.nn.softmax(flat))[rows, channel]  # softmax head
+    else:
+        prob = np.asarray(jax.nn.sigmoid(flat))[rows, channel]
+    titles = [
+        f"{names[k] if k < len(names) else k}: p={q:.2f}"
+        for k, q in zip(classes, prob, strict=True)
+    ]
+    return save_grid(
+        path, x, cam, sal, [boxes[p] for p in positions], titles=titles, class_names=names
+    )

@@ -174,36 +174,6 @@ def _item_curves(model, params, batch_stats, x, channel, boxes):
     return iou_curve(interpret.upsample_cam(cam, x.shape[1:3])[..., 0], boxes)
 
 
-def _read_data(data: Any) -> tuple[Any, dict, tuple[str, ...]]:
-    """(positions -> images [n, S, S, C], boxes dict, class names) of a source or dict."""
-    if isinstance(data, Mapping):
-        if "image" not in data or "boxes" not in data:
-            raise ValueError("localization data must hold 'image' [N, S, S, C] and 'boxes'")
-        images = np.asarray(data["image"])
-        bad = [p for p in data["boxes"] if not 0 <= p < len(images)]
-        if images.ndim != 4 or bad:
-            raise ValueError(
-                f"localization data: 'image' must be [N, S, S, C] (got {images.shape}) and box "
-                f"positions in [0, N); out of range: {bad[:5]}"
-            )
-        return (lambda p: images[p]), dict(data["boxes"]), tuple(data.get("class_names", ()))
-    if not hasattr(data, "gather") or not hasattr(data, "boxes"):
-        raise TypeError(f"localization needs an ImageFileSource or a dict, got {type(data)}")
-    gather = data.gather
-    return (lambda p: gather(p)["image"]), dict(data.boxes), tuple(data.class_names)
-
-
-def _cam_channels(classes: np.ndarray, num_maps: int, names: tuple[str, ...]) -> np.ndarray:
-    """CAM channel of each box class: the class itself, or 0 for a single-logit binary head."""
-    if num_maps == 1:
-        if len(names) == 2 and np.any(classes != 1):
-            raise ValueError(f"boxes of class {names[0]!r} for a one-logit (positive-class) CAM")
-        return np.zeros_like(classes)
-    if classes.max() >= num_maps:
-        raise ValueError(f"box class {classes.max()} but the model has only {num_maps} outputs")
-    return classes
-
-
 def localization_report(
     model: ModelFns,
     params: PyTree,
@@ -252,25 +222,25 @@ def localization_report(
     for name, value, low in (("folds", folds, 2), ("batch_size", batch_size, 1)):
         if int(value) != value or value < low:
             raise ValueError(f"localization {name}={value!r} must be an int >= {low}")
-    gather, boxes, names = _read_data(data)
+    gather, boxes, names = interpret.box_data(data)
     names = tuple(class_names) if class_names is not None else names
     rows = [(p, *b) for p in sorted(boxes) for b in boxes[p]]
     if not rows:
         raise ValueError("localization needs images with boxes; the data hold none")
     table = np.asarray(rows, np.float64)  # [N, 6]: position, class, x, y, w, h
     positions, classes, box = table[:, 0].astype(int), table[:, 1].astype(int), table[:, 2:]
-    first = np.asarray(gather(positions[:1]), np.float32)
+    first = np.asarray(gather(positions[:1])["image"], np.float32)
     shapes = jax.eval_shape(
         functools.partial(interpret.class_activation_maps, model), params, batch_stats, first
     )
-    channels = _cam_channels(classes, shapes.shape[-1], names)
+    channels = interpret.cam_channels(classes, shapes.shape[-1], names)
     size = first.shape[1:3]
 
     n, curves = len(rows), []
     for start in tqdm.trange(0, n, batch_size, disable=not progress, desc="CAM localisation"):
         take = np.minimum(np.arange(start, start + batch_size), n - 1)  # pad with the last box
         unique, inverse = np.unique(positions[take], return_inverse=True)
-        x = np.asarray(gather(unique), np.float32)[inverse]
+        x = np.asarray(gather(unique)["image"], np.float32)[inverse]
         out = _item_curves(model, params, batch_stats, x, channels[take], box[take])
         curves.append(np.asarray(out)[: min(batch_size, n - start)])
     curves = np.concatenate(curves)  # [N, LEVELS]
