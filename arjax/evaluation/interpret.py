@@ -166,11 +166,10 @@ def cam_head(module: nnx.Module) -> nnx.Linear:
             name = attr
     head = getattr(module, name, None) if name else None
     if not isinstance(head, nnx.Linear):
-        valid = sorted({c.__name__ for c in GAP_HEADS} | {"CamCNN (cam_cnn)"})
         raise ValueError(
             f"CAM needs global average pooling + a linear head; {type(module).__name__} has "
-            f"none. Networks with one: {', '.join(valid)} (resnet18/50, densenet121(_truncated),"
-            " cam_cnn)"
+            "none. Networks with one: resnet18, resnet50, densenet121, densenet121_truncated, "
+            "cam_cnn (or a module whose `cam_head` attribute names its nnx.Linear head)"
         )
     return head
 
