@@ -1,143 +1,155 @@
 """Command line: evaluate a trained workdir without retraining.
 
     python -m arjax.evaluate --workdir runs/X [--attack fgsm,pgd --norm linf,l2
-        --eps 0.01,0.05 --steps 100 --split test --checkpoint auto]
+        --eps 0.01,0.05 --steps 100 --split test --checkpoint auto --nocurves]
 
 Restores each run's best (else latest) checkpoint, evaluates clean data and
 every (attack, norm, eps) combination given (default: the config's
 ``eval.attacks``), and writes ``<run>/eval.json``, ``roc_curves.png`` and the
 workdir's mean (std) ``eval.json``. Runs already evaluated with the same
-settings are skipped (``--force`` redoes them). Bad flags exit with status 2.
+settings are skipped (``--force`` redoes them). Bad arguments exit with
+status 2 and a message naming the flag and the valid choices. (argparse, not
+absl flags, so that the CLI can be called in-process: ``main(argv)``.)
 """
 
+import argparse
 import logging
 import os
 import sys
-
-from absl import app, flags
+from collections.abc import Callable, Sequence
 
 from arjax.attacks import NORMS
 from arjax.config_lib import ConfigError
-from arjax.evaluation.attack_specs import cross_product
+from arjax.evaluation.attack_specs import attack_specs, cross_product
 from arjax.evaluation.robustness import ATTACKS
 from arjax.evaluation.workdir import CHECKPOINTS
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (with config.json).")
-_ATTACK = flags.DEFINE_list("attack", [], f"Attacks, comma-separated: {', '.join(ATTACKS)}.")
-_NORM = flags.DEFINE_list("norm", [], f"Norms, comma-separated: {', '.join(NORMS)}.")
-_EPS = flags.DEFINE_list("eps", [], "Attack radii, comma-separated numbers >= 0.")
-_STEPS = flags.DEFINE_string("steps", None, "PGD steps (attacks and robust curves).")
-_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: eval.split).")
-_MAX = flags.DEFINE_string("max_examples", None, "Evaluate the first N examples (0: all).")
-_BATCH = flags.DEFINE_string("batch_size", None, "Evaluation batch size.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "auto", f"One of {', '.join(CHECKPOINTS)}.")
-_CURVES = flags.DEFINE_boolean("curves", True, "Also compute the robust-accuracy curves.")
-_FORCE = flags.DEFINE_boolean("force", False, "Re-evaluate runs whose eval.json is up to date.")
-_PROGRESS = flags.DEFINE_boolean("progress", True, "Show progress bars.")
+
+def _listed(valid: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        values = [v for v in text.split(",") if v]
+        for v in values:
+            if v not in valid:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {v!r}; valid choices: {', '.join(valid)}"
+                )
+        return values
+
+    return parse
 
 
-def _choices(flag: str, values: list[str], valid: tuple[str, ...]) -> list[str]:
-    for v in values:
-        if v not in valid:
-            raise ConfigError(f"--{flag}: unknown {v!r}; valid choices: {', '.join(valid)}")
-    return values
+def _numbers(cast: type, lo: float, many: bool = False) -> Callable[[str], object]:
+    kind = "an integer" if cast is int else "a number"
+
+    def parse(text: str):
+        out = []
+        for part in text.split(",") if many else [text]:
+            try:
+                value = cast(part)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{part!r} is not {kind}") from None
+            if not value >= lo:
+                raise argparse.ArgumentTypeError(f"{part} is out of range; valid: [{lo}, inf)")
+            out.append(value)
+        return out if many else out[0]
+
+    return parse
 
 
-def _number(flag: str, text: str, cast=float, lo: float = 0):
-    try:
-        value = cast(text)
-    except ValueError:
-        kind = "an integer" if cast is int else "a number"
-        raise ConfigError(f"--{flag}: {text!r} is not {kind}") from None
-    if not value >= lo:
-        raise ConfigError(f"--{flag}={text} is out of range; valid: [{lo}, inf)")
-    return value
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (exit status 2 on bad arguments)."""
+    p = argparse.ArgumentParser(prog="python -m arjax.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True, help="training workdir (with config.json)")
+    p.add_argument("--attack", type=_listed(ATTACKS), default=[], help="e.g. fgsm,pgd")
+    p.add_argument("--norm", type=_listed(NORMS), default=[], help="e.g. linf,l2")
+    p.add_argument("--eps", type=_numbers(float, 0, many=True), default=[], help="e.g. 0.01,0.05")
+    p.add_argument("--steps", type=_numbers(int, 1), help="PGD steps (attacks and curves)")
+    p.add_argument("--split", help="split to evaluate (default: eval.split)")
+    p.add_argument("--max_examples", type=_numbers(int, 0), help="first N examples (0: all)")
+    p.add_argument("--batch_size", type=_numbers(int, 1), help="evaluation batch size")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="auto")
+    p.add_argument("--nocurves", dest="curves", action="store_false", help="skip robust curves")
+    p.add_argument("--force", action="store_true", help="re-evaluate up-to-date runs")
+    p.add_argument("--noprogress", dest="progress", action="store_false")
+    return p
 
 
-def eval_overrides() -> dict:
-    """The ``eval`` fields the flags set (checked here, before anything loads).
+def eval_overrides(args: argparse.Namespace) -> dict:
+    """The ``eval`` fields the arguments set.
 
-    Raises:
-      ConfigError: naming the flag and the valid choices or range.
+    ``--attack`` / ``--norm`` / ``--eps`` replace ``eval.attacks`` by their grid
+    (a dimension not given comes from the config's first attack); ``--steps``
+    alone changes the steps of the config's attacks that name none, and the curves'.
     """
     from arjax.evaluation.workdir import load_config
 
     out = {}
-    for flag, field, cast, lo in (
-        (_STEPS, "num_steps", int, 1),
-        (_MAX, "max_examples", int, 0),
-        (_BATCH, "batch_size", int, 1),
-    ):
-        if flag.value is not None:
-            out[field] = _number(flag.name, flag.value, cast, lo)
-    if _SPLIT.value is not None:
-        out["split"] = _SPLIT.value
-    attacks = _choices("attack", _ATTACK.value, ATTACKS)
-    norms = _choices("norm", _NORM.value, NORMS)
-    eps = [_number("eps", e) for e in _EPS.value]
-    if attacks or norms or eps or "num_steps" in out:
-        ev = load_config(_WORKDIR.value).eval
-        attacks = attacks or [ev.adv_attack]
-        norms = norms or [ev.norm]
-        eps = eps or [ev.adv_eps]
-        out["attacks"] = cross_product(attacks, norms, eps, out.get("num_steps", ev.num_steps))
+    for field in ("num_steps", "max_examples", "batch_size", "split"):
+        value = getattr(args, "steps" if field == "num_steps" else field)
+        if value is not None:
+            out[field] = value
+    if args.attack or args.norm or args.eps:
+        ev = load_config(args.workdir).eval
+        first = attack_specs(ev)[0]  # fills the dimensions not given
+        out["attacks"] = cross_product(
+            args.attack or [first.attack],
+            args.norm or [first.norm],
+            args.eps or [first.eps],
+            out.get("num_steps", ev.num_steps),
+        )
     return out
 
 
 def format_table(summary: dict) -> str:
-    """Mean (std) of the clean and per-attack metrics, one row per condition."""
+    """Mean (std) in percent of the clean and per-attack metrics, one row per condition."""
     from arjax.evaluation.metrics import format_mean_std
 
     stats = summary["summary"]
     names = ["clean"] + sorted({k.split("/")[0] for k in stats} - {"clean", "adversarial"})
-    columns = ("accuracy", "auc", "sensitivity", "specificity")
-    columns = [c for c in columns if any(f"{n}/{c}" in stats for n in names)]
+    columns = [
+        c
+        for c in ("accuracy", "auc", "sensitivity", "specificity")
+        if any(f"{n}/{c}" in stats for n in names)
+    ]
     width = max(len(n) for n in names) + 2
     lines = [f"{summary['name'] or summary['method']}: {len(summary['runs'])} run(s), % mean (std)"]
     lines.append("".ljust(width) + "".join(c.rjust(14) for c in columns))
     for n in names:
-        if not any(f"{n}/{c}" in stats for c in columns):
-            continue
-        cells = [
-            format_mean_std(stats[f"{n}/{c}"], scale=100.0) if f"{n}/{c}" in stats else "-"
-            for c in columns
-        ]
-        lines.append(n.ljust(width) + "".join(c.rjust(14) for c in cells))
+        if any(f"{n}/{c}" in stats for c in columns):
+            cells = [
+                format_mean_std(stats[f"{n}/{c}"], scale=100.0) if f"{n}/{c}" in stats else "-"
+                for c in columns
+            ]
+            lines.append(n.ljust(width) + "".join(c.rjust(14) for c in cells))
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    """Entry point for absl.app."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Parses ``argv``, evaluates, prints the table; exits 2 on bad arguments."""
+    p = parser()
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from arjax.evaluation.workdir import evaluate_workdir
 
+    if not os.path.isdir(args.workdir):
+        p.error(f"argument --workdir: {args.workdir!r} is not a directory")
     try:
-        if not _WORKDIR.value or not os.path.isdir(_WORKDIR.value):
-            raise ConfigError(f"--workdir={_WORKDIR.value!r} is not a directory")
-        _choices("checkpoint", [_CHECKPOINT.value], CHECKPOINTS)
         summary = evaluate_workdir(
-            _WORKDIR.value,
-            overrides=eval_overrides(),
-            which=_CHECKPOINT.value,
-            curves=_CURVES.value,
-            force=_FORCE.value,
-            progress=_PROGRESS.value,
+            args.workdir,
+            overrides=eval_overrides(args),
+            which=args.checkpoint,
+            curves=args.curves,
+            force=args.force,
+            progress=args.progress,
         )
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        p.error(str(e))
     print(format_table(summary))
-    print(f"eval: {os.path.join(_WORKDIR.value, 'eval.json')}")
-
-
-def run() -> None:
-    """Console-script entry point."""
-    app.run(main)
+    print(f"eval: {os.path.join(args.workdir, 'eval.json')}")
+    return summary
 
 
 if __name__ == "__main__":
-    run()
+    main(sys.argv[1:])

@@ -175,17 +175,14 @@ def restore_state(
     raise ConfigError(f"run {run_dir!r} has no {' or '.join(order)} checkpoint to evaluate")
 
 
-def _up_to_date(path: str, eval_cfg: dict, checkpoint: dict) -> dict | None:
-    """The stored evaluation when it used these settings and this checkpoint."""
+def _up_to_date(path: str, settings: dict) -> dict | None:
+    """The stored evaluation when it was made with these settings (config, checkpoint...)."""
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         old = json.load(f)
-    same = old.get("eval_config") == json.loads(json.dumps(eval_cfg))
-    if same and old.get("checkpoint") == checkpoint["checkpoint"]:
-        if old.get("steps") == checkpoint["steps"]:
-            return old
-    return None
+    settings = json.loads(json.dumps(settings))
+    return old if all(old.get(k) == v for k, v in settings.items()) else None
 
 
 def evaluate_workdir(
@@ -239,10 +236,10 @@ def evaluate_workdir(
         data = dataset_for_run(dataset, workdir, run)
         model, state, info = restore_state(cfg, data, run, seeds[run], mesh, which)
         path = os.path.join(run, "eval.json")
-        result = None if force else _up_to_date(path, eval_cfg, info)
+        log.info("%s: %s checkpoint, step %d", run, *info.values())
+        info.update(eval_config=eval_cfg, curves=curves, run=_relative(run, workdir))
+        result = None if force else _up_to_date(path, info)
         if result is None:
-            log.info("evaluating %s (%s checkpoint, step %d)", run, *info.values())
-            info.update(eval_config=eval_cfg, run=_relative(run, workdir))
             result = evaluate_run(
                 cfg, data, model, state, run, seed=seeds[run], mesh=mesh, info=info,
                 filename="eval.json", curves=curves,
