@@ -17,6 +17,7 @@ def trained(tmp_path_factory):
     cfg = tiny_config(num_epochs=1, eval_every=2, checkpoint_every=4, select_best="val/loss")
     cfg.data.sizes = dict(train=256, val=128, test=128)
     cfg.train.steps_per_call = 2
+    cfg.train.num_devices = 1  # compiles faster; sharding is tested elsewhere
     cfg.seeds = (0, 1)
     cfg.method = methods.method_config("standard")
     cfg.eval.eps = (0.0, 0.2)
@@ -68,7 +69,7 @@ def test_cli_attack_grid_on_the_latest_checkpoint(trained, capsys):
         [
             f"--workdir={trained}",
             "--attack=fgsm,pgd",
-            "--eps=0.2",
+            "--eps=0.1,0.2",
             "--steps=2",
             "--checkpoint=latest",
             "--nocurves",
@@ -76,18 +77,24 @@ def test_cli_attack_grid_on_the_latest_checkpoint(trained, capsys):
         ]
     )
     printed = capsys.readouterr().out
-    names = ["fgsm_linf_0.2", "pgd2_linf_0.2"]
+    names = ["fgsm_linf_0.1", "fgsm_linf_0.2", "pgd2_linf_0.1", "pgd2_linf_0.2"]
     for name in ["clean", *names]:
         assert name in printed
     ev = json.loads((trained / "seed_1" / "eval.json").read_text())
     assert list(ev["attacks"]) == names and ev["adversarial"]["name"] == names[0]
     assert ev["attacks"]["pgd2_linf_0.2"]["eps"] == 0.2
-    assert ev["eval_config"]["attacks"] == ["fgsm:linf:0.2:2", "pgd:linf:0.2:2"]
+    assert ev["eval_config"]["attacks"] == [
+        "fgsm:linf:0.1:2",
+        "fgsm:linf:0.2:2",
+        "pgd:linf:0.1:2",
+        "pgd:linf:0.2:2",
+    ]
     assert ev["checkpoint"] == "latest" and ev["steps"] == 4
     assert "robust_curve" not in ev
     assert ev["attacks"]["pgd2_linf_0.2"]["accuracy"] <= ev["clean"]["accuracy"]
     top = json.loads((trained / "eval.json").read_text())
     assert top["summary"]["pgd2_linf_0.2/auc"]["n"] == 2
+    assert (trained / "attacks_accuracy_linf.png").stat().st_size > 0  # metric vs eps
     # flags not given keep the config's attack: FGSM at adv_eps 0.2 here
     overrides = evaluate.eval_overrides(evaluate.parser().parse_args([f"--workdir={trained}"]))
     assert overrides == {}

@@ -210,7 +210,11 @@ def _curve_arrays(value: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None
 
 
 def plot_accuracy_vs_eps(
-    curves: Mapping[str, Any], path: PathLike, title: str = "", xlabel: str = "noise level ε"
+    curves: Mapping[str, Any],
+    path: PathLike,
+    title: str = "",
+    xlabel: str = "noise level ε",
+    ylabel: str = "accuracy",
 ) -> Path:
     """Accuracy vs attack radius, one line per method (IMA's robustness figures).
 
@@ -220,6 +224,7 @@ def plot_accuracy_vs_eps(
       path: PNG file to write.
       title: figure title.
       xlabel: x-axis label.
+      ylabel: y-axis label (e.g. ``"auc"`` for AUC under attack).
 
     Returns:
       The path written.
@@ -230,7 +235,7 @@ def plot_accuracy_vs_eps(
         if isinstance(value, RobustCurve):
             label = f"{label} (area {value.area():.3f})"
         ax.errorbar(eps, acc, yerr=std, marker="o", markersize=3, capsize=3, label=label)
-    ax.set(xlabel=xlabel, ylabel="accuracy", title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(True, alpha=0.3)
     if curves:
         ax.legend(loc="best", fontsize=8)

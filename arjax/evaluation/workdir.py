@@ -28,7 +28,7 @@ from arjax import methods
 from arjax.config_lib import ConfigError
 from arjax.evaluation import report as report_lib
 from arjax.evaluation import suite
-from arjax.evaluation.metrics import aggregate
+from arjax.evaluation.metrics import aggregate, mean_std
 from arjax.evaluation.run_evaluation import evaluate_run, run_scalars
 from arjax.models import build_model
 from arjax.training import optim, parallel
@@ -248,6 +248,7 @@ def evaluate_workdir(
             log.info("%s is up to date", path)
         results.append(result)
     summary = summarize(cfg, results)
+    plot_attack_grid(results, workdir, cfg.get("name", "") or cfg.method.name)
     top = os.path.join(workdir, "eval.json")
     if run_dirs == [workdir]:
         summary = {**results[0], **summary}
@@ -265,3 +266,43 @@ def summarize(cfg: ml_collections.ConfigDict, results: list[dict]) -> dict:
         "per_run": per_run,
         "summary": aggregate(per_run),
     }
+
+
+def plot_attack_grid(results: list[dict], workdir: str, title: str) -> list[str]:
+    """``attacks_<metric>_<norm>.png``: metric vs eps per attack, mean (std) over runs.
+
+    One figure per norm and metric (accuracy, and AUC when the task has one);
+    eps 0 is the clean value. Written only when some attack has several radii.
+
+    Returns:
+      the paths written.
+    """
+    specs = list(results[0].get("attacks", {}).values())
+    groups: dict[tuple, list[dict]] = {}
+    for spec in specs:
+        groups.setdefault((spec["norm"], spec["attack"], spec["num_steps"]), []).append(spec)
+    if all(len(g) < 2 for g in groups.values()):
+        return []
+    paths = []
+    for metric in ("accuracy", "auc"):
+        for norm in sorted({k[0] for k in groups}):
+            curves = {}
+            for (g_norm, attack, steps), members in groups.items():
+                if g_norm != norm or any(metric not in m for m in members):
+                    continue
+                members = sorted(members, key=lambda m: m["eps"])
+                per_run = [
+                    [r["clean"][metric]] + [r["attacks"][m["name"]][metric] for m in members]
+                    for r in results
+                ]
+                stats = mean_std(per_run)
+                eps = [0.0] + [m["eps"] for m in members]
+                label = f"{attack}{steps if attack == 'pgd' else ''}"
+                curves[label] = (eps, stats["mean"], stats["std"] if len(results) > 1 else None)
+            if curves:
+                path = os.path.join(workdir, f"attacks_{metric}_{norm}.png")
+                report_lib.plot_accuracy_vs_eps(
+                    curves, path, title=f"{title} ({norm}, {len(results)} runs)", ylabel=metric
+                )
+                paths.append(path)
+    return paths
