@@ -77,8 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
     ``method`` (training method by name, see ``arjax.methods``), ``optim``,
     ``train`` (batching, epochs, logging/eval/checkpoint intervals in steps,
     ``steps_per_call`` steps fused into one compiled call), ``eval`` (final
-    evaluation: clean metrics, one attack at ``adv_eps`` for "adversarial
-    accuracy", and the robust-accuracy-vs-eps curve).
+    evaluation: clean metrics, metrics under each attack of ``attacks`` (or
+    the one at ``adv_eps``) for "adversarial accuracy / AUC", sensitivity and
+    specificity at a threshold chosen on ``threshold_split``, and the
+    robust-accuracy-vs-eps curve).
     """
     from arjax.methods import method_config
 
@@ -129,6 +131,12 @@ def base_config() -> ml_collections.ConfigDict:
         alpha=4.0,
         # evaluate attacks on the first N examples of the split (0: all)
         max_examples=0,
+        # attacks for the per-attack metrics, "attack:norm:eps[:steps]" such as
+        # "pgd:linf:0.01:100"; () uses the single adv_attack / norm / adv_eps attack
+        attacks=(),
+        # split whose clean predictions pick the sensitivity/specificity threshold
+        # (Youden's J); a dataset without it uses 0.5
+        threshold_split="val",
     )
     return c
 

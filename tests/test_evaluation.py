@@ -1,6 +1,7 @@
 import gc
 import json
 import math
+import os
 import warnings
 import weakref
 
@@ -14,25 +15,32 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.tree_util import Partial
 
 from arjax import attacks
+from arjax.config_lib import ConfigError
 from arjax.evaluation import (
     RobustCurve,
     accuracy,
     adversarial_examples,
     aggregate,
+    attack_specs,
     binary_scores,
+    comparison,
     format_mean_std,
     mann_whitney_u,
     mean_std,
     plot_accuracy_vs_eps,
     plot_decision_boundary,
     plot_histogram,
+    plot_roc_curves,
     plot_training_curves,
     read_jsonl,
     robust_accuracy,
     robust_predictions,
     roc_auc,
     roc_auc_per_class,
+    sensitivity_specificity,
+    suite,
     write_json,
+    youden_threshold,
 )
 
 # ----------------------------------------------------------------------------- metrics
@@ -432,3 +440,126 @@ def test_read_jsonl_skips_blank_and_truncated_last_line(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_jsonl(path) == [{"step": 1}]
+
+
+# ------------------------------------------- operating point, attack specs, comparison
+
+
+def test_per_class_auc_skips_single_valued_classes_and_names_them():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, size=(30, 4))
+    y[:, 1] = 1  # one label value only
+    y[:, 3] = 0
+    s = rng.random((30, 4)) + 0.5 * y
+    with pytest.warns(UserWarning, match=r"skips classes \[1, 3\]"):
+        per_class = roc_auc_per_class(s, y)
+    for c in (0, 2):
+        assert per_class[c] == pytest.approx(sklearn.metrics.roc_auc_score(y[:, c], s[:, c]))
+    assert np.isnan(per_class[[1, 3]]).all()
+    logits = (3 * s - 2).astype(np.float32)  # a monotone map of the scores keeps the AUC
+    with pytest.warns(UserWarning, match="skips classes"):
+        m = suite.classification_metrics(logits, y.astype(np.float32), [0.5] * 4)
+    assert m["auc_skipped_classes"] == [1, 3]
+    assert m["auc"] == pytest.approx(np.mean(per_class[[0, 2]]), rel=1e-6)
+    p = 1 / (1 + np.exp(-logits[:, 0]))
+    assert m["sensitivity_per_class"][0] == pytest.approx(np.mean(p[y[:, 0] == 1] >= 0.5))
+    assert math.isnan(m["specificity_per_class"][1])  # no negative example of class 1
+
+
+def test_youden_threshold_and_rates_agree_with_sklearn():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, size=200)
+    s = rng.normal(size=200) + 1.2 * y
+    t = youden_threshold(s, y)
+    fpr, tpr, thresholds = sklearn.metrics.roc_curve(y, s)
+    assert (tpr - fpr).max() == pytest.approx(
+        sum(sensitivity_specificity(s, y, t).values()) - 1
+    )  # J at the chosen threshold is the best J on the ROC curve
+    rates = sensitivity_specificity(s, y, t)
+    pred = (s >= t).astype(int)
+    assert rates["sensitivity"] == pytest.approx(sklearn.metrics.recall_score(y, pred))
+    assert rates["specificity"] == pytest.approx(sklearn.metrics.recall_score(1 - y, 1 - pred))
+    assert math.isnan(youden_threshold(s, np.ones(200)))
+    assert math.isnan(sensitivity_specificity(s, np.zeros(200), 0.0)["sensitivity"])
+    # classification_metrics: binary softmax logits, threshold on p(class 1)
+    logits = np.stack([np.zeros(200), s], 1).astype(np.float32)
+    p1 = binary_scores(logits)
+    thr = suite.choose_threshold(logits, y)
+    m = suite.classification_metrics(logits, y, thr)
+    assert m["sensitivity"] == pytest.approx(sklearn.metrics.recall_score(y, p1 >= thr))
+    assert m["auc"] == pytest.approx(sklearn.metrics.roc_auc_score(y, s), rel=1e-5)
+    assert "sensitivity" not in suite.classification_metrics(logits, y)
+
+
+def test_attack_specs_parse_legacy_and_reject_bad_entries():
+    from arjax.config_lib import base_config
+
+    ev = base_config().eval
+    legacy = attack_specs.attack_specs(ev)
+    assert [s.name for s in legacy] == ["fgsm_linf_0.2"] and legacy[0].num_steps == 1
+    ev.attacks = ("pgd:l2:0.5", "pgd:linf:0.01:100", "fgsm:linf:0.01")
+    specs = attack_specs.attack_specs(ev)
+    assert [s.name for s in specs] == ["pgd20_l2_0.5", "pgd100_linf_0.01", "fgsm_linf_0.01"]
+    assert specs[0].num_steps == ev.num_steps and specs[1].eps == 0.01
+    assert attack_specs.cross_product(["fgsm"], ["linf", "l2"], [0.1], 7) == (
+        "fgsm:linf:0.1:7",
+        "fgsm:l2:0.1:7",
+    )
+    for bad, expect in [
+        (("cw:linf:0.1",), r"unknown attack 'cw' in eval.attacks\[0\]; valid choices: fgsm, pgd"),
+        (("pgd:l3:0.1",), "unknown norm 'l3' in eval.attacks.*valid choices: linf, l2"),
+        (("pgd:linf:big",), "eps 'big' in eval.attacks.*is not a number"),
+        (("pgd:linf",), "is not attack:norm:eps"),
+        (("fgsm:linf:0.1", "fgsm:linf:0.1:5"), "more than once"),
+    ]:
+        ev.attacks = bad
+        with pytest.raises(ConfigError, match=expect):
+            attack_specs.attack_specs(ev)
+
+
+def _method(name, clean, adv):
+    runs = [
+        {"clean/auc": c, "adversarial/auc": a, "clean/accuracy": 0.5, "adversarial/accuracy": 0.25}
+        for c, a in zip(clean, adv, strict=True)
+    ]
+    return {"name": name, "path": f"runs/{name}", "per_run": runs}
+
+
+def test_comparison_table_and_mann_whitney_match_scipy(tmp_path):
+    a = _method("A", [0.70, 0.72, 0.69, 0.71, 0.68], [0.58, 0.60, 0.57, 0.59, 0.61])
+    b = _method("B", [0.69, 0.70, 0.68, 0.67, 0.71], [0.67, 0.69, 0.66, 0.68, 0.70])
+    c = _method("C", [0.60, 0.62], [0.50, 0.52])
+    out = comparison.compare_methods([a, b, c], ["A", "B", "C"])
+    assert out["metric"] == "auc"  # every run has an AUC
+    row = out["rows"]["A"]
+    assert row["standard"]["mean"] == pytest.approx(0.70)
+    assert row["standard"]["std"] == pytest.approx(np.std([0.70, 0.72, 0.69, 0.71, 0.68], ddof=1))
+    assert row["mean"]["mean"] == pytest.approx((0.70 + 0.59) / 2)  # ARFL's mean AUC
+    assert [(p["a"], p["b"]) for p in out["pvalues"]] == [("A", "B"), ("A", "C"), ("B", "C")]
+    for p in out["pvalues"]:
+        for col in comparison.COLUMNS:
+            va, vb = out["values"][p["a"]][col], out["values"][p["b"]][col]
+            ref = scipy.stats.mannwhitneyu(va, vb, alternative="two-sided")
+            assert p[col] == pytest.approx(ref.pvalue)
+    assert out["pvalues"][0]["adversarial"] < 0.05  # B's adversarial AUCs all higher
+    table = comparison.format_tables(out)
+    assert "| A | 5 | 70.0 (1.6) | 59.0 (1.6) | 64.5 (" in table
+    acc = comparison.compare_methods([a, b], ["A", "B"], metric="accuracy")
+    assert acc["rows"]["B"]["mean"]["mean"] == pytest.approx(0.375)
+    with pytest.raises(ConfigError, match="valid choices: adversarial"):
+        comparison.compare_methods([a, b], ["A", "B"], attack="pgd")
+    paths = comparison.write_comparison(out, str(tmp_path))
+    assert all(os.path.getsize(p) > 0 for p in paths)
+    with open(paths[0]) as f:
+        assert json.load(f)["pvalues"][1]["b"] == "C"
+
+
+def test_roc_plot_writes_png_with_a_single_valued_panel(tmp_path):
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, size=40)
+    panels = {
+        "class 0": {"clean": (rng.random(40) + y, y), "fgsm": (rng.random(40), y)},
+        "class 1": {"clean": (rng.random(40), np.ones(40))},
+    }
+    path = plot_roc_curves(panels, tmp_path / "roc.png", operating_points={"class 0": {}})
+    assert path.stat().st_size > 0

@@ -115,13 +115,79 @@ def roc_auc_per_class(scores: Any, labels: Any, mask: Any = None) -> np.ndarray:
       mask: optional ``[B]`` example mask.
 
     Returns:
-      float64 ``[C]``; NaN (with a warning) for classes with one label value.
+      float64 ``[C]``; NaN for classes with one label value, named in one warning.
     """
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels)
     if s.ndim != 2 or s.shape != y.shape:
         raise ValueError(f"scores {s.shape} and labels {y.shape} must both be [B, C].")
-    return np.array([roc_auc(s[:, c], y[:, c], mask) for c in range(s.shape[1])])
+    keep = _weights(mask, s.shape[0]) > 0
+    skipped = single_valued_classes(y[keep])
+    if skipped:
+        warnings.warn(
+            f"per-class ROC-AUC skips classes {skipped} (only one label value among "
+            f"{int(keep.sum())} examples); their AUC is NaN.",
+            stacklevel=2,
+        )
+    out = np.full(s.shape[1], math.nan)
+    for c in range(s.shape[1]):
+        if c not in skipped:
+            out[c] = sklearn.metrics.roc_auc_score(y[keep, c], s[keep, c])
+    return out
+
+
+def single_valued_classes(labels: Any) -> list[int]:
+    """Indices of the columns of multi-hot ``labels [B, C]`` that hold one value only.
+
+    Their ROC-AUC, sensitivity or specificity is undefined (no positive or no
+    negative example), so the per-class metrics skip them.
+    """
+    y = np.asarray(labels)
+    return [c for c in range(y.shape[1]) if np.unique(y[:, c]).size < 2]
+
+
+def youden_threshold(scores: Any, labels: Any) -> float:
+    """Score threshold maximising Youden's J = sensitivity + specificity - 1.
+
+    The operating point is chosen on validation data and then applied to the
+    evaluated split (clean and attacked), so test labels never pick it. Uses
+    ``sklearn.metrics.roc_curve``; a sample is called positive when
+    ``score >= threshold``.
+
+    Args:
+      scores: float ``[N]``, higher means positive.
+      labels: ``[N]`` in ``{0, 1}``.
+
+    Returns:
+      The threshold (may be ``inf``: call nothing positive); NaN when the labels
+      hold one class only.
+    """
+    y = np.asarray(labels).reshape(-1)
+    if np.unique(y).size < 2:
+        return math.nan
+    fpr, tpr, thresholds = sklearn.metrics.roc_curve(y, np.asarray(scores, np.float64).ravel())
+    return float(thresholds[int(np.argmax(tpr - fpr))])
+
+
+def sensitivity_specificity(scores: Any, labels: Any, threshold: float) -> dict[str, float]:
+    """True-positive and true-negative rates when ``score >= threshold`` is called positive.
+
+    Args:
+      scores: float ``[N]``.
+      labels: ``[N]`` in ``{0, 1}``.
+      threshold: the operating point (e.g. :func:`youden_threshold` on validation data).
+
+    Returns:
+      ``{"sensitivity": TP / P, "specificity": TN / N}``; a rate with no
+      example to count (no positive or no negative label) is NaN.
+    """
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    pred = np.asarray(scores, np.float64).reshape(-1) >= threshold
+    pos, neg = int(y.sum()), int((~y).sum())
+    return {
+        "sensitivity": float((pred & y).sum() / pos) if pos else math.nan,
+        "specificity": float((~pred & ~y).sum() / neg) if neg else math.nan,
+    }
 
 
 def mann_whitney_u(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:

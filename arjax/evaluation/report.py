@@ -210,7 +210,11 @@ def _curve_arrays(value: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None
 
 
 def plot_accuracy_vs_eps(
-    curves: Mapping[str, Any], path: PathLike, title: str = "", xlabel: str = "noise level ε"
+    curves: Mapping[str, Any],
+    path: PathLike,
+    title: str = "",
+    xlabel: str = "noise level ε",
+    ylabel: str = "accuracy",
 ) -> Path:
     """Accuracy vs attack radius, one line per method (IMA's robustness figures).
 
@@ -220,6 +224,7 @@ def plot_accuracy_vs_eps(
       path: PNG file to write.
       title: figure title.
       xlabel: x-axis label.
+      ylabel: y-axis label (e.g. ``"auc"`` for AUC under attack).
 
     Returns:
       The path written.
@@ -230,7 +235,7 @@ def plot_accuracy_vs_eps(
         if isinstance(value, RobustCurve):
             label = f"{label} (area {value.area():.3f})"
         ax.errorbar(eps, acc, yerr=std, marker="o", markersize=3, capsize=3, label=label)
-    ax.set(xlabel=xlabel, ylabel="accuracy", title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(True, alpha=0.3)
     if curves:
         ax.legend(loc="best", fontsize=8)
@@ -307,4 +312,95 @@ def plot_histogram(
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(np.asarray(values, dtype=np.float64).reshape(-1), bins=bins, color="tab:blue")
     ax.set(xlabel=xlabel, ylabel="count", title=title)
+    return _save(fig, path)
+
+
+def plot_roc_curves(
+    panels: Mapping[str, Mapping[str, tuple[Any, Any]]],
+    path: PathLike,
+    *,
+    title: str = "",
+    operating_points: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
+) -> Path:
+    """ROC curves, one panel per task (binary, or each class of a multi-label task).
+
+    Each panel overlays clean data and every attack, with the AUC in the legend.
+
+    Args:
+      panels: ``{panel title: {curve label: (scores [N], labels [N] in {0, 1})}}``;
+        a panel whose labels hold one value is drawn empty with a note.
+      path: PNG file to write.
+      title: figure title.
+      operating_points: optional ``{panel: {curve label: (fpr, tpr)}}`` drawn as dots
+        (e.g. the validation-chosen threshold).
+
+    Returns:
+      The path written.
+    """
+    import sklearn.metrics
+
+    n = max(len(panels), 1)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.ravel()[len(panels) :]:
+        ax.axis("off")
+    for ax, (panel, curves) in zip(axes.ravel(), panels.items(), strict=False):
+        ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
+        for i, (label, (scores, labels)) in enumerate(curves.items()):
+            y = np.asarray(labels).reshape(-1)
+            if np.unique(y).size < 2:
+                ax.text(0.5, 0.5, "one label value:\nROC undefined", ha="center", va="center")
+                break
+            s = np.asarray(scores, np.float64).reshape(-1)
+            fpr, tpr, _ = sklearn.metrics.roc_curve(y, s)
+            auc = sklearn.metrics.roc_auc_score(y, s)
+            (line,) = ax.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f})", linewidth=1.5 - 0.1 * i)
+            point = (operating_points or {}).get(panel, {}).get(label)
+            if point is not None:
+                ax.plot(*point, marker="o", color=line.get_color(), markersize=5)
+        ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=panel, xlim=(0, 1))
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_metric_bars(
+    table: Mapping[str, Mapping[str, tuple[float, float]]],
+    path: PathLike,
+    *,
+    title: str = "",
+    ylabel: str = "",
+) -> Path:
+    """Grouped bars with std error bars: one group per method, one bar per column.
+
+    ARFL's Tables 1-3 as a figure (standard, adversarial and mean metric).
+
+    Args:
+      table: ``{method: {column: (mean, std)}}``; all methods have the same columns.
+      path: PNG file to write.
+      title: figure title.
+      ylabel: y-axis label.
+
+    Returns:
+      The path written.
+    """
+    methods = list(table)
+    columns = list(next(iter(table.values()), {}))
+    width = 0.8 / max(len(columns), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(methods) * max(len(columns), 1) / 2), 4))
+    x = np.arange(len(methods))
+    for j, column in enumerate(columns):
+        mean = np.array([table[m][column][0] for m in methods], np.float64)
+        std = np.array([table[m][column][1] for m in methods], np.float64)
+        offset = (j - (len(columns) - 1) / 2) * width
+        ax.bar(x + offset, mean, width, yerr=std, capsize=3, label=column)
+    ax.set_xticks(x, methods, rotation=20 if len(methods) > 3 else 0, ha="right")
+    ax.set(ylabel=ylabel, title=title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
     return _save(fig, path)

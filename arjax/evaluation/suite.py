@@ -1,10 +1,12 @@
 """The evaluation a config asks for, on one trained state (no files written).
 
-Used by the training loop's final report (and by a standalone evaluation
-command later): clean metrics, metrics on adversarial data (ARFL's
-"adversarial accuracy / AUC": one attack at ``eval.adv_eps``), and the IMA
-paper's robust-accuracy-vs-eps curve (PGD with each of ``eval.losses``,
-worst case per sample).
+Used by the training loop's final report and by ``python -m arjax.evaluate``
+(both through :func:`arjax.evaluation.run_evaluation.evaluate_run`): clean
+metrics; metrics on adversarial data for every attack of ``eval.attacks``
+(ARFL's "adversarial accuracy / AUC", Hao et al. §4.2; the first attack is the
+report's ``adversarial`` section); sensitivity / specificity at an operating
+point chosen on validation data; and the IMA paper's robust-accuracy-vs-eps
+curve (PGD with each of ``eval.losses``, worst case per sample).
 """
 
 import functools
@@ -15,19 +17,22 @@ import numpy as np
 from jax.sharding import Mesh
 
 from arjax import losses
-from arjax.config_lib import check_choice, check_range
+from arjax.config_lib import ConfigError, check_choice, check_range
 from arjax.data import eval_batches
 from arjax.evaluation import metrics
+from arjax.evaluation.attack_specs import ATTACKS, AttackSpec, attack_specs
 from arjax.evaluation.robustness import adversarial_examples, robust_accuracy
 from arjax.models import ModelFns
 from arjax.training import parallel
 from arjax.types import PRNGKey, PyTree
 
-ATTACKS = ("fgsm", "pgd")
-
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Checks the ``eval.*`` fields."""
+    """Checks the ``eval.*`` fields.
+
+    Raises:
+      ConfigError: naming the field and the valid choices or range.
+    """
     from arjax import attacks
 
     check_range(cfg, "eval.batch_size", 1, integer=True)
@@ -37,15 +42,15 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     check_choice(cfg, "eval.norm", attacks.NORMS)
     for loss in cfg.eval.losses:
         if loss not in ("ce", "margin"):
-            from arjax.config_lib import ConfigError
-
             raise ConfigError(f"unknown eval.losses entry {loss!r}; valid choices: ce, margin")
     for field in ("eps", "eps_l2"):
         for i, eps in enumerate(cfg.eval.get(field, ())):
             if not isinstance(eps, int | float) or eps < 0:
-                from arjax.config_lib import ConfigError
-
                 raise ConfigError(f"eval.{field}[{i}]={eps!r} is out of range; valid: [0, inf)")
+    attack_specs(cfg.eval)
+    split = cfg.eval.get("threshold_split", "val")
+    if not isinstance(split, str):
+        raise ConfigError(f"eval.threshold_split={split!r} must be a split name such as 'val'")
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -87,24 +92,124 @@ def predict(
     return np.concatenate(outs)
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy, ROC-AUC and mean loss of a split's logits.
+def task_scores(logits: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+    """The scores ROC analysis ranks: ``[N]`` for binary, ``[N, C]`` for multi-label.
+
+    Binary: probability of class 1 (:func:`metrics.binary_scores`); multi-label
+    (labels ``[N, C]``): per-class sigmoid. None for softmax over K > 2 classes.
+    """
+    if labels.ndim == 2:
+        return 1 / (1 + np.exp(-np.asarray(logits, np.float64)))
+    if logits.ndim == 1 or logits.shape[-1] <= 2:
+        return metrics.binary_scores(logits)
+    return None
+
+
+def choose_threshold(logits: np.ndarray, labels: np.ndarray) -> float | list[float] | None:
+    """Youden-J operating point(s) from (validation) logits: a float, or one per class.
+
+    Returns None for softmax over K > 2 classes (no single positive class). A
+    class with one label value gets NaN, and the default 0.5 is used for it.
+    """
+    scores = task_scores(logits, labels)
+    if scores is None:
+        return None
+    if scores.ndim == 1:
+        t = metrics.youden_threshold(scores, labels)
+        return 0.5 if np.isnan(t) else t
+    ts = [metrics.youden_threshold(scores[:, c], labels[:, c]) for c in range(scores.shape[1])]
+    return [0.5 if np.isnan(t) else t for t in ts]
+
+
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, threshold: float | list[float] | None = None
+) -> dict[str, float]:
+    """Accuracy, ROC-AUC, mean loss and (given a threshold) sensitivity / specificity.
 
     Binary tasks report ``auc``; multi-label tasks (labels ``[N, C]``) report
-    the mean ``auc`` over classes that have both label values and
-    ``auc_per_class`` (NaN for a class with one label value); accuracy is then
-    the fraction of examples with all C labels right.
+    the mean ``auc`` over classes that have both label values,
+    ``auc_per_class`` (NaN for a class with one label value) and
+    ``auc_skipped_classes``; accuracy is then the fraction of examples with all
+    C labels right.
+
+    Args:
+      logits: ``[N]``, ``[N, K]`` or ``[N, C]`` (multi-label).
+      labels: ``[N]`` int or ``[N, C]`` multi-hot.
+      threshold: score threshold (binary) or ``[C]`` thresholds (multi-label),
+        e.g. from :func:`choose_threshold` on the validation split; adds
+        ``sensitivity`` / ``specificity`` (per class and their mean for multi-label).
     """
     out = {
         "accuracy": metrics.accuracy(logits, labels),
         "loss": float(np.mean(losses.classification_loss(logits, labels))),
     }
+    scores = task_scores(logits, labels)
+    if scores is None:
+        return out
     if labels.ndim == 2:
-        per_class = metrics.roc_auc_per_class(1 / (1 + np.exp(-logits)), labels)
+        per_class = metrics.roc_auc_per_class(scores, labels)
         out["auc"] = float(np.nanmean(per_class)) if np.any(np.isfinite(per_class)) else np.nan
         out["auc_per_class"] = [float(a) for a in per_class]
-    elif logits.ndim == 1 or logits.shape[-1] == 2:
-        out["auc"] = metrics.roc_auc(metrics.binary_scores(logits), labels)
+        out["auc_skipped_classes"] = metrics.single_valued_classes(labels)
+    else:
+        out["auc"] = metrics.roc_auc(scores, labels)
+    if threshold is not None:
+        if labels.ndim == 2:
+            rates = [
+                metrics.sensitivity_specificity(scores[:, c], labels[:, c], threshold[c])
+                for c in range(labels.shape[1])
+            ]
+            for name in ("sensitivity", "specificity"):
+                values = np.array([r[name] for r in rates])
+                out[f"{name}_per_class"] = [float(v) for v in values]
+                out[name] = float(np.nanmean(values)) if np.isfinite(values).any() else np.nan
+        else:
+            out.update(metrics.sensitivity_specificity(scores, labels, threshold))
+    return out
+
+
+def attacked_logits(
+    model: ModelFns,
+    params: PyTree,
+    batch_stats: PyTree,
+    arrays: dict[str, np.ndarray],
+    specs: list[AttackSpec],
+    *,
+    bounds: tuple[float, float] | None,
+    key: PRNGKey,
+    mesh: Mesh,
+    batch_size: int,
+    alpha: float = 4.0,
+) -> dict[str, np.ndarray]:
+    """Logits of the split's adversarial copies, one entry per attack spec.
+
+    Attack ``i`` uses ``fold_in(key, i)``; PGD steps are ``alpha * eps / num_steps``
+    with a random start, FGSM one step of size eps; the loss is cross-entropy
+    (BCE for one logit / multi-hot labels).
+
+    Returns:
+      ``{spec.name: logits [N, ...]}`` in spec order.
+    """
+    logits_fn = model.logits_fn(params, batch_stats)
+    out = {}
+    for i, spec in enumerate(specs):
+        x_adv = adversarial_examples(
+            logits_fn,
+            arrays["image"],
+            arrays["label"],
+            jax.random.fold_in(key, i),
+            attack=spec.attack,
+            eps=spec.eps,
+            num_steps=spec.num_steps,
+            norm=spec.norm,
+            loss="ce",
+            bounds=bounds,
+            alpha=alpha,
+            batch_size=batch_size,
+        )
+        out[spec.name] = predict(
+            model, params, batch_stats, arrays, batch_size=batch_size, mesh=mesh, images=x_adv
+        )
     return out
 
 
@@ -117,54 +222,61 @@ def evaluate(
     bounds: tuple[float, float] | None,
     key: PRNGKey,
     mesh: Mesh,
-) -> dict:
-    """Clean, adversarial and robust-curve metrics of one model on one split.
+    *,
+    threshold: float | list[float] | None = None,
+    curves: bool = True,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Clean, per-attack and robust-curve metrics of one model on one split.
 
     Args:
       model: the model's pure functions.
       params: parameters.
       batch_stats: batch statistics.
-      arrays: the split to evaluate (``image``, ``label``).
+      arrays: the split to evaluate (``image`` ``[N, ...]``, ``label`` ``[N]`` / ``[N, C]``).
       cfg: the ``eval`` config section.
       bounds: input bounds for the attacks, or None.
       key: PRNG key for the attacks' random starts.
       mesh: device mesh.
+      threshold: operating point(s) for sensitivity / specificity (see
+        :func:`choose_threshold`), or None to leave them out.
+      curves: also compute the robust-accuracy curve(s) (``eval.eps``, ``eval.eps_l2``).
 
     Returns:
-      ``{"clean": {...}, "adversarial": {...}, "robust_curve": {...}}`` and,
-      when ``eval.eps_l2`` is set, ``"robust_curve_l2"``.
+      ``(report, logits)``: report ``{"clean": {...}, "attacks": {name: {...}},
+      "adversarial": {...first attack...}, "robust_curve": {...}}`` (plus
+      ``"robust_curve_l2"`` when ``eval.eps_l2`` is set), and ``{"clean": [N, ...],
+      name: [N, ...]}`` logits for ROC plots.
     """
     x, y = arrays["image"], arrays["label"]
-    logits = predict(model, params, batch_stats, arrays, batch_size=cfg.batch_size, mesh=mesh)
-    logits_fn = model.logits_fn(params, batch_stats)
+    specs = attack_specs(cfg)
     k_adv, k_curve = jax.random.split(key)
-    report = {"clean": classification_metrics(logits, y)}
-    x_adv = adversarial_examples(
-        logits_fn,
-        x,
-        y,
-        k_adv,
-        attack=cfg.adv_attack,
-        eps=cfg.adv_eps,
-        num_steps=cfg.num_steps,
-        norm=cfg.norm,
-        loss="ce",
-        bounds=bounds,
-        batch_size=cfg.batch_size,
-    )
-    adv_logits = predict(
-        model, params, batch_stats, arrays, batch_size=cfg.batch_size, mesh=mesh, images=x_adv
-    )
-    report["adversarial"] = {
-        "attack": cfg.adv_attack,
-        "eps": cfg.adv_eps,
-        "norm": cfg.norm,
-        **classification_metrics(adv_logits, y),
+    logits = {
+        "clean": predict(model, params, batch_stats, arrays, batch_size=cfg.batch_size, mesh=mesh)
     }
-    curves = [("robust_curve", cfg.norm, cfg.eps)]
-    if cfg.get("eps_l2", ()):
-        curves.append(("robust_curve_l2", "l2", cfg.eps_l2))
-    for name, norm, eps in curves:
+    logits.update(
+        attacked_logits(
+            model,
+            params,
+            batch_stats,
+            arrays,
+            specs,
+            bounds=bounds,
+            key=k_adv,
+            mesh=mesh,
+            batch_size=cfg.batch_size,
+            alpha=cfg.alpha,
+        )
+    )
+    report = {"clean": classification_metrics(logits["clean"], y, threshold), "attacks": {}}
+    for spec in specs:
+        m = classification_metrics(logits[spec.name], y, threshold)
+        report["attacks"][spec.name] = {**spec.to_dict(), **m}
+    report["adversarial"] = report["attacks"][specs[0].name]
+    curve_specs = [("robust_curve", cfg.norm, cfg.eps)] if curves else []
+    if curves and cfg.get("eps_l2", ()):
+        curve_specs.append(("robust_curve_l2", "l2", cfg.eps_l2))
+    logits_fn = model.logits_fn(params, batch_stats)
+    for name, norm, eps in curve_specs:
         curve = robust_accuracy(
             logits_fn,
             x,
@@ -179,4 +291,4 @@ def evaluate(
             batch_size=cfg.batch_size,
         )
         report[name] = {**curve.to_dict(), "area": curve.area()}
-    return report
+    return report, logits

@@ -26,6 +26,7 @@ from arjax.data.streaming import BatchStream
 from arjax.evaluation import report as report_lib
 from arjax.evaluation import suite
 from arjax.evaluation.metrics import aggregate
+from arjax.evaluation.run_evaluation import evaluate_run, run_scalars
 from arjax.models import MODELS, build_model
 from arjax.training import optim, parallel
 from arjax.training.checkpoint import BestCheckpoint, Checkpointer, PreemptionFlag
@@ -263,35 +264,12 @@ def train_seed(
         stream.close()
         best.close()
 
-    split = cfg.eval.get("split", "test")
-    key = jax.random.fold_in(jax.random.key(seed), 0x5EED)
-    eval_arrays = data_lib.split_arrays(dataset.splits[split], cfg.eval.get("max_examples", 0))
-    result = suite.evaluate(
-        model,
-        state.params,
-        state.batch_stats,
-        eval_arrays,
-        cfg.eval,
-        dataset.bounds,
-        key,
-        mesh,
-    )
-    result.update(seed=seed, steps=step, split=split)
+    info = {"steps": step}
     if best.enabled:
-        result["selected_step"] = best.step if best.step is not None else step
-    if state.margins is not None:
-        values = np.asarray(jax.device_get(state.margins))
-        kw = dict(delta=cfg.method.delta, eps_max=cfg.method.eps_max)
-        result["margins"] = margin_table.statistics(values, **kw)
-        report_lib.plot_histogram(
-            values,
-            os.path.join(workdir, "margin_histogram.png"),
-            title=f"IMA margins after {step} steps (median {result['margins']['median']:.3f})",
-            xlabel=f"margin ({cfg.method.norm})",
-        )
-    _plots_for_run(cfg, dataset, model, state, workdir, eval_arrays, split, seed)
-    report_lib.write_json(result_path, result)
-    return result
+        info["selected_step"] = best.step if best.step is not None else step
+    return evaluate_run(
+        cfg, dataset, model, state, workdir, seed=seed, mesh=mesh, info=info, filename="result.json"
+    )
 
 
 def _init_from(run_dir: str, state, seed: int):
@@ -324,33 +302,6 @@ def _init_from(run_dir: str, state, seed: int):
                 return state.replace(params=other.params, batch_stats=other.batch_stats)
             source.close()
     raise ConfigError(f"train.init_from={run_dir!r} holds no checkpoint")
-
-
-def _plots_for_run(cfg, dataset, model, state, workdir, arrays, split, seed) -> None:
-    """Per-run PNGs: training curves, and the decision boundary for 2-D data."""
-    records = report_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-    if records:
-        report_lib.plot_training_curves(records, os.path.join(workdir, "training_curves.png"))
-    if tuple(dataset.input_shape) == (2,):
-        f = jax.jit(model.logits_fn(state.params, state.batch_stats))
-
-        def prob(points):
-            logits = np.asarray(f(np.asarray(points, np.float32)))
-            return 1 / (1 + np.exp(-logits)) if logits.ndim == 1 else _softmax1(logits)
-
-        report_lib.plot_decision_boundary(
-            prob,
-            arrays["image"],
-            arrays["label"],
-            os.path.join(workdir, "decision_boundary.png"),
-            title=f"{cfg.get('name', cfg.method.name)}, seed {seed}, {split} split",
-        )
-
-
-def _softmax1(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e[:, 1] / e.sum(-1)
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> dict | None:
@@ -401,21 +352,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
     return report
 
 
-def _scalars(result: dict) -> dict[str, float]:
-    """Flat ``{"clean/accuracy": ..., "adversarial/auc": ...}`` of one run's numbers."""
-    out = {}
-    for section in ("clean", "adversarial"):
-        for key, value in result.get(section, {}).items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                if key not in ("eps",):
-                    out[f"{section}/{key}"] = float(value)
-    for key in ("robust_curve", "robust_curve_l2"):
-        if key in result:
-            out[f"{key}/area"] = float(result[key]["area"])
-    if "margins" in result:
-        out["margins/median"] = result["margins"]["median"]
-        out["margins/mean"] = result["margins"]["mean"]
-    return out
+_scalars = run_scalars
 
 
 def _curve_with_std(results: list[dict], key: str = "robust_curve"):
