@@ -95,6 +95,7 @@ def test_manifest_folds_and_patient_ids_of_file_sources(tmp_path):
         (dict(folds=2, cv=dict(mode="kfold", holdout="x")), "unknown cv.holdout 'x'; valid"),
         (dict(folds=2, cv=dict(mode="manifest", holdout="val")), "data.name 'moons' has none"),
         (dict(folds=2, cv=dict(mode="kfold", holdout="test")), "cv.holdout='test', but"),
+        (dict(folds=3, train=dict(batch_size=400)), "batch_size=400 exceeds the 341 .* fold 0"),
     ],
 )
 def test_bad_fold_fields_are_named(tmp_path, top, expect):

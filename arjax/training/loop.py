@@ -479,6 +479,14 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
         )
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
+    for fold, dataset in enumerate(datasets):
+        n_train = data_lib.split_length(dataset.splits["train"])
+        if n_train < cfg.train.batch_size:
+            where = f" in fold {fold} of folds={num_folds}" if num_folds else ""
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} exceeds the {n_train} training "
+                f"examples{where}"
+            )
     seeds = tuple(int(s) for s in cfg.seeds)
     preempted = PreemptionFlag()
     results = []
@@ -556,8 +564,8 @@ def _report(cfg: ml_collections.ConfigDict, results: list[dict]) -> dict:
     return {
         "name": cfg.get("name", ""),
         "method": cfg.method.name,
-        "seeds": sorted({r["seed"] for r in results}),
-        "folds": sorted({r["fold"] for r in results if "fold" in r}),
+        "seeds": list(dict.fromkeys(r["seed"] for r in results)),
+        "folds": list(dict.fromkeys(r["fold"] for r in results if "fold" in r)),
         "summary": summary,
         "mean_accuracy": (clean + adv) / 2,
         "runs": results,

@@ -42,6 +42,7 @@ import os
 import ml_collections
 
 from arjax.config_lib import ConfigError, check_choice, check_range
+from arjax.methods import METHODS, method_config
 from arjax.training.checkpoint import Checkpointer
 
 SCHEDULES = ("single", "two_phase")
@@ -93,14 +94,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             f"{why} needs train.select_best='val/loss' and train.eval_every > 0 "
             f"(validation evaluations); got select_best={tcfg.get('select_best', '')!r}"
         )
-    if name == "two_phase":
-        check_choice(cfg, "method.name", ("adversarial", "arfl", "ima", "noise"))
+    if name == "two_phase":  # phase 1 is the clean phase; phase 2 must be another method
+        check_choice(cfg, "method.name", set(METHODS) - {"standard"})
 
 
 def clean_method(method: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Phase 1's method: ``standard`` training with ``method``'s classification loss."""
-    from arjax.methods import method_config
-
     return method_config("standard", cls_loss=method.get("cls_loss", "ce"))
 
 
