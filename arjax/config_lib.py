@@ -73,10 +73,16 @@ def base_config() -> ml_collections.ConfigDict:
         config = base_config()
         config.method = method_config("arfl", r=0.5, lam=0.5)
 
+    Top-level ``seeds`` (one run per seed) and ``folds`` (0: none; k >= 2:
+    one run per cross-validation fold, formed as ``cv`` says, see
+    ``arjax.data.folds``).
+
     Sections: ``data`` (dataset by name), ``model`` (network by name),
     ``method`` (training method by name, see ``arjax.methods``), ``optim``,
     ``train`` (batching, epochs, logging/eval/checkpoint intervals in steps,
-    ``steps_per_call`` steps fused into one compiled call), ``eval`` (final
+    ``steps_per_call`` steps fused into one compiled call; ``schedule``
+    ``"single"`` or Khakzar's ``"two_phase"`` with early stopping after
+    ``patience`` evaluations, see ``arjax.training.schedule``), ``eval`` (final
     evaluation: clean metrics, metrics under each attack of ``attacks`` (or
     the one at ``adv_eps``) for "adversarial accuracy / AUC", sensitivity and
     specificity at a threshold chosen on ``threshold_split``, and the
@@ -87,6 +93,11 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = ""
     c.seeds = (0,)
+    # k-fold cross-validation: 0 = none, k >= 2 = one run per fold
+    c.folds = 0
+    # mode "kfold": sklearn folds of the train split, fold k becomes split `holdout`;
+    # "manifest": fold k tests on the manifest's fold k, validates on fold k+1 (mod folds)
+    c.cv = dict(mode="kfold", holdout="val")
     c.data = dict(name="moons", sizes=dict(train=10000, test=1000), noise=0.2, seed=0)
     # layer_norm: per-hidden-layer flags, () for none; num_outputs: 0 = 1 logit for
     # two classes, else one per class.
@@ -115,8 +126,15 @@ def base_config() -> ml_collections.ConfigDict:
         num_workers=0,
         # "val/loss": keep the lowest-validation-loss state and evaluate it at the end
         select_best="",
-        # a finished run's workdir to take parameters from (two-phase schedules)
+        # a finished run's workdir to take parameters from
         init_from="",
+        # "single": method for num_epochs; "two_phase" (Khakzar §3.2): clean training
+        # (standard, same cls_loss) for <= phase1_max_epochs, then the method for
+        # <= num_epochs from the best phase-1 state
+        schedule="single",
+        # stop a phase after this many evaluations without a lower val loss (0: never)
+        patience=0,
+        phase1_max_epochs=10,
     )
     c.eval = dict(
         split="test",

@@ -3,13 +3,18 @@
 Expected data layout (never downloaded; --config.data.root=/path/to/chestxray14):
     Data_Entry_2017.csv  BBox_List_2017.csv  train_val_list.txt  test_list.txt  images/*.png
 
-Two phases as two runs (§3.2: train clean until the validation loss stops
-improving, then continue with the adversarial loss; keep the checkpoint with
-the lowest validation loss):
+Run (§3.2 and §4 as one resumable run, train.schedule="two_phase"): phase 1 trains
+clean until the validation loss has not improved for train.patience=5 evaluations
+(one every 1000 steps; at most phase1_max_epochs=10), phase 2 fine-tunes with FGSM
+from phase 1's lowest-validation-loss checkpoint, stops the same way (at most
+num_epochs=10), and the final model is phase 2's lowest-validation-loss state:
+    python -m arjax.launch --config configs/chestxray14_khakzar.py:fgsm0.005 \
+        --workdir runs/cxr_fgsm --config.data.root=$CXR
+The clean baseline is phase 1 alone (single schedule, same early stopping):
     python -m arjax.launch --config configs/chestxray14_khakzar.py:clean --workdir runs/cxr_clean \
         --config.data.root=$CXR
-    python -m arjax.launch --config configs/chestxray14_khakzar.py:fgsm0.005 \
-        --workdir runs/cxr_fgsm --config.data.root=$CXR --config.train.init_from=runs/cxr_clean
+Outputs: runs/cxr_fgsm/phase1/ (clean phase: checkpoints, best, metrics, curves),
+schedule.json (where each phase stopped and its best step), report.json.
 
 Variants: ``clean``; ``fgsm<eps>`` for eps in {0.001, 0.005, 0.01, 0.05} (FGSM on
 a random half of each batch, r = 0, perturb_fraction = 0.5); append ``,smoke``
@@ -66,6 +71,9 @@ def get_config(arg="fgsm0.005"):
     config.train.eval_every = 1000
     config.train.checkpoint_every = 1000
     config.train.select_best = "val/loss"
+    config.train.patience = 5
+    config.train.phase1_max_epochs = 10
+    config.train.schedule = "single" if variant == "clean" else "two_phase"
     config.eval.batch_size = 64
     config.eval.adv_attack = "fgsm"
     config.eval.adv_eps = 0.005
@@ -74,6 +82,7 @@ def get_config(arg="fgsm0.005"):
     config.eval.max_examples = 2000
     if modifier == "smoke":
         lesion_smoke(config, num_classes=3, multi_label=True, eps=0.005)
+        config.train.phase1_max_epochs = 1
     elif modifier:
         raise ValueError(f"unknown modifier {modifier!r}; valid: smoke")
     return config

@@ -6,9 +6,15 @@ images PNG/JPEG or DICOM (pip install 'arjax[medical]'), e.g. CMMD exported to P
 ImageNet weights: torchvision's vgg16 state dict as .safetensors (or .pth with torch):
     --config.model.pretrained=/path/vgg16.safetensors
 
-Run one fold (test fold 0, validation fold 1):
-    python -m arjax.launch --config configs/mammo_arfl.py:dual_arfl --workdir runs/mammo_F_f0 \
-        --config.data.manifest=$M --config.model.pretrained=$W --config.data.test_fold=0
+Run the five folds (folds=5, cv.mode="manifest": fold k tests on the manifest's
+fold k and validates on fold k+1 mod 5; runs in runs/mammo_F/fold_<k>, AUC mean (std)
+over folds in runs/mammo_F/report.json):
+    python -m arjax.launch --config configs/mammo_arfl.py:dual_arfl --workdir runs/mammo_F \
+        --config.data.manifest=$M --config.model.pretrained=$W
+One fold only: --config.folds=0 --config.data.test_fold=2 --config.data.val_fold=3.
+Without a fold column: --config.cv.mode=kfold --config.cv.holdout=test
+--config.data.test_fraction=0 (a fixed patient-grouped 10 % validation split; the
+rest dealt into 5 stratified patient-grouped folds, each the test set once).
 
 Variants: ``r<r>`` / ``r<r>_arfl`` for r in {1, 0, 0.5, 0.25, 0.75} (e.g. r0.25_arfl),
 and the Table rows' names ``standard``, ``standard_arfl``, ``adversarial``,
@@ -17,7 +23,7 @@ for a seconds-long run on built-in synthetic lesions (binary, 32x32).
 Setting: fine-tune the fully connected layers and the last convolution
 (optim.trainable), PGD-7 eps_1 = 0.01 for training and attack at test,
 lambda = 10, 100 epochs, AUC as the metric, 5-fold cross-validation by the
-manifest's fold column (one run per test fold).
+manifest's fold column (one run per test fold). The smoke variant runs one fold.
 """
 
 from arjax.config_lib import base_config, lesion_smoke
@@ -67,6 +73,8 @@ def get_config(arg="dual_arfl"):
         seed=0,
         cache_dir="",
     )
+    config.folds = 5
+    config.cv = dict(mode="manifest", holdout="val")
     config.model = dict(name="vgg16", pretrained="", num_outputs=1)
     config.method = _method(variant)
     config.optim.name = "adam"
@@ -85,6 +93,7 @@ def get_config(arg="dual_arfl"):
     config.eval.eps = (0.0, 0.005, 0.01, 0.02)
     if modifier == "smoke":
         lesion_smoke(config)
+        config.folds = 0  # one fold: seconds (the five-fold run is 5x this)
         config.model.hidden = 64  # a small classifier: seconds, not minutes, on CPU
         config.method.num_steps = 2
     elif modifier:

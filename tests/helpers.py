@@ -39,3 +39,30 @@ def tiny_config(**train) -> ml_collections.ConfigDict:
     c.eval.eps = (0.0, 0.1, 0.2)
     c.train.update(train)
     return c
+
+
+def preempt_after_save(monkeypatch, directory: str | None = None) -> None:
+    """Makes the next ``loop.run`` act as if SIGTERM came right after a checkpoint save.
+
+    Args:
+      monkeypatch: pytest's fixture (``monkeypatch.undo()`` restores both patches).
+      directory: only saves into this checkpoint folder trigger it (None: any save).
+    """
+    from arjax.training import checkpoint, loop
+
+    flags = []
+    original_save = checkpoint.Checkpointer.save
+
+    class Flag(checkpoint.PreemptionFlag):
+        def __init__(self):
+            super().__init__()
+            flags.append(self)
+
+    def save_then_preempt(self, state, **kw):
+        original_save(self, state, **kw)
+        if directory is None or self.directory == str(directory):
+            flags[-1].signal = "SIGTERM"
+            flags[-1].event.set()
+
+    monkeypatch.setattr(loop, "PreemptionFlag", Flag)
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_preempt)

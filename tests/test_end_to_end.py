@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import preempt_after_save, tiny_config
 
 from arjax import methods
 from arjax.training import checkpoint, loop
@@ -53,22 +53,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, meth
     straight = loop.run(cfg, str(tmp_path / "a"), progress=False)
 
     # Interrupt run b right after its first checkpoint, as SIGTERM would.
-    flags = []
-    original_save = checkpoint.Checkpointer.save
-    original_flag = checkpoint.PreemptionFlag
-
-    class FlagAfterFirstSave(original_flag):
-        def __init__(self):
-            super().__init__()
-            flags.append(self)
-
-    def save_then_preempt(self, state, **kw):
-        original_save(self, state, **kw)
-        flags[-1].signal = "SIGTERM"
-        flags[-1].event.set()
-
-    monkeypatch.setattr(loop, "PreemptionFlag", FlagAfterFirstSave)
-    monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_preempt)
+    preempt_after_save(monkeypatch)
     assert loop.run(cfg, str(tmp_path / "b"), progress=False) is None
     saved = checkpoint.Checkpointer(str(tmp_path / "b" / "checkpoints"))
     assert saved.latest_step() == cfg.train.checkpoint_every

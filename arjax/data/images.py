@@ -167,9 +167,11 @@ class ImageFileSource:
         class_names: Names of the ``K`` classes (for reports).
         decode_threads: Threads decoding one batch (Pillow releases the GIL
             while decoding); 0 or 1: sequential.
+        patients: Patient id per example ``[N]`` (strings), or None; used to
+            keep a patient's images in one cross-validation fold.
 
     Attributes:
-        paths, boxes, class_names, image_size, channels: As given.
+        paths, boxes, class_names, image_size, channels, patients: As given.
     """
 
     def __init__(
@@ -182,6 +184,7 @@ class ImageFileSource:
         boxes: dict[int, list[tuple[int, float, float, float, float]]] | None = None,
         class_names: tuple[str, ...] = (),
         decode_threads: int = 0,
+        patients: np.ndarray | None = None,
     ):
         labels = np.asarray(labels)
         labels = labels.astype(np.int32 if labels.ndim == 1 else np.float32)
@@ -200,6 +203,9 @@ class ImageFileSource:
         self.boxes = dict(boxes or {})
         self.class_names = tuple(class_names)
         self.decode_threads = int(decode_threads)
+        self.patients = None if patients is None else np.asarray(patients)
+        if self.patients is not None and self.patients.shape != (len(paths),):
+            raise ValueError(f"patients {self.patients.shape} do not match {len(paths)} paths")
         self.cache_path = None
         if cache_dir is not None:
             self.cache_path = self._create_cache(os.path.expanduser(cache_dir))

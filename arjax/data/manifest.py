@@ -211,14 +211,19 @@ def make_sources(
     labels: np.ndarray,
     boxes: dict[int, list],
     rows_by_split: dict[str, np.ndarray],
+    patients: np.ndarray | None = None,
     **source_kwargs,
 ) -> dict[str, ImageFileSource]:
-    """One source per split from row indices into ``paths`` / ``labels`` / ``boxes``."""
+    """One source per split from row indices into ``paths``, ``labels``, ``boxes``, ``patients``."""
     out = {}
     for split, rows in rows_by_split.items():
         split_boxes = {i: boxes[r] for i, r in enumerate(rows) if r in boxes}
         out[split] = ImageFileSource(
-            [paths[r] for r in rows], labels[rows], boxes=split_boxes, **source_kwargs
+            [paths[r] for r in rows],
+            labels[rows],
+            boxes=split_boxes,
+            patients=None if patients is None else patients[rows],
+            **source_kwargs,
         )
     return out
 
@@ -388,6 +393,7 @@ def read_manifest(config: ml_collections.ConfigDict, name: str) -> DatasetSplits
         labels if multi else labels.astype(np.int32),
         boxes,
         rows,
+        patients if "patient_id" in header else None,
         image_size=size,
         channels=channels,
         cache_dir=config_optional_path(config, "cache_dir"),

@@ -207,6 +207,7 @@ def build_chestxray14(config: ml_collections.ConfigDict) -> DatasetSplits:
         labels,
         boxes,
         rows,
+        patients,
         image_size=size,
         channels=1,
         cache_dir=config_optional_path(config, "cache_dir"),
