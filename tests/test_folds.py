@@ -12,6 +12,7 @@ from arjax import data as data_lib
 from arjax import methods
 from arjax.config_lib import ConfigError
 from arjax.data import folds
+from arjax.evaluation.workdir import evaluate_workdir
 from arjax.training import loop
 
 
@@ -125,3 +126,9 @@ def test_two_folds_make_two_runs_and_an_aggregate(tmp_path):
     assert acc["std"] == pytest.approx(np.std(values, ddof=1))
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["summary"] == json.loads(json.dumps(report["summary"]))
+    # arjax.evaluate finds both fold runs, rebuilds each fold's splits and
+    # reproduces the numbers training wrote.
+    ev = evaluate_workdir(str(tmp_path), progress=False)
+    assert ev["runs"] == ["fold_0", "fold_1"]
+    again = [json.loads((tmp_path / f"fold_{k}" / "eval.json").read_text()) for k in range(2)]
+    assert [r["clean"]["accuracy"] for r in again] == pytest.approx(values)

@@ -26,6 +26,7 @@ from arjax import data as data_lib
 from arjax import margins as margin_table
 from arjax import methods
 from arjax.config_lib import ConfigError
+from arjax.data import folds as folds_lib
 from arjax.evaluation import report as report_lib
 from arjax.evaluation import suite
 from arjax.evaluation.metrics import aggregate, mean_std
@@ -38,7 +39,7 @@ from arjax.training.state import TrainState, create_train_state
 log = logging.getLogger("arjax")
 
 CHECKPOINTS = ("auto", "best", "latest")
-_SKIP = ("checkpoints", "best")
+_SKIP = ("checkpoints", "best", "phase1")
 
 
 def _tuples(value):
@@ -98,18 +99,33 @@ def run_seed(cfg: ml_collections.ConfigDict, workdir: str, run_dir: str) -> int:
 
 
 def dataset_for_run(
-    dataset: data_lib.DatasetSplits, workdir: str, run_dir: str
+    datasets: list[data_lib.DatasetSplits], workdir: str, run_dir: str
 ) -> data_lib.DatasetSplits:
-    """The splits a run was trained on: the workdir's dataset.
+    """The splits a run was trained on.
+
+    Args:
+      datasets: ``arjax.data.folds.fold_datasets`` of the workdir's config: one
+        dataset without cross-validation, else one per fold.
+      workdir: the training workdir.
+      run_dir: a run directory below it; ``fold_<k>`` in its path picks fold k.
 
     Raises:
-      ConfigError: for a ``fold_<k>`` run; its fold's splits must be rebuilt
-        from the fold assignment (the cross-validation data code), not taken whole.
+      ConfigError: a ``fold_<k>`` path with no such fold in the config, or a
+        cross-validated workdir's run outside any ``fold_<k>``.
     """
     parts = _relative(run_dir, workdir).split(os.sep)
-    if any(re.fullmatch(r"fold_\d+", p) for p in parts):
-        raise ConfigError(f"run {run_dir!r} is a cross-validation fold; folds are not wired in yet")
-    return dataset
+    folds = [int(m.group(1)) for p in parts if (m := re.fullmatch(r"fold_(\d+)", p))]
+    if not folds:
+        if len(datasets) != 1:
+            raise ConfigError(f"run {run_dir!r} is not inside a fold_<k> directory")
+        return datasets[0]
+    if len(datasets) == 1 or folds[-1] >= len(datasets):
+        raise ConfigError(
+            f"run {run_dir!r} is fold {folds[-1]}, but the config has folds={len(datasets)}"
+            if len(datasets) > 1
+            else f"run {run_dir!r} is a fold, but the config has no folds"
+        )
+    return datasets[folds[-1]]
 
 
 def restore_state(
@@ -225,15 +241,21 @@ def evaluate_workdir(
     if not run_dirs:
         raise ConfigError(f"{workdir!r} holds no run (no checkpoints/ directory at or below it)")
     seeds = {run: run_seed(cfg, workdir, run) for run in run_dirs}
+    cv = cfg.get("cv", None) or {}
     try:
-        dataset = data_lib.load_dataset(cfg.data)
+        datasets = folds_lib.fold_datasets(
+            cfg.data,
+            int(cfg.get("folds", 0)),
+            mode=cv.get("mode", "kfold"),
+            holdout=cv.get("holdout", "val"),
+        )
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
     mesh = parallel.make_mesh(cfg.train.get("num_devices", 0))
     eval_cfg = cfg.eval.to_dict()
     results = []
     for run in tqdm.tqdm(run_dirs, disable=not progress, unit="run", desc="evaluate"):
-        data = dataset_for_run(dataset, workdir, run)
+        data = dataset_for_run(datasets, workdir, run)
         model, state, info = restore_state(cfg, data, run, seeds[run], mesh, which)
         path = os.path.join(run, "eval.json")
         log.info("%s: %s checkpoint, step %d", run, *info.values())
