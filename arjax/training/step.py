@@ -84,6 +84,13 @@ def make_multi_step(
         return state, metrics
 
     def multi_step(state, batches, valid):
+        if valid.shape[0] == 1:
+            # No loop for one step: XLA:CPU runs a ConvNet's training step ~25x slower
+            # inside a while loop (cam_cnn at 64x64, batch 32: 8.3 s vs 0.3 s per step,
+            # whatever the convolution implementation), so image configs keep
+            # steps_per_call=1 and pay nothing for the multi-step interface.
+            state, metrics = body(state, jax.tree.map(lambda a: a[0], (batches, valid)))
+            return state, jax.tree.map(lambda m: m[None], metrics)
         return jax.lax.scan(body, state, (batches, valid))
 
     return multi_step
