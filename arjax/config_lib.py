@@ -155,6 +155,9 @@ def base_config() -> ml_collections.ConfigDict:
         # split whose clean predictions pick the sensitivity/specificity threshold
         # (Youden's J); a dataset without it uses 0.5
         threshold_split="val",
+        # CAM localisation against the split's boxes (Khakzar §3.3) when it has
+        # boxes and the network a GAP + linear head
+        localization=True,
     )
     return c
 

@@ -15,13 +15,14 @@ import os
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh
 
 from arjax import data as data_lib
 from arjax import margins as margin_table
 from arjax.config_lib import ConfigError
+from arjax.evaluation import interpret, localization, suite
 from arjax.evaluation import report as report_lib
-from arjax.evaluation import suite
 from arjax.models import ModelFns
 from arjax.training.state import TrainState
 
@@ -141,13 +142,52 @@ def evaluate_run(
             title=f"IMA margins (median {result['margins']['median']:.3f})",
             xlabel=f"margin ({cfg.method.norm})",
         )
-    # --- CAM localisation (Khakzar et al. §3.3) for datasets with boxes goes here:
-    # result["localization"] = localization.localization_report(...)  [added by the lead]
     title = f"{cfg.get('name', '') or cfg.method.name}, seed {seed}, {split} split"
+    if cfg.eval.get("localization", True) and getattr(dataset.splits[split], "boxes", None):
+        result["localization"] = localize(
+            model, state, dataset.splits[split], run_dir, title, seed=seed
+        )
     plot_roc(result, logits, arrays["label"], os.path.join(run_dir, "roc_curves.png"), title)
     _plots_for_run(dataset, model, state, run_dir, arrays, title)
     report_lib.write_json(os.path.join(run_dir, filename), result)
     return result
+
+
+def localize(
+    model: ModelFns, state: TrainState, source, run_dir: str, title: str, *, seed: int
+) -> dict:
+    """CAM localisation of the split's annotated images (Khakzar et al. §3.3).
+
+    Writes ``localization.png`` (accuracy vs T(IoU) per class, random-box
+    baseline dashed) and ``cam_grid.png`` (image, CAM, saliency, boxes) to
+    ``run_dir`` and logs the table. Networks without a GAP + linear head
+    (VGG16, the IMA CNNs) get ``{"skipped": reason}`` instead.
+
+    Args:
+      model: the model's pure functions.
+      state: the trained state.
+      source: the evaluated split (an ``ImageFileSource`` or view with ``boxes``).
+      run_dir: where the plots go.
+      title: plot title.
+      seed: the run's seed (fold assignment of the threshold search).
+
+    Returns:
+      ``localization.localization_report``'s dict, or ``{"skipped": reason}``.
+    """
+    try:
+        interpret.cam_head(nnx.merge(model.graphdef, state.params, state.batch_stats, copy=True))
+    except ValueError as e:
+        log.info("no CAM localisation: %s", e)
+        return {"skipped": str(e)}
+    report = localization.localization_report(
+        model, state.params, state.batch_stats, source, seed=seed
+    )
+    log.info("CAM localisation (%s):\n%s", title, localization.localization_table(report))
+    localization.plot_localization({title: report}, os.path.join(run_dir, "localization.png"))
+    interpret.save_box_grid(
+        os.path.join(run_dir, "cam_grid.png"), model, state.params, state.batch_stats, source
+    )
+    return report
 
 
 def plot_roc(result: dict, logits: dict, labels: np.ndarray, path: str, title: str) -> None:
@@ -216,6 +256,10 @@ def run_scalars(result: dict) -> dict[str, float]:
     for key in ("robust_curve", "robust_curve_l2"):
         if key in result:
             out[f"{key}/area"] = float(result[key]["area"])
+    loc = result.get("localization", {}).get("mean")
+    if loc:
+        for t, acc in zip(result["localization"]["ious"], loc["accuracy"], strict=True):
+            out[f"localization/accuracy@{t:g}"] = float(acc)
     if "margins" in result:
         out["margins/median"] = result["margins"]["median"]
         out["margins/mean"] = result["margins"]["mean"]
