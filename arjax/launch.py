@@ -33,7 +33,13 @@ def format_summary(report: dict) -> str:
     from arjax.evaluation.metrics import format_mean_std
 
     lines = [f"{report['name'] or report['method']}  seeds={report['seeds']}"]
+    # ``adversarial/*`` repeats the first attack's own rows; print it once.
+    first = (report.get("runs") or [{}])[0].get("adversarial", {}).get("name")
+    if first:
+        lines[0] += f"  adversarial={first}"
     for key, stats in report["summary"].items():
+        if first and key.startswith(f"{first}/"):
+            continue
         pct = "loss" not in key and not key.startswith("margins/")
         text = format_mean_std(stats, digits=1 if pct else 3, scale=100.0 if pct else 1.0)
         lines.append(f"  {key:<28} {text}{' %' if pct else ''}")
