@@ -169,6 +169,29 @@ def test_auto_input_gradient_of_strided_conv_is_no_convolution_on_cpu():
     assert convolutions("auto") == convolutions("patches") == 1
 
 
+def test_input_gradients_in_a_loop_use_hwio_kernels_on_cpu():
+    # Inside a while loop (every PGD), XLA folds a kernel transpose into the convolution's
+    # dimension numbers (01oi), which XLA:CPU runs on a slow generic path; "auto" keeps
+    # every convolution of a looped input gradient in the HWIO (01io) form.
+    x, kernel = _inputs(3, 6, 6, seed=9, c_in=4, c_out=8)
+    k1 = jnp.asarray(np.random.default_rng(1).normal(size=(1, 1, 8, 4)), jnp.float32)
+
+    def dim_labels(impl):
+        def net(x):
+            h = jnp.tanh(conv2d(x, kernel, 1, 1, impl))
+            return jnp.sum(jnp.tanh(conv2d(h, k1, 1, 0, impl)) ** 2)
+
+        def pgd_like(x):
+            return jax.lax.fori_loop(0, 2, lambda _, z: z + jnp.sign(jax.grad(net)(z)), x)
+
+        text = jax.jit(pgd_like).lower(x).compile().as_text()
+        return {line.split("dim_labels=")[1].split(",")[0] for line in text.splitlines()
+                if " convolution(" in line}  # fmt: skip
+
+    assert dim_labels("auto") == {"b01f_01io->b01f"}
+    assert "b01f_01oi->b01f" in dim_labels("xla")  # what the test guards against
+
+
 def test_vmap_and_batch_independence():
     x, kernel = _inputs(3, 6, 6, seed=2)
     per_example = jax.vmap(lambda xi: conv2d(xi[None], kernel, 2, 1, "auto")[0])(x)
