@@ -45,7 +45,8 @@ def passes(steps: int, bisections: int) -> dict[str, tuple[int, int]]:
 
 def run_model(name: str, args) -> dict:
     """All rows for one model."""
-    s = wl.setup(name, args.batch, args.conv_impl)
+    batch = args.batch or wl.default_batch(name)
+    s = wl.setup(name, batch, args.conv_impl)
     rows = wl.interleaved(wl.attack_workloads(s, args.steps, args.bisections), args.repeats)
     unit, fwd = rows["forward+input_grad"]["step_s"], rows["forward"]["step_s"]
     for row, (n_grad, n_fwd) in passes(args.steps, args.bisections).items():
@@ -58,10 +59,10 @@ def run_model(name: str, args) -> dict:
     if not args.skip_train:
         rows.update(wl.interleaved(wl.train_workloads(s, k, nb), args.repeats))
     for r in rows.values():
-        r["images_per_s"] = args.batch / r["step_s"]
+        r["images_per_s"] = batch / r["step_s"]
         if not args.keep_times:
             r.pop("times_s")
-    return {"model": name, "batch": args.batch, "conv_impl": args.conv_impl, "rows": rows}
+    return {"model": name, "batch": batch, "conv_impl": args.conv_impl, "rows": rows}
 
 
 def print_table(result: dict) -> None:
@@ -85,10 +86,10 @@ def print_table(result: dict) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fmnist_cnn", help="a model or 'all'")
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=None, help="default: 128; 8 at 224x224")
     parser.add_argument("--steps", type=int, default=20, help="PGD / BPGD steps")
     parser.add_argument("--bisections", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
     parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "patches"))
     parser.add_argument("--skip-train", action="store_true", help="attacks only")
     parser.add_argument("--keep-times", action="store_true", help="every time in the JSON")

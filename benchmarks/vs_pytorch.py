@@ -116,7 +116,8 @@ def compare(s: wl.Setup, args) -> dict:
     k, nb = args.steps, args.bisections
     ours = wl.attack_workloads(s, k, nb)
     ours.update(wl.train_workloads(s, k, nb))
-    print(f"\n{s.name}  batch {args.batch}  logits rel. err {err:.1e}", flush=True)
+    batch = s.x.shape[0]
+    print(f"\n{s.name}  batch {batch}  logits rel. err {err:.1e}", flush=True)
     print(f"{'workload':<30}{'impl':<24}{'compile s':>10}{'median ms':>11}{'speedup':>9}")
     rows = {}
     theirs = torch_workloads(s, net, x, y, k, nb, args.torch_threads, args.one_thread)
@@ -135,16 +136,16 @@ def compare(s: wl.Setup, args) -> dict:
             sp = f"{r['speedup']:.2f}x" if "speedup" in r else ""
             print(f"{name:<30}{impl:<24}{r['compile_s']:>10.2f}{1e3 * r['step_s']:>11.2f}{sp:>9}")
         rows[name] = timed
-    return {"model": s.name, "batch": args.batch, "logits_rel_err": err, "rows": rows}
+    return {"model": s.name, "batch": batch, "logits_rel_err": err, "rows": rows}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fmnist_cnn", help="a model or 'all'")
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=None, help="default: 128; 8 at 224x224")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--bisections", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
     parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "patches"))
     parser.add_argument("--torch-threads", type=int, default=wl.cores(), help="default: cores")
     parser.add_argument("--one-thread", action="store_true", help="also time PyTorch on 1 thread")
@@ -166,7 +167,8 @@ def main(argv=None):
     for name in names:
         if name not in tm.supported(wl.available_models()):
             sys.exit(f"model {name!r} not available; valid: {tm.supported(wl.available_models())}")
-        results.append(compare(wl.setup(name, args.batch, args.conv_impl), args))
+        batch = args.batch or wl.default_batch(name)
+        results.append(compare(wl.setup(name, batch, args.conv_impl), args))
     machine = wl.machine()
     machine.update(torch=torch.__version__, torch_threads=args.torch_threads)
     if torchattacks is not None:

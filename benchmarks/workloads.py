@@ -64,6 +64,15 @@ MODELS = {
 }
 
 
+# The 224x224 networks take seconds per PGD step on a CPU: a small default batch.
+DEFAULT_BATCH = {"resnet18": 8, "densenet121_truncated": 8}
+
+
+def default_batch(name: str) -> int:
+    """The batch a benchmark uses for ``name`` when ``--batch`` is not given."""
+    return DEFAULT_BATCH.get(name, 128)
+
+
 def available_models() -> list[str]:
     """Benchmark models whose arjax model name is registered (ResNet/DenseNet may not be)."""
     return [name for name, spec in MODELS.items() if spec[0]["name"] in REGISTERED_MODELS]
@@ -198,7 +207,7 @@ def first_call(fn: Callable, args: tuple) -> float:
 def interleaved(
     workloads: dict[str, tuple[Callable, tuple]],
     repeats: int,
-    warmup: int = 2,
+    warmup: int = 1,
     pause: float = 0.0,
     label: str = "",
 ) -> dict[str, dict]:
