@@ -5,10 +5,10 @@
 
 Rows: forward, forward+input-gradient, forward+param-gradient, FGSM, PGD-k (linf, l2),
 BPGD (k PGD steps + bisections), and one optimiser step (Adam) of each method: standard,
-adversarial (PGD-10), ARFL (PGD-10), IMA (BPGD). For each: ``compile_s`` (the first
-call, which traces, lowers, compiles and runs once, minus the steady-state time), the
-median ``step_s`` of ``--repeats`` timed calls (``block_until_ready``; the rows of a group
-are timed interleaved, see ``workloads.interleaved``), and images/s.
+adversarial (PGD-10), ARFL (PGD-10), IMA (BPGD). For each: ``compile_s`` (JAX's trace,
+lower and XLA compile time within the first call), the median ``step_s`` of
+``--repeats`` timed calls (``block_until_ready``; the rows of a group are timed
+interleaved, see ``workloads.interleaved``), and images/s.
 
 Limit ratio (``limit_ratio`` in the JSON; the issue's target is >= 0.85):
 

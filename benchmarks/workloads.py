@@ -6,9 +6,10 @@ their state through calls (donated, as the training loop does), so a timed call 
 exactly what a training run repeats.
 
 Timing protocol: the first call (trace + lower + XLA compile + one run) is timed, and
-``compile_s`` is that minus the steady-state time; then warm-up calls, then ``repeats``
-calls timed one by one with ``jax.block_until_ready``; the median is the steady-state
-time. Several workloads timed
+``compile_s`` is the time JAX reports for tracing, lowering and compiling during it
+(``jax.monitoring`` duration events, so a slow first run does not count as compile
+time); then warm-up calls, then ``repeats`` calls timed one by one with
+``jax.block_until_ready``; the median is the steady-state time. Several workloads timed
 together are *interleaved* (round r runs every workload once), so a change of machine
 load hits all of them alike.
 """
@@ -197,11 +198,29 @@ def train_workloads(s: Setup, steps: int, bisections: int) -> dict[str, tuple[Ca
     }
 
 
-def first_call(fn: Callable, args: tuple) -> float:
-    """Seconds of the first call: trace, lower, compile (or PyTorch warm-up) and one run."""
+# JAX's compile-phase duration events; first_call sums them while it runs.
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+_compile_seconds: list[float] = []
+
+
+def _on_duration(event: str, duration: float, **_) -> None:
+    if event in COMPILE_EVENTS:
+        _compile_seconds.append(duration)
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+def first_call(fn: Callable, args: tuple) -> tuple[float, float]:
+    """(seconds of the first call, seconds of it JAX spent tracing, lowering, compiling)."""
+    _compile_seconds.clear()
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, sum(_compile_seconds)
 
 
 def interleaved(
@@ -219,12 +238,15 @@ def interleaved(
 
     Returns:
       name -> ``{"first_call_s", "compile_s", "step_s" (median), "min_s", "times_s",
-      "recompiled"}``; ``compile_s = first_call_s - step_s`` (trace, lower and compile;
-      the first call also runs once), ``recompiled``: the jit cache grew after the
-      first call (a shape or static argument changed between calls).
+      "recompiled"}``; ``compile_s``: JAX's trace + lower + compile time within the
+      first call (0 for PyTorch), ``recompiled``: the jit cache grew after the first
+      call (a shape or static argument changed between calls).
     """
     _progress(f"{label or ', '.join(workloads)}: compiling")
-    rows = {name: {"first_call_s": first_call(fn, args)} for name, (fn, args) in workloads.items()}
+    rows = {}
+    for name, (fn, args) in workloads.items():
+        first_s, compile_s = first_call(fn, args)
+        rows[name] = {"first_call_s": first_s, "compile_s": compile_s}
     _progress(", timing ")
     cache = {name: _cache_size(fn) for name, (fn, _) in workloads.items()}
     for _ in range(warmup):
@@ -243,7 +265,6 @@ def interleaved(
     for name, ts in times.items():
         step = statistics.median(ts)
         rows[name].update(step_s=step, min_s=min(ts), times_s=ts)
-        rows[name]["compile_s"] = max(rows[name]["first_call_s"] - step, 0.0)
         rows[name]["recompiled"] = _cache_size(workloads[name][0]) != cache[name]
     return rows
 
