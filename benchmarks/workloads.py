@@ -31,7 +31,7 @@ import arjax
 from arjax import methods
 from arjax.models import MODELS as REGISTERED_MODELS
 from arjax.models import build_model
-from arjax.models.layers import conv_impl_scope
+from arjax.models.convolution import conv_impl_scope
 from arjax.training.state import create_train_state
 from arjax.training.step import make_train_step
 

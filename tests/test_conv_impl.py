@@ -21,15 +21,15 @@ from flax import nnx
 
 from arjax.config_lib import ConfigError
 from arjax.models import build_model
-from arjax.models.layers import (
+from arjax.models.convolution import (
     CONV_IMPLS,
-    Conv,
     conv2d,
     conv_impl_scope,
     default_conv_impl,
     extract_patches,
     fold_patches,
 )
+from arjax.models.layers import Conv
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 

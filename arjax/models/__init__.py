@@ -43,15 +43,13 @@ from flax import nnx
 
 from arjax.config_lib import ConfigError
 from arjax.models.cnn import ARCHITECTURES, ConvSpec, ImaCNN, feature_map_shape, ima_cnn
+from arjax.models.convolution import CONV_IMPLS, conv2d, conv_impl_scope
 from arjax.models.densenet import DenseNet, TruncatedDenseNet, densenet
 from arjax.models.functional import ModelFns, split_model
 from arjax.models.layers import (
-    CONV_IMPLS,
     INPUT_NORMS,
     Conv,
     batch_norm,
-    conv2d,
-    conv_impl_scope,
     instance_norm,
     layer_norm,
     linear,
