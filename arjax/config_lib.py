@@ -100,8 +100,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.cv = dict(mode="kfold", holdout="val")
     c.data = dict(name="moons", sizes=dict(train=10000, test=1000), noise=0.2, seed=0)
     # layer_norm: per-hidden-layer flags, () for none; num_outputs: 0 = 1 logit for
-    # two classes, else one per class.
-    c.model = dict(name="mlp", hidden=(10, 10), activation="relu", layer_norm=(), num_outputs=0)
+    # two classes, else one per class; conv_impl: "auto", "xla" or "patches" for every
+    # convolution (arjax.models.layers.conv2d).
+    c.model = dict(
+        name="mlp",
+        hidden=(10, 10),
+        activation="relu",
+        layer_norm=(),
+        num_outputs=0,
+        conv_impl="auto",
+    )
     c.method = method_config("standard")
     c.optim = dict(
         name="adam",
@@ -218,7 +226,7 @@ def ima_image_config(arg: str, *, tfds_name: str, model_variant: str, image_shap
         splits=dict(train="train[:90%]", val="train[90%:]", test="test"),
         max_examples=0,
     )
-    config.model = dict(name="ima_cnn", variant=model_variant)
+    config.model = dict(name="ima_cnn", variant=model_variant, conv_impl="auto")
     config.method = ima_experiment_method(variant)
     config.optim.learning_rate = 1e-3
     config.train.batch_size = 128

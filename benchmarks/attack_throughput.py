@@ -1,193 +1,114 @@
-"""Attack and train-step throughput, with compile time reported apart (DESIGN §7).
+"""Attack and train-step throughput of arjax, compile time apart (DESIGN §7).
 
-    python benchmarks/attack_throughput.py --model moons_mlp --batch 128 --json out.json
+    python benchmarks/attack_throughput.py --model fmnist_cnn --batch 128 --json out.json
+    python benchmarks/attack_throughput.py --model all --conv-impl xla   # XLA's convolution
 
-For each workload: compile time (first call, lowering + XLA compile), then the
-median wall time of ``--repeats`` steady-state calls (``block_until_ready``),
-images/s, and the limit ratio: measured time / (model passes the algorithm
-needs x time of one forward+input-gradient pass). PGD-k needs k
-forward+gradient passes and one forward; BPGD needs N_PGD forward+gradient
-passes, one forward and N_binary forwards (forwards counted as 1/3 of a
-forward+gradient pass, which the ``forward`` row lets you check).
+Rows: forward, forward+input-gradient, forward+param-gradient, FGSM, PGD-k (linf, l2),
+BPGD (k PGD steps + bisections), and one optimiser step (Adam) of each method: standard,
+adversarial (PGD-10), ARFL (PGD-10), IMA (BPGD). For each: ``compile_s`` (JAX's trace,
+lower and XLA compile time within the first call), the median ``step_s`` of
+``--repeats`` timed calls (``block_until_ready``; the rows of a group are timed
+interleaved, see ``workloads.interleaved``), and images/s.
+
+Limit ratio (``limit_ratio`` in the JSON; the issue's target is >= 0.85):
+
+    limit_ratio = ideal_s / step_s,
+    ideal_s = n_grad * t(forward+input_grad) + n_fwd * t(forward),
+
+with the model passes the attack actually runs (PGD-k: k gradient passes; FGSM: 1; BPGD:
+k gradient passes, one forward at the last iterate, one per bisection, and one at the
+clean input for its random start) and the two pass times measured alone in the same
+interleaved group. 1.0 means the attack costs no more than its passes timed alone; less
+is loop overhead. (DESIGN §7 words the ratio the other way up, measured / ideal; the
+JSON holds only this one.) On tiny models such as the Moons MLP a pass timed alone
+includes one jit dispatch (~0.1-0.5 ms), which an attack pays once, so the ratio
+exceeds 1 there.
 """
 
 import argparse
 import json
-import platform
-import statistics
-import time
+import sys
 
 import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
-import optax
-
-import arjax
-from arjax import methods
-from arjax.models import build_model
-from arjax.training.state import create_train_state
-from arjax.training.step import make_train_step
-
-MODELS = {
-    "moons_mlp": (
-        dict(
-            name="mlp",
-            hidden=(32, 64, 128),
-            activation="leaky_relu",
-            layer_norm=(False, True, True),
-            num_outputs=2,
-        ),
-        (2,),
-        None,
-    ),
-    "fmnist_cnn": (dict(name="ima_cnn", variant="fmnist"), (28, 28, 1), (0.0, 1.0)),
-    "svhn_cnn": (dict(name="ima_cnn", variant="svhn"), (32, 32, 3), (0.0, 1.0)),
-}
+import workloads as wl
 
 
-def timed(fn, *args, repeats):
-    """(compile seconds, median steady-state seconds) of ``fn(*args)``."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(times)
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=sorted(MODELS), default="moons_mlp")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20, help="PGD / BPGD steps")
-    parser.add_argument("--bisections", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--json", default=None, help="write results here")
-    args = parser.parse_args()
-
-    model_cfg, shape, bounds = MODELS[args.model]
-    model, params, stats = build_model(ml_collections.ConfigDict(model_cfg), shape, 10, seed=0)
-    if args.model == "moons_mlp":
-        model, params, stats = build_model(ml_collections.ConfigDict(model_cfg), shape, 2, 0)
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.random((args.batch, *shape), np.float32))
-    num_classes = 2 if args.model == "moons_mlp" else 10
-    y = jnp.asarray(rng.integers(0, num_classes, args.batch), jnp.int32)
-    key = jax.random.key(0)
-    eps = 0.1
-    k, nb = args.steps, args.bisections
-
-    def logits_fn(p, s):
-        return model.logits_fn(p, s)
-
-    @jax.jit
-    def forward(p, s, x):
-        return logits_fn(p, s)(x)
-
-    @jax.jit
-    def input_grad(p, s, x, y):
-        f = logits_fn(p, s)
-        return jax.grad(lambda z: jnp.sum(arjax.losses.classification_loss(f(z), y)))(x)
-
-    @jax.jit
-    def fgsm(p, s, x, y):
-        return arjax.attacks.fgsm(logits_fn(p, s), x, y, eps=eps, bounds=bounds)
-
-    @jax.jit
-    def pgd(p, s, x, y, key):
-        return arjax.attacks.pgd(
-            logits_fn(p, s), x, y, key, eps=eps, step_size=4 * eps / k, num_steps=k, bounds=bounds
-        )
-
-    @jax.jit
-    def pgd_l2(p, s, x, y, key):
-        return arjax.attacks.pgd(
-            logits_fn(p, s), x, y, key, eps=1.0, num_steps=k, norm="l2", bounds=bounds
-        )
-
-    margins = jnp.full((args.batch,), eps)
-
-    @jax.jit
-    def bpgd(p, s, x, y, key):
-        return arjax.attacks.bpgd(
-            logits_fn(p, s),
-            x,
-            y,
-            key,
-            eps=margins,
-            num_steps=k,
-            num_bisections=nb,
-            bounds=bounds,
-        )
-
-    rows = {}
-    common = (params, stats)
-    for name, fn, call_args in [
-        ("forward", forward, (*common, x)),
-        ("forward+input_grad", input_grad, (*common, x, y)),
-        ("fgsm", fgsm, (*common, x, y)),
-        (f"pgd{k}_linf", pgd, (*common, x, y, key)),
-        (f"pgd{k}_l2", pgd_l2, (*common, x, y, key)),
-        (f"bpgd{k}+{nb}", bpgd, (*common, x, y, key)),
-    ]:
-        c, t = timed(fn, *call_args, repeats=args.repeats)
-        rows[name] = {"compile_s": c, "step_s": t, "images_per_s": args.batch / t}
-
-    unit = rows["forward+input_grad"]["step_s"]
-    fwd = rows["forward"]["step_s"] / unit
-    passes = {
-        "fgsm": 1 + fwd,
-        f"pgd{k}_linf": k + fwd,
-        f"pgd{k}_l2": k + fwd,
-        f"bpgd{k}+{nb}": k + fwd * (1 + nb),
+def passes(steps: int, bisections: int) -> dict[str, tuple[int, int]]:
+    """(gradient passes, forward passes) that each attack runs."""
+    return {
+        "fgsm": (1, 0),
+        f"pgd{steps}_linf": (steps, 0),
+        f"pgd{steps}_l2": (steps, 0),
+        f"bpgd{steps}+{bisections}": (steps, 2 + bisections),
     }
-    for name, n in passes.items():
-        rows[name]["limit_ratio"] = n * unit / rows[name]["step_s"]
+
+
+def run_model(name: str, args) -> dict:
+    """All rows for one model."""
+    batch = args.batch or wl.default_batch(name)
+    s = wl.setup(name, batch, args.conv_impl)
+    rows = wl.interleaved(wl.attack_workloads(s, args.steps, args.bisections), args.repeats)
+    unit, fwd = rows["forward+input_grad"]["step_s"], rows["forward"]["step_s"]
+    for row, (n_grad, n_fwd) in passes(args.steps, args.bisections).items():
+        rows[row]["ideal_s"] = n_grad * unit + n_fwd * fwd
+        rows[row]["limit_ratio"] = rows[row]["ideal_s"] / rows[row]["step_s"]
+    k, nb = args.steps, args.bisections
     rows[f"bpgd{k}+{nb}"]["cost_vs_pgd"] = (
         rows[f"bpgd{k}+{nb}"]["step_s"] / rows[f"pgd{k}_linf"]["step_s"]
     )
+    if not args.skip_train:
+        rows.update(wl.interleaved(wl.train_workloads(s, k, nb), args.repeats))
+    for r in rows.values():
+        r["images_per_s"] = batch / r["step_s"]
+        if not args.keep_times:
+            r.pop("times_s")
+    return {"model": name, "batch": batch, "conv_impl": args.conv_impl, "rows": rows}
 
-    # One train step per method (optimizer update included).
-    tx = optax.adam(1e-3)
-    batch = {"image": x, "label": y, "index": jnp.arange(args.batch)}
-    for mname, mcfg in [
-        ("standard", methods.method_config("standard")),
-        ("adversarial_pgd10", methods.method_config("adversarial", eps=eps, num_steps=10)),
-        ("arfl_pgd10", methods.method_config("arfl", attack="pgd", eps=eps, num_steps=10)),
-        ("ima", methods.method_config("ima", delta=0.01, num_steps=k, num_bisections=nb)),
-    ]:
-        table = jnp.full((args.batch,), eps) if mname == "ima" else None
-        state = create_train_state(params, stats, tx, 0, margins=table)
-        step = jax.jit(make_train_step(methods.make_loss(mcfg, model, bounds), tx))
-        c, t = timed(step, state, batch, repeats=args.repeats)
-        rows[f"train_step/{mname}"] = {"compile_s": c, "step_s": t, "images_per_s": args.batch / t}
 
-    result = {
-        "model": args.model,
-        "batch": args.batch,
-        "backend": jax.default_backend(),
-        "devices": len(jax.devices()),
-        "machine": platform.processor() or platform.machine(),
-        "jax": jax.__version__,
-        "rows": rows,
-    }
-    print(f"{args.model}  batch {args.batch}  {jax.default_backend()}")
-    print(f"{'workload':<26}{'compile s':>10}{'step ms':>10}{'img/s':>12}{'limit':>8}")
-    for name, r in rows.items():
-        limit = f"{r['limit_ratio']:.2f}" if "limit_ratio" in r else ""
+def print_table(result: dict) -> None:
+    """One line per row: compile s, median ms, images/s, limit ratio."""
+    print(
+        f"\n{result['model']}  batch {result['batch']}  conv_impl {result['conv_impl']}"
+        f"  ({jax.default_backend()})"
+    )
+    print(f"{'workload':<28}{'compile s':>10}{'step ms':>11}{'img/s':>11}{'limit':>8}")
+    for name, r in result["rows"].items():
+        eff = f"{r['limit_ratio']:.2f}" if "limit_ratio" in r else ""
+        name += " (recompiled!)" if r.get("recompiled") else ""
         print(
-            f"{name:<26}{r['compile_s']:>10.2f}{1e3 * r['step_s']:>10.3f}"
-            f"{r['images_per_s']:>12,.0f}{limit:>8}"
+            f"{name:<28}{r['compile_s']:>10.2f}{1e3 * r['step_s']:>11.2f}"
+            f"{r['images_per_s']:>11,.0f}{eff:>8}"
         )
-    b = rows[f"bpgd{k}+{nb}"]
-    print(f"BPGD / PGD-{k} time: {b['cost_vs_pgd']:.2f}")
+    bp = next(r for n, r in result["rows"].items() if "cost_vs_pgd" in r)
+    print(f"BPGD / PGD time: {bp['cost_vs_pgd']:.2f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="fmnist_cnn", help="a model or 'all'")
+    parser.add_argument("--batch", type=int, default=None, help="default: 128; 8 at 224x224")
+    parser.add_argument("--steps", type=int, default=20, help="PGD / BPGD steps")
+    parser.add_argument("--bisections", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
+    parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "patches"))
+    parser.add_argument("--skip-train", action="store_true", help="attacks only")
+    parser.add_argument("--keep-times", action="store_true", help="every time in the JSON")
+    parser.add_argument("--json", default=None, help="write results here")
+    args = parser.parse_args(argv)
+
+    names = wl.available_models() if args.model == "all" else [args.model]
+    for name in names:
+        if name not in wl.available_models():
+            sys.exit(f"unknown or unregistered model {name!r}; valid: {wl.available_models()}")
+    results = []
+    for name in names:
+        results.append(run_model(name, args))
+        print_table(results[-1])
+    out = {"machine": wl.machine(), "args": vars(args), "results": results}
+    print(f"load average (1, 5, 15 min): {out['machine']['loadavg_1_5_15']}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump(out, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def get_config(arg="fgsm0.005"):
     config.data = dict(
         name="chestxray14", root="", image_size=224, val_fraction=0.1, seed=0, cache_dir=""
     )
-    config.model = dict(name="densenet121_truncated", pretrained="", num_outputs=0)
+    config.model = dict(
+        name="densenet121_truncated", pretrained="", num_outputs=0, conv_impl="auto"
+    )
     config.method = _method(variant)
     config.optim.name = "sgd"
     config.optim.learning_rate = 0.01

@@ -28,6 +28,11 @@ Registered ``model.name`` values:
     1-channel model gets the first convolution's RGB kernel summed over its
     input channels (exact for gray images copied to RGB). See
     ``arjax.models.pretrained``.
+
+Every model takes ``model.conv_impl`` (optional, default ``"auto"``): the
+implementation of all its ``Conv`` layers, ``"auto"`` (patches-based input
+gradient on the CPU backend, XLA's convolution elsewhere), ``"xla"`` or
+``"patches"``; see ``arjax.models.layers.conv2d``.
 """
 
 import logging
@@ -38,15 +43,16 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from arjax.config_lib import ConfigError
 from arjax.models.camnet import CamCNN, build_cam_cnn
 from arjax.models.cnn import ARCHITECTURES, ConvSpec, ImaCNN, feature_map_shape, ima_cnn
+from arjax.models.convolution import CONV_IMPLS, conv2d, conv_impl_scope
 from arjax.models.densenet import DenseNet, TruncatedDenseNet, densenet
 from arjax.models.functional import ModelFns, split_model
 from arjax.models.layers import (
     INPUT_NORMS,
     Conv,
     batch_norm,
-    conv2d,
     instance_norm,
     layer_norm,
     linear,
@@ -185,23 +191,35 @@ def build_model(
     """Builds the configured model and splits it at the jit boundary.
 
     Args:
-      cfg: the ``model`` config section; ``cfg.name`` picks from ``MODELS``.
+      cfg: the ``model`` config section; ``cfg.name`` picks from ``MODELS``;
+        ``cfg.conv_impl`` (optional, default ``"auto"``, one of ``CONV_IMPLS``) is the
+        implementation of every ``Conv`` layer built.
       input_shape: per-example input shape, e.g. ``(2,)`` or ``(28, 28, 1)``.
       num_classes: number of classes of the data set.
       seed: parameter initialisation seed.
 
     Returns:
       ``(ModelFns, params, batch_stats)``.
+
+    Raises:
+      ConfigError: for an unknown ``model.conv_impl`` (naming the valid choices).
     """
     if cfg.name not in MODELS:
         raise ValueError(f"unknown model.name {cfg.name!r}; valid: {sorted(MODELS)}")
-    module = MODELS[cfg.name](cfg, tuple(input_shape), num_classes, nnx.Rngs(params=seed))
+    conv_impl = cfg.get("conv_impl", "auto")
+    if conv_impl not in CONV_IMPLS:
+        raise ConfigError(
+            f"unknown model.conv_impl {conv_impl!r}; valid choices: {', '.join(CONV_IMPLS)}"
+        )
+    with conv_impl_scope(conv_impl):
+        module = MODELS[cfg.name](cfg, tuple(input_shape), num_classes, nnx.Rngs(params=seed))
     return split_model(module)
 
 
 __all__ = [
     "ACTIVATIONS",
     "ARCHITECTURES",
+    "CONV_IMPLS",
     "INPUT_NORMS",
     "MLP",
     "MODELS",
@@ -224,6 +242,7 @@ __all__ = [
     "batch_norm",
     "build_model",
     "conv2d",
+    "conv_impl_scope",
     "densenet",
     "export_torchvision",
     "feature_map_shape",

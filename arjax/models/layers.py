@@ -7,10 +7,9 @@ initial loss scales and learning-rate settings carry over:
 * ``Conv``: THE convolution layer of every arjax model. NHWC inputs, HWIO
   kernel, integer stride and explicit symmetric integer padding exactly like
   ``torch.nn.Conv2d(in, out, k, stride, padding)``. The maths lives in one
-  function, ``conv2d``, with two implementations: XLA's convolution, and on CPU
-  (``impl="auto"``, the default) a custom JVP whose gradients are matrix
-  products over image patches, because XLA:CPU's gradient of a strided
-  convolution is slow. ``conv_impl_scope`` picks the implementation of the
+  function, ``arjax.models.convolution.conv2d``: XLA's convolution, or on CPU
+  (``impl="auto"``, the default) a custom VJP whose input gradient avoids
+  XLA:CPU's slow paths. ``conv_impl_scope`` picks the implementation of the
   layers built inside it (``model.conv_impl`` in configs).
 * ``instance_norm``: ``torch.nn.InstanceNorm2d(C)`` defaults (no affine
   parameters, no running statistics, eps 1e-5) via ``nnx.InstanceNorm``.
@@ -24,206 +23,18 @@ Initialisation (PyTorch's default for ``Conv2d`` and ``Linear``):
 bias; ``fan_in = in_channels * k * k`` (convolution) or ``in_features``.
 """
 
-import contextlib
-import functools
 import math
-from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.custom_derivatives import SymbolicZero
 
+from arjax.models.convolution import check_conv_impl, conv2d, default_conv_impl
+from arjax.models.convolution import conv_output_size as conv_output_size  # re-export
 from arjax.types import Array
 
 # PyTorch's eps for InstanceNorm2d and LayerNorm (flax defaults to 1e-6).
 TORCH_NORM_EPS = 1e-5
-
-
-CONV_IMPLS = ("auto", "xla", "patches")
-_default_conv_impl = "auto"
-
-
-def check_conv_impl(impl: str) -> str:
-    """Returns ``impl`` if it names a convolution implementation, else raises.
-
-    Raises:
-      ValueError: listing ``CONV_IMPLS``.
-    """
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"unknown model.conv_impl {impl!r}; valid: {', '.join(CONV_IMPLS)}")
-    return impl
-
-
-def default_conv_impl() -> str:
-    """The implementation a ``Conv`` built now uses when given none (initially ``"auto"``)."""
-    return _default_conv_impl
-
-
-@contextlib.contextmanager
-def conv_impl_scope(impl: str) -> Iterator[None]:
-    """Sets the implementation of the ``Conv`` layers *built* inside the block.
-
-    The choice is stored on each layer when it is constructed (a static attribute, part of
-    the graph definition), so compiled functions never see a stale global and a model built
-    under ``conv_impl_scope("xla")`` keeps XLA's convolution wherever it is called.
-    ``arjax.models.build_model`` wraps construction in ``conv_impl_scope(model.conv_impl)``.
-
-    Args:
-      impl: ``"auto"``, ``"xla"`` or ``"patches"`` (see :func:`conv2d`).
-
-    Raises:
-      ValueError: for an unknown name (the message lists the valid ones).
-    """
-    global _default_conv_impl
-    previous, _default_conv_impl = _default_conv_impl, check_conv_impl(impl)
-    try:
-        yield
-    finally:
-        _default_conv_impl = previous
-
-
-def _xla_conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-    return jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
-
-
-def extract_patches(x: Array, kernel_size: int, stride: int, padding: int) -> Array:
-    """The im2col matrix of ``conv2d``: every ``k x k x C`` input window, flattened.
-
-    ``patches[b, i, j, (di*k + dj)*C + c] = xpad[b, i*s + di, j*s + dj, c]``: the layout of
-    an HWIO kernel reshaped to ``[k*k*C, C_out]``, so ``conv2d(x, K) == patches @ K``.
-    Built from ``k*k`` strided slices (no gather), or one reshape when the output is a
-    single pixel; linear in ``x``.
-
-    Args:
-      x: float ``[B, H, W, C]``.
-      kernel_size: k.
-      stride: s.
-      padding: p.
-
-    Returns:
-      float ``[B, H', W', k*k*C]``.
-    """
-    batch, height, width, channels = x.shape
-    k = kernel_size
-    out_h = conv_output_size(height, k, stride, padding)
-    out_w = conv_output_size(width, k, stride, padding)
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    if out_h == out_w == 1:
-        return xp[:, :k, :k, :].reshape(batch, 1, 1, k * k * channels)
-    windows = [
-        jax.lax.slice(
-            xp,
-            (0, di, dj, 0),
-            (batch, di + stride * (out_h - 1) + 1, dj + stride * (out_w - 1) + 1, channels),
-            (1, stride, stride, 1),
-        )
-        for di in range(k)
-        for dj in range(k)
-    ]
-    return jnp.concatenate(windows, axis=-1)
-
-
-def _patches_matmul(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-    """``conv2d`` as ``extract_patches(x) @ kernel.reshape(k*k*C_in, C_out)``."""
-    k, _, c_in, c_out = kernel.shape
-    patches = extract_patches(x, k, stride, padding)
-    return jnp.matmul(patches, kernel.reshape(k * k * c_in, c_out))
-
-
-def _one_pixel(x: Array, kernel: Array, stride: int, padding: int) -> bool:
-    """The output is ``1 x 1``: the convolution is a matrix product of the flat window."""
-    k = kernel.shape[0]
-    out_h = conv_output_size(x.shape[1], k, stride, padding)
-    return out_h == 1 and conv_output_size(x.shape[2], k, stride, padding) == 1
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _patches_conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-    # Primal: XLA's forward convolution (fast on CPU), or a matrix product for a 1x1 output.
-    if _one_pixel(x, kernel, stride, padding):
-        return _patches_matmul(x, kernel, stride, padding)
-    return _xla_conv(x, kernel, stride, padding)
-
-
-@functools.partial(_patches_conv.defjvp, symbolic_zeros=True)
-def _patches_conv_jvp(stride, padding, primals, tangents):
-    # Linear in (dx, dkernel); reverse mode transposes each term. The dx term is written as
-    # patches(dx) @ K, whose transpose is (g @ K^T) folded back by the adjoint of the
-    # slicing: no lhs-dilated convolution (XLA:CPU's slow path). The dkernel term keeps
-    # XLA's convolution, whose transpose (the kernel gradient) is fast and compiles fast.
-    x, kernel = primals
-    dx, dkernel = tangents
-    y = _patches_conv(x, kernel, stride, padding)
-    dy = jnp.zeros_like(y)
-    if not isinstance(dx, SymbolicZero):
-        dy = dy + _patches_matmul(dx, kernel, stride, padding)
-    if not isinstance(dkernel, SymbolicZero):
-        if _one_pixel(x, kernel, stride, padding):
-            dy = dy + _patches_matmul(x, dkernel, stride, padding)
-        else:
-            dy = dy + _xla_conv(x, dkernel, stride, padding)
-    return y, dy
-
-
-def conv2d(x: Array, kernel: Array, stride: int, padding: int, impl: str = "auto") -> Array:
-    """2-D cross-correlation with PyTorch's stride/padding semantics (no bias).
-
-    ``out[b, i, j, o] = sum_{di, dj, c} xpad[b, i*s + di, j*s + dj, c] *
-    kernel[di, dj, c, o]`` where ``xpad`` is ``x`` zero-padded by ``padding``
-    on every spatial side.
-
-    Implementations (same maths; float32 results agree to rounding, ~1e-6 relative):
-
-    * ``"xla"``: ``jax.lax.conv_general_dilated`` and its autodiff. On XLA's CPU
-      backend the input gradient of a strided convolution is an lhs-dilated
-      convolution that XLA runs on a slow generic path (up to ~40x the forward
-      pass for the IMA Fashion-MNIST CNN's third layer).
-    * ``"patches"``: the same forward convolution (a matrix product when the
-      output is one pixel) with a custom JVP written as ``extract_patches(x) @ K``
-      (im2col). Reverse mode transposes it into matrix products plus the adjoint
-      of the patch slicing, so the input and kernel gradients cost about one
-      forward pass each. Forward and reverse mode, and higher orders, work.
-    * ``"auto"``: ``"patches"`` when compiled for CPU, ``"xla"`` elsewhere (GPU/TPU
-      convolutions are fast), decided when the function is lowered
-      (``jax.lax.platform_dependent``), not from the default backend.
-
-    Args:
-      x: float ``[B, H, W, C_in]``.
-      kernel: float ``[k, k, C_in, C_out]`` (HWIO).
-      stride: spatial stride s >= 1 (both axes).
-      padding: zeros added on each side of both spatial axes, p >= 0.
-      impl: ``"auto"`` (default), ``"xla"`` or ``"patches"`` (static).
-
-    Returns:
-      float ``[B, H', W', C_out]`` with ``H' = (H + 2p - k) // s + 1`` (same
-      for W).
-
-    Raises:
-      ValueError: for an unknown ``impl``.
-    """
-    check_conv_impl(impl)
-    if impl == "xla":
-        return _xla_conv(x, kernel, stride, padding)
-    if impl == "patches":
-        return _patches_conv(x, kernel, stride, padding)
-    return jax.lax.platform_dependent(
-        x,
-        kernel,
-        cpu=lambda x, kernel: _patches_conv(x, kernel, stride, padding),
-        default=lambda x, kernel: _xla_conv(x, kernel, stride, padding),
-    )
-
-
-def conv_output_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
-    """Spatial output size of ``conv2d``: ``(size + 2p - k) // s + 1``."""
-    return (size + 2 * padding - kernel_size) // stride + 1
 
 
 def torch_uniform_init(fan_in: int) -> jax.nn.initializers.Initializer:

@@ -1,0 +1,300 @@
+"""The arjax side of the benchmarks: models, jitted workloads, and the timing protocol.
+
+Shared by ``attack_throughput.py`` (arjax alone) and ``vs_pytorch.py`` (arjax next to
+PyTorch). Every workload is a jitted function plus its arguments; train steps thread
+their state through calls (donated, as the training loop does), so a timed call is
+exactly what a training run repeats.
+
+Timing protocol: the first call (trace + lower + XLA compile + one run) is timed, and
+``compile_s`` is the time JAX reports for tracing, lowering and compiling during it
+(``jax.monitoring`` duration events, so a slow first run does not count as compile
+time); then warm-up calls, then ``repeats`` calls timed one by one with
+``jax.block_until_ready``; the median is the steady-state time. Several workloads timed
+together are *interleaved* (round r runs every workload once), so a change of machine
+load hits all of them alike.
+"""
+
+import dataclasses
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+import arjax
+from arjax import methods
+from arjax.models import MODELS as REGISTERED_MODELS
+from arjax.models import build_model
+from arjax.models.convolution import conv_impl_scope
+from arjax.training.state import create_train_state
+from arjax.training.step import make_train_step
+
+# name -> (model config, per-example input shape, num_classes, bounds, linf eps, l2 eps).
+MODELS = {
+    "moons_mlp": (
+        dict(
+            name="mlp",
+            hidden=(32, 64, 128),
+            activation="leaky_relu",
+            layer_norm=(False, True, True),
+            num_outputs=2,
+        ),
+        (2,),
+        2,
+        None,
+        0.1,
+        0.2,
+    ),
+    "fmnist_cnn": (dict(name="ima_cnn", variant="fmnist"), (28, 28, 1), 10, (0.0, 1.0), 0.1, 1.0),
+    "svhn_cnn": (dict(name="ima_cnn", variant="svhn"), (32, 32, 3), 10, (0.0, 1.0), 0.03, 1.0),
+    "resnet18": (dict(name="resnet18"), (224, 224, 3), 2, (0.0, 1.0), 0.01, 1.0),
+    "densenet121_truncated": (
+        dict(name="densenet121_truncated"),
+        (224, 224, 3),
+        14,
+        (0.0, 1.0),
+        0.005,
+        1.0,
+    ),
+}
+
+
+# The 224x224 networks take seconds per PGD step on a CPU: a small default batch.
+DEFAULT_BATCH = {"resnet18": 8, "densenet121_truncated": 8}
+
+
+def default_batch(name: str) -> int:
+    """The batch a benchmark uses for ``name`` when ``--batch`` is not given."""
+    return DEFAULT_BATCH.get(name, 128)
+
+
+def available_models() -> list[str]:
+    """Benchmark models whose arjax model name is registered (ResNet/DenseNet may not be)."""
+    return [name for name, spec in MODELS.items() if spec[0]["name"] in REGISTERED_MODELS]
+
+
+def cores() -> int:
+    """CPU cores this process may run on (the thread count for both frameworks)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@dataclasses.dataclass
+class Setup:
+    """A built model and one fixed batch."""
+
+    name: str
+    model: object  # arjax.models.ModelFns
+    params: object
+    stats: object
+    x: jax.Array
+    y: jax.Array
+    key: jax.Array
+    bounds: tuple[float, float] | None
+    num_classes: int
+    eps: float
+    eps_l2: float
+
+
+def setup(name: str, batch: int, conv_impl: str = "auto", seed: int = 0) -> Setup:
+    """Builds the named model (``conv_impl`` for its convolutions) and a random batch."""
+    cfg, shape, num_classes, bounds, eps, eps_l2 = MODELS[name]
+    with conv_impl_scope(conv_impl):
+        model, params, stats = build_model(ml_collections.ConfigDict(cfg), shape, num_classes, seed)
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch, *shape), np.float32)
+    if bounds is None:  # two-moons points live around [-1, 2] x [-0.5, 1]
+        x = 3.0 * x - 1.0
+    y = rng.integers(0, num_classes, batch).astype(np.int32)
+    return Setup(
+        name, model, params, stats, jnp.asarray(x), jnp.asarray(y), jax.random.key(seed),
+        bounds, num_classes, eps, eps_l2,
+    )  # fmt: skip
+
+
+def attack_workloads(s: Setup, steps: int, bisections: int) -> dict[str, tuple[Callable, tuple]]:
+    """Jitted model passes and attacks on the batch: name -> (fn, args)."""
+    k, nb, eps, bounds = steps, bisections, s.eps, s.bounds
+    margins = jnp.full((s.x.shape[0],), eps)
+
+    def logits_fn(p, st):
+        return s.model.logits_fn(p, st)
+
+    def total_loss(p, st, x, y):
+        return jnp.sum(arjax.losses.classification_loss(logits_fn(p, st)(x), y))
+
+    def pgd(norm, radius):
+        def fn(p, st, x, y, key):
+            return arjax.attacks.pgd(
+                logits_fn(p, st), x, y, key, eps=radius, step_size=4 * radius / k,
+                num_steps=k, norm=norm, bounds=bounds,
+            )  # fmt: skip
+
+        return fn
+
+    def fgsm(p, st, x, y):
+        return arjax.attacks.fgsm(logits_fn(p, st), x, y, eps=eps, bounds=bounds)
+
+    def bpgd(p, st, x, y, key):
+        return arjax.attacks.bpgd(
+            logits_fn(p, st), x, y, key, eps=margins, num_steps=k, num_bisections=nb,
+            bounds=bounds,
+        )  # fmt: skip
+
+    args2, args4, args5 = (s.params, s.stats, s.x), (s.params, s.stats, s.x, s.y), None
+    args5 = (*args4, s.key)
+    return {
+        "forward": (jax.jit(lambda p, st, x: logits_fn(p, st)(x)), args2),
+        "forward+input_grad": (jax.jit(jax.grad(total_loss, argnums=2)), args4),
+        "forward+param_grad": (jax.jit(jax.grad(total_loss, argnums=0)), args4),
+        "fgsm": (jax.jit(fgsm), args4),
+        f"pgd{k}_linf": (jax.jit(pgd("linf", eps)), args5),
+        f"pgd{k}_l2": (jax.jit(pgd("l2", s.eps_l2)), args5),
+        f"bpgd{k}+{nb}": (jax.jit(bpgd), args5),
+    }
+
+
+def method_configs(s: Setup, steps: int, bisections: int) -> dict[str, ml_collections.ConfigDict]:
+    """One config per training method (PGD-10 for the adversarial ones)."""
+    eps = s.eps
+    return {
+        "standard": methods.method_config("standard"),
+        "adversarial_pgd10": methods.method_config("adversarial", eps=eps, num_steps=10),
+        "arfl_pgd10": methods.method_config("arfl", attack="pgd", eps=eps, num_steps=10),
+        "ima": methods.method_config(
+            "ima", delta=eps / 10, eps_max=2 * eps, num_steps=steps, num_bisections=bisections
+        ),
+    }
+
+
+class StatefulStep:
+    """A jitted, state-donating train step called as ``fn()``; the state threads through."""
+
+    def __init__(self, s: Setup, method_cfg: ml_collections.ConfigDict, tx):
+        loss = methods.make_loss(method_cfg, s.model, s.bounds)
+        table = jnp.full((s.x.shape[0],), s.eps) if method_cfg.name == "ima" else None
+        params, stats = jax.tree.map(jnp.copy, (s.params, s.stats))  # donated below
+        self.state = create_train_state(params, stats, tx, 0, margins=table)
+        self.step = jax.jit(make_train_step(loss, tx), donate_argnums=0)
+        batch = s.x.shape[0]
+        self.batch = {"image": s.x, "label": s.y, "index": jnp.arange(batch, dtype=jnp.int32)}
+
+    def __call__(self):
+        self.state, metrics = self.step(self.state, self.batch)
+        return metrics
+
+
+def train_workloads(s: Setup, steps: int, bisections: int) -> dict[str, tuple[Callable, tuple]]:
+    """One Adam step per method: name -> (fn, ())."""
+    tx = optax.adam(1e-3)
+    return {
+        f"train_step/{name}": (StatefulStep(s, cfg, tx), ())
+        for name, cfg in method_configs(s, steps, bisections).items()
+    }
+
+
+# JAX's compile-phase duration events; first_call sums them while it runs.
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+_compile_seconds: list[float] = []
+
+
+def _on_duration(event: str, duration: float, **_) -> None:
+    if event in COMPILE_EVENTS:
+        _compile_seconds.append(duration)
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+def first_call(fn: Callable, args: tuple) -> tuple[float, float]:
+    """(seconds of the first call, seconds of it JAX spent tracing, lowering, compiling)."""
+    _compile_seconds.clear()
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - t0, sum(_compile_seconds)
+
+
+def interleaved(
+    workloads: dict[str, tuple[Callable, tuple]],
+    repeats: int,
+    warmup: int = 1,
+    pause: float = 0.0,
+    label: str = "",
+) -> dict[str, dict]:
+    """Compile time, then steady-state times of several workloads timed round-robin.
+
+    ``pause`` seconds of sleep (untimed) before each timed call let the thread pools of
+    the previous workload go idle (XLA's and OpenMP's workers spin-wait after a call).
+    Progress (``label``, then one dot per round) goes to stderr.
+
+    Returns:
+      name -> ``{"first_call_s", "compile_s", "step_s" (median), "min_s", "times_s",
+      "recompiled"}``; ``compile_s``: JAX's trace + lower + compile time within the
+      first call (0 for PyTorch), ``recompiled``: the jit cache grew after the first
+      call (a shape or static argument changed between calls).
+    """
+    _progress(f"{label or ', '.join(workloads)}: compiling")
+    rows = {}
+    for name, (fn, args) in workloads.items():
+        first_s, compile_s = first_call(fn, args)
+        rows[name] = {"first_call_s": first_s, "compile_s": compile_s}
+    _progress(", timing ")
+    cache = {name: _cache_size(fn) for name, (fn, _) in workloads.items()}
+    for _ in range(warmup):
+        for fn, args in workloads.values():
+            jax.block_until_ready(fn(*args))
+    times = {name: [] for name in workloads}
+    for _ in range(repeats):
+        for name, (fn, args) in workloads.items():
+            if pause:
+                time.sleep(pause)
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - t0)
+        _progress(".")
+    _progress("\n")
+    for name, ts in times.items():
+        step = statistics.median(ts)
+        rows[name].update(step_s=step, min_s=min(ts), times_s=ts)
+        rows[name]["recompiled"] = _cache_size(workloads[name][0]) != cache[name]
+    return rows
+
+
+def _progress(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _cache_size(fn) -> int | None:
+    """Entries in a jitted function's compilation cache (None for other callables)."""
+    fn = getattr(fn, "step", fn)  # StatefulStep
+    return fn._cache_size() if hasattr(fn, "_cache_size") else None
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": cores(),
+        "backend": jax.default_backend(),
+        "devices": len(jax.devices()),
+        "jax": jax.__version__,
+        "loadavg_1_5_15": list(os.getloadavg()),
+    }
