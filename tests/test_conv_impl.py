@@ -30,6 +30,7 @@ from arjax.models.convolution import (
     fold_patches,
 )
 from arjax.models.layers import Conv
+from arjax.training import loop
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -255,3 +256,14 @@ def test_every_config_exposes_model_conv_impl(path):
     spec.loader.exec_module(module)
     cfg = module.get_config(None)
     assert cfg.model.conv_impl == "auto"
+
+
+def test_bad_conv_impl_fails_in_validation_before_any_data(tmp_path):
+    path = os.path.join(CONFIGS, "chestxray14_khakzar.py")
+    spec = importlib.util.spec_from_file_location("cfg", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config("clean")
+    cfg.model.conv_impl = "cudnn"  # data.root is empty too: the model field must fail first
+    with pytest.raises(ConfigError, match=r"model\.conv_impl 'cudnn'.*auto, patches, xla"):
+        loop.run(cfg, str(tmp_path), progress=False)

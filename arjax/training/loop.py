@@ -31,7 +31,7 @@ from arjax.evaluation import report as report_lib
 from arjax.evaluation import suite
 from arjax.evaluation.metrics import aggregate
 from arjax.evaluation.run_evaluation import evaluate_run, run_scalars
-from arjax.models import MODELS, build_model
+from arjax.models import CONV_IMPLS, MODELS, build_model
 from arjax.training import optim, parallel, schedule
 from arjax.training.checkpoint import BestCheckpoint, Checkpointer, PreemptionFlag
 from arjax.training.state import create_train_state
@@ -56,6 +56,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     """
     check_choice(cfg, "data.name", data_lib.DATASETS)
     check_choice(cfg, "model.name", MODELS)
+    if "conv_impl" in cfg.model:
+        check_choice(cfg, "model.conv_impl", CONV_IMPLS)
     methods.validate(cfg)
     optim.validate(cfg)
     suite.validate(cfg)
