@@ -68,7 +68,7 @@ def validation_threshold(
         if labels.ndim == 2:
             value = [0.5] * labels.shape[1]
         return {"value": value, "split": None, "rule": "default"}
-    logits = suite.predict(
+    logits, labels = suite.predict_split(
         model,
         state.params,
         state.batch_stats,
@@ -76,7 +76,6 @@ def validation_threshold(
         batch_size=cfg.eval.batch_size,
         mesh=mesh,
     )
-    labels = data_lib.split_labels(dataset.splits[split])
     return {"value": suite.choose_threshold(logits, labels), "split": split, "rule": "youden"}
 
 

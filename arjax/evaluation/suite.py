@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from arjax import losses
 from arjax.config_lib import ConfigError, check_choice, check_range
-from arjax.data import eval_batches
+from arjax.data import eval_batches, split_labels
 from arjax.evaluation import metrics
 from arjax.evaluation.attack_specs import ATTACKS, AttackSpec, attack_specs
 from arjax.evaluation.robustness import adversarial_examples, robust_accuracy
@@ -90,6 +90,14 @@ def predict(
         logits = np.asarray(_logits(model, params, batch_stats, x))
         outs.append(logits[batch["mask"] > 0])
     return np.concatenate(outs)
+
+
+def predict_split(
+    model: ModelFns, params: PyTree, batch_stats: PyTree, source, *, batch_size: int, mesh: Mesh
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode logits of a whole split and its labels: ``([N, ...], [N, ...])``."""
+    logits = predict(model, params, batch_stats, source, batch_size=batch_size, mesh=mesh)
+    return logits, split_labels(source)
 
 
 def task_scores(logits: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
