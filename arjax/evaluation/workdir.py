@@ -178,13 +178,7 @@ def restore_state(
             step = ckpt.latest_step()
             if step is None:
                 continue
-            try:
-                state: TrainState = ckpt.restore(like)
-            except Exception as e:  # structure mismatch: another model or optimiser
-                raise ConfigError(
-                    f"{candidates[kind]}: checkpoint does not match config.json's model/optimiser "
-                    f"({type(e).__name__}: {str(e)[:200]})"
-                ) from e
+            state: TrainState = ckpt.restore_matching(like, f"{candidates[kind]} (config.json)")
         finally:
             ckpt.close()
         return model, state, {"checkpoint": kind, "steps": int(step)}

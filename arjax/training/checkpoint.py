@@ -47,6 +47,22 @@ class Checkpointer:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
+    def restore_matching(self, like: TrainState, what: str, step: int | None = None) -> TrainState:
+        """:meth:`restore`, with a ``ConfigError`` naming ``what`` when the saved tree differs.
+
+        A checkpoint from another model or optimiser fails inside orbax with a
+        structure error; this says which checkpoint and why, in one line.
+        """
+        from arjax.config_lib import ConfigError
+
+        try:
+            return self.restore(like, step)
+        except Exception as e:  # structure mismatch: another model or optimiser
+            raise ConfigError(
+                f"{what}: its checkpoint does not match this model/optimiser "
+                f"({type(e).__name__}: {str(e)[:200]})"
+            ) from e
+
     def wait(self) -> None:
         """Blocks until asynchronous saves are on disk."""
         self.manager.wait_until_finished()

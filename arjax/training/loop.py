@@ -360,7 +360,7 @@ def _train_phase(
 
 def _validation_metrics(cfg, dataset, split, model, state, mesh) -> dict:
     """Classification metrics (loss, accuracy, ...) of ``state`` on ``split``."""
-    logits = suite.predict(
+    logits, labels = suite.predict_split(
         model,
         state.params,
         state.batch_stats,
@@ -368,7 +368,6 @@ def _validation_metrics(cfg, dataset, split, model, state, mesh) -> dict:
         batch_size=cfg.eval.batch_size,
         mesh=mesh,
     )
-    labels = data_lib.split_labels(dataset.splits[split])
     return suite.classification_metrics(logits, labels)
 
 
@@ -390,12 +389,7 @@ def _init_from(run_dir: str, state, seed: int):
             source = Checkpointer(path)
             if source.latest_step() is not None:
                 try:
-                    other = source.restore(state)
-                except Exception as e:  # structure mismatch: other optimiser or model
-                    raise ConfigError(
-                        f"train.init_from={run_dir!r}: its checkpoint does not match this "
-                        f"model/optimiser ({type(e).__name__}: {str(e)[:200]})"
-                    ) from e
+                    other = source.restore_matching(state, f"train.init_from={run_dir!r}")
                 finally:
                     source.close()
                 log.info("initialised from %s (step %s)", path, int(other.step))
