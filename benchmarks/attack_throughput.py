@@ -62,14 +62,17 @@ def run_model(name: str, args) -> dict:
         r["images_per_s"] = batch / r["step_s"]
         if not args.keep_times:
             r.pop("times_s")
-    return {"model": name, "batch": batch, "conv_impl": args.conv_impl, "rows": rows}
+    return {
+        "model": name, "batch": batch, "conv_impl": args.conv_impl,
+        "xla_options": args.xla_options, "rows": rows,
+    }  # fmt: skip
 
 
 def print_table(result: dict) -> None:
     """One line per row: compile s, median ms, images/s, limit ratio."""
     print(
         f"\n{result['model']}  batch {result['batch']}  conv_impl {result['conv_impl']}"
-        f"  ({jax.default_backend()})"
+        f"  xla options {result['xla_options']}  ({jax.default_backend()})"
     )
     print(f"{'workload':<28}{'compile s':>10}{'step ms':>11}{'img/s':>11}{'limit':>8}")
     for name, r in result["rows"].items():
@@ -91,10 +94,15 @@ def main(argv=None):
     parser.add_argument("--bisections", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
     parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "patches"))
+    parser.add_argument(
+        "--xla-options", default="arjax", choices=wl.XLA_OPTIONS,
+        help="compile with arjax.jit (arjax's CPU options) or plain jax.jit (XLA defaults)",
+    )  # fmt: skip
     parser.add_argument("--skip-train", action="store_true", help="attacks only")
     parser.add_argument("--keep-times", action="store_true", help="every time in the JSON")
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
+    wl.use_xla_options(args.xla_options)
 
     names = wl.available_models() if args.model == "all" else [args.model]
     for name in names:

@@ -117,7 +117,10 @@ def compare(s: wl.Setup, args) -> dict:
     ours = wl.attack_workloads(s, k, nb)
     ours.update(wl.train_workloads(s, k, nb))
     batch = s.x.shape[0]
-    print(f"\n{s.name}  batch {batch}  logits rel. err {err:.1e}", flush=True)
+    print(
+        f"\n{s.name}  batch {batch}  logits rel. err {err:.1e}  xla options {args.xla_options}",
+        flush=True,
+    )
     print(f"{'workload':<30}{'impl':<24}{'compile s':>10}{'median ms':>11}{'speedup':>9}")
     rows = {}
     theirs = torch_workloads(s, net, x, y, k, nb, args.torch_threads, args.one_thread)
@@ -147,6 +150,10 @@ def main(argv=None):
     parser.add_argument("--bisections", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
     parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "patches"))
+    parser.add_argument(
+        "--xla-options", default="arjax", choices=wl.XLA_OPTIONS,
+        help="compile with arjax.jit (arjax's CPU options) or plain jax.jit (XLA defaults)",
+    )  # fmt: skip
     parser.add_argument("--torch-threads", type=int, default=wl.cores(), help="default: cores")
     parser.add_argument("--one-thread", action="store_true", help="also time PyTorch on 1 thread")
     parser.add_argument("--pause", type=float, default=0.05, help="idle s before each call")
@@ -155,6 +162,7 @@ def main(argv=None):
     parser.add_argument("--keep-times", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    wl.use_xla_options(args.xla_options)
     if torch is None:
         print("vs_pytorch: PyTorch is not installed; skipped. Install the [bench] extra:")
         print("  pip install -e '.[bench]'   (torchattacks: pip install --no-deps torchattacks)")

@@ -65,6 +65,22 @@ MODELS = {
 }
 
 
+# The jit every workload uses: arjax's (jax.jit + arjax.compilation's CPU options) or, with
+# ``use_xla_options("default")``, plain jax.jit (XLA's own defaults, for comparison).
+XLA_OPTIONS = ("arjax", "default")
+_jit = arjax.jit
+
+
+def use_xla_options(which: str) -> None:
+    """``"arjax"``: compile workloads with ``arjax.jit``; ``"default"``: with ``jax.jit``."""
+    global _jit
+    if which not in XLA_OPTIONS:
+        raise ValueError(f"unknown xla options {which!r}; valid: {', '.join(XLA_OPTIONS)}")
+    _jit = arjax.jit if which == "arjax" else jax.jit
+    if which == "arjax":
+        arjax.compiler_options()  # probe now, not inside the first timed call
+
+
 # The 224x224 networks take seconds per PGD step on a CPU: a small default batch.
 DEFAULT_BATCH = {"resnet18": 8, "densenet121_truncated": 8}
 
@@ -149,13 +165,13 @@ def attack_workloads(s: Setup, steps: int, bisections: int) -> dict[str, tuple[C
     args2, args4, args5 = (s.params, s.stats, s.x), (s.params, s.stats, s.x, s.y), None
     args5 = (*args4, s.key)
     return {
-        "forward": (jax.jit(lambda p, st, x: logits_fn(p, st)(x)), args2),
-        "forward+input_grad": (jax.jit(jax.grad(total_loss, argnums=2)), args4),
-        "forward+param_grad": (jax.jit(jax.grad(total_loss, argnums=0)), args4),
-        "fgsm": (jax.jit(fgsm), args4),
-        f"pgd{k}_linf": (jax.jit(pgd("linf", eps)), args5),
-        f"pgd{k}_l2": (jax.jit(pgd("l2", s.eps_l2)), args5),
-        f"bpgd{k}+{nb}": (jax.jit(bpgd), args5),
+        "forward": (_jit(lambda p, st, x: logits_fn(p, st)(x)), args2),
+        "forward+input_grad": (_jit(jax.grad(total_loss, argnums=2)), args4),
+        "forward+param_grad": (_jit(jax.grad(total_loss, argnums=0)), args4),
+        "fgsm": (_jit(fgsm), args4),
+        f"pgd{k}_linf": (_jit(pgd("linf", eps)), args5),
+        f"pgd{k}_l2": (_jit(pgd("l2", s.eps_l2)), args5),
+        f"bpgd{k}+{nb}": (_jit(bpgd), args5),
     }
 
 
@@ -180,7 +196,7 @@ class StatefulStep:
         table = jnp.full((s.x.shape[0],), s.eps) if method_cfg.name == "ima" else None
         params, stats = jax.tree.map(jnp.copy, (s.params, s.stats))  # donated below
         self.state = create_train_state(params, stats, tx, 0, margins=table)
-        self.step = jax.jit(make_train_step(loss, tx), donate_argnums=0)
+        self.step = _jit(make_train_step(loss, tx), donate_argnums=0)
         batch = s.x.shape[0]
         self.batch = {"image": s.x, "label": s.y, "index": jnp.arange(batch, dtype=jnp.int32)}
 
@@ -296,5 +312,6 @@ def machine() -> dict:
         "backend": jax.default_backend(),
         "devices": len(jax.devices()),
         "jax": jax.__version__,
+        "compiler_options": arjax.compiler_options() if _jit is arjax.jit else {},
         "loadavg_1_5_15": list(os.getloadavg()),
     }

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from arjax import compilation
 from arjax.evaluation.report import PathLike, _save, plt
 from arjax.losses import classification_loss
 from arjax.models.densenet import DenseNet
@@ -92,7 +93,8 @@ def saliency(
             )
         return jnp.sum(values)
 
-    g = jax.jit(jax.grad(total))(x)  # one compilation, not op-by-op; inlined under an outer jit
+    # One compilation, not op-by-op; inlined under an outer jit.
+    g = compilation.jit(jax.grad(total))(x)
     if g.ndim == 4:
         g = g.sum(-1) if signed else jnp.abs(g).max(-1)
     elif not signed:
@@ -100,7 +102,7 @@ def saliency(
     return clip_and_scale(g, num_std)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_std", "signed"))
+@functools.partial(compilation.jit, static_argnames=("model", "num_std", "signed"))
 def model_saliency(
     model: ModelFns,
     params: PyTree,
@@ -128,7 +130,7 @@ def model_saliency(
     return saliency(model.logits_fn(params, batch_stats), x, y, num_std=num_std, signed=signed)
 
 
-@jax.jit
+@compilation.jit
 def clip_and_scale(maps: Array, num_std: float = 3.0) -> Array:
     """Clips each ``[H, W]`` map to its ``mean +- num_std * std`` and min-max scales it to [0, 1].
 
@@ -174,7 +176,7 @@ def cam_head(module: nnx.Module) -> nnx.Linear:
     return head
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(compilation.jit, static_argnums=0)
 def _cams(model: ModelFns, params: PyTree, batch_stats: PyTree, x: Array) -> tuple[Array, Array]:
     logits, features, _ = model.apply(params, batch_stats, x, train=False)
     head = cam_head(nnx.merge(model.graphdef, params, batch_stats, copy=True))
@@ -210,7 +212,7 @@ def class_activation_maps(
     return (cams, logits) if with_logits else cams
 
 
-@functools.partial(jax.jit, static_argnames="size")
+@functools.partial(compilation.jit, static_argnames="size")
 def upsample_cam(cam: Array, size: int | tuple[int, int]) -> Array:
     """Bilinear upsampling to the input size, then per-map min-max scaling to [0, 255].
 

@@ -38,6 +38,7 @@ import numpy as np
 import tqdm
 from sklearn.model_selection import StratifiedKFold
 
+from arjax import compilation
 from arjax.evaluation import interpret
 from arjax.evaluation.report import PathLike, _save, plt
 from arjax.models.functional import ModelFns
@@ -85,7 +86,7 @@ def iou(mask: Array, box: Array) -> Array:
     return jnp.where(union > 0, inter / jnp.maximum(union, 1), 0.0)
 
 
-@functools.partial(jax.jit, static_argnames="levels")
+@functools.partial(compilation.jit, static_argnames="levels")
 def iou_curve(cam255: Array, boxes: Array, levels: int = LEVELS) -> Array:
     """IoU of ``{CAM >= t}`` with each box for every threshold ``t = 0 .. levels - 1``.
 
@@ -167,7 +168,7 @@ def random_box_ious(boxes: np.ndarray, size: tuple[int, int], draws: int, seed: 
     return inter / (2.0 * w * h - inter)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(compilation.jit, static_argnums=0)
 def _item_curves(model, params, batch_stats, x, channel, boxes):
     cams = interpret.class_activation_maps(model, params, batch_stats, x)  # [B, h, w, K]
     cam = jnp.take_along_axis(cams, channel[:, None, None, None], axis=3)

@@ -31,6 +31,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 from arjax.attacks import LOSSES, NORMS, pgd
+from arjax.compilation import jit
 from arjax.losses import predictions_correct
 from arjax.types import Array, LogitsFn, PRNGKey
 
@@ -58,9 +59,9 @@ def _make_jitted(f: Any = None) -> dict[str, Any]:
     """Jitted functions of ``(x, y, ...)`` closing over ``f``, or of ``(fn, x, y, ...)``."""
     pre = () if f is None else (f,)
     return {
-        "attack": jax.jit(lambda *a, **k: _attack(*pre, *a, **k), static_argnames=_STATIC),
-        "correct": jax.jit(lambda *a, **k: _attack_correct(*pre, *a, **k), static_argnames=_STATIC),
-        "clean": jax.jit(lambda *a: _clean_correct(*pre, *a)),
+        "attack": jit(lambda *a, **k: _attack(*pre, *a, **k), static_argnames=_STATIC),
+        "correct": jit(lambda *a, **k: _attack_correct(*pre, *a, **k), static_argnames=_STATIC),
+        "clean": jit(lambda *a: _clean_correct(*pre, *a)),
     }
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from arjax import compilation
 from arjax import data as data_lib
 from arjax import margins as margin_table
 from arjax.config_lib import ConfigError
@@ -223,7 +224,7 @@ def _plots_for_run(dataset, model, state, run_dir, arrays, title) -> None:
     if records:
         report_lib.plot_training_curves(records, os.path.join(run_dir, "training_curves.png"))
     if tuple(dataset.input_shape) == (2,):
-        f = jax.jit(model.logits_fn(state.params, state.batch_stats))
+        f = compilation.jit(model.logits_fn(state.params, state.batch_stats))
 
         def prob(points):
             logits = np.asarray(f(np.asarray(points, np.float32)))

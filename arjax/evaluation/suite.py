@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from arjax import losses
+from arjax import compilation, losses
 from arjax.config_lib import ConfigError, check_choice, check_range
 from arjax.data import eval_batches, split_labels
 from arjax.evaluation import metrics
@@ -53,7 +53,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"eval.threshold_split={split!r} must be a split name such as 'val'")
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(compilation.jit, static_argnums=0)
 def _logits(model: ModelFns, params, batch_stats, x):
     return model.apply(params, batch_stats, x)[0]
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from arjax import compilation
 from arjax import margins as margin_table
 from arjax.training import parallel
 from arjax.training.state import TrainState, step_key
@@ -102,7 +103,7 @@ def compile_multi_step(
     """The jitted data-parallel multi-step: batch sharded, state replicated and donated."""
     fn = make_multi_step(make_train_step(loss_fn, tx))
     repl = parallel.replicated(mesh)
-    return jax.jit(
+    return compilation.jit(
         fn,
         in_shardings=(repl, parallel.batch_sharding(mesh, leading_axes=2), repl),
         out_shardings=(repl, repl),
