@@ -9,9 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from helpers import linear_model
 
-from arjax import margins, methods
+from arjax import attacks, margins, methods
+from arjax.models import split_model
 
 W = np.array([1.0, -2.0], np.float32)
 B = 0.1
@@ -106,3 +108,37 @@ def test_repeated_margin_updates_converge_to_the_analytic_distance(norm):
     for i in range(60):
         eps = round_(eps, jax.random.key(i))
     np.testing.assert_allclose(np.asarray(eps), dist, rtol=0.02, atol=2 * delta)
+
+
+class _NormedLinear(nnx.Module):
+    """BatchNorm then one binary logit: train- and eval-mode logits differ."""
+
+    def __init__(self):
+        self.norm = nnx.BatchNorm(2, rngs=nnx.Rngs(0))
+        self.head = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+
+    def __call__(self, x):
+        h = self.norm(x)
+        return self.head(h)[:, 0], h  # (logits, features), as arjax models return
+
+
+@pytest.mark.parametrize("with_batch_stats", [False, True])
+def test_bpgd_reuses_the_clean_forward_only_in_the_attacks_mode(monkeypatch, with_batch_stats):
+    model, params, stats = split_model(_NormedLinear()) if with_batch_stats else linear_model(W, B)
+    seen = []
+
+    def spy(f, x, y, key, **kw):
+        seen.append(kw["clean_logits"])
+        if kw["clean_logits"] is not None:  # they must be the attack's own logits at x
+            np.testing.assert_allclose(kw["clean_logits"], f(x), rtol=1e-6)
+        return real_bpgd(f, x, y, key, **kw)
+
+    real_bpgd = attacks.bpgd
+    monkeypatch.setattr(attacks, "bpgd", spy)
+    cfg = methods.method_config("ima", eps_max=1.0, delta=0.01)
+    loss_fn = methods.make_loss(cfg, model, None)
+    eps = jnp.full((len(X),), 0.2)
+    batch = {"image": jnp.asarray(X), "label": jnp.asarray(Y), "margin": eps}
+    value, _ = loss_fn(params, stats, batch, jax.random.key(0))  # eager: concrete values
+    assert np.isfinite(float(value))
+    assert (seen[0] is None) == with_batch_stats

@@ -51,6 +51,10 @@ def loss(ctx: MethodContext, params, batch_stats, batch, key):
     l0 = jnp.sum(jnp.where(correct, 0.0, ce))
     l1 = jnp.sum(jnp.where(correct, ce, 0.0))
     f = ctx.model.logits_fn(params, batch_stats, train=cfg.attack_train_mode)
+    # BPGD needs the clean predictions in the attack's mode. Without batch statistics (or
+    # when the attack runs in train mode too) they are this forward pass's: reuse them
+    # and save BPGD one forward pass at x.
+    same_mode = cfg.attack_train_mode or not jax.tree.leaves(batch_stats)
     found = attacks.bpgd(
         f,
         x,
@@ -66,6 +70,7 @@ def loss(ctx: MethodContext, params, batch_stats, batch, key):
         bounds=ctx.bounds,
         bracket=cfg.bracket,
         side=cfg.side,
+        clean_logits=logits if same_mode else None,
     )
     use = correct & found.crossed
     logits_n, _, stats = ctx.model.apply(params, stats, found.images, train=True)
