@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import linear_model
+from jax.extend.core import jaxprs_in_params
 
 from arjax import methods
 from arjax.config_lib import ConfigError, base_config
@@ -146,3 +147,40 @@ def test_bad_method_fields_name_the_choices(field, value, expect):
 def test_unknown_override_field():
     with pytest.raises(ValueError, match="unknown method.lamda"):
         methods.method_config("arfl", lamda=1.0)
+
+
+def _scan_body_sizes(jaxpr) -> list[int]:
+    sizes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            sizes.append(len(eqn.params["jaxpr"].jaxpr.eqns))
+        for sub in jaxprs_in_params(eqn.params):
+            sizes += _scan_body_sizes(sub)
+    return sizes
+
+
+@pytest.mark.parametrize(
+    "name, fields",
+    [
+        ("adversarial", dict(eps=0.1, num_steps=3)),
+        ("arfl", dict(attack="pgd", eps=0.1, num_steps=3)),
+        ("ima", dict(eps_max=1.0, delta=0.01, num_steps=3, num_bisections=2)),
+    ],
+)
+def test_training_gradient_does_not_linearise_the_attack_loops(name, fields):
+    # The attack loops appear in jax.grad(loss) exactly as in the loss itself: the
+    # parameters reach the attack with gradients stopped, so no tangent work is traced.
+    model, params, stats = linear_model([1.0, -2.0], 0.1)
+    loss = methods.make_loss(methods.method_config(name, **fields), model, None)
+    batch = {
+        "image": jnp.ones((4, 2)),
+        "label": jnp.array([0, 1, 0, 1]),
+        "margin": jnp.full((4,), 0.1),
+    }
+
+    def value(p):
+        return loss(p, stats, batch, jax.random.key(0))[0]
+
+    plain = _scan_body_sizes(jax.make_jaxpr(value)(params).jaxpr)
+    assert plain  # the attack loops are there
+    assert _scan_body_sizes(jax.make_jaxpr(jax.grad(value))(params).jaxpr) == plain

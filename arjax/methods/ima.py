@@ -24,7 +24,7 @@ import ml_collections
 
 from arjax import attacks, losses, margins
 from arjax.config_lib import check_choice, check_range
-from arjax.methods.context import MethodContext, validate_common
+from arjax.methods.context import MethodContext, attack_logits_fn, validate_common
 
 
 def loss(ctx: MethodContext, params, batch_stats, batch, key):
@@ -50,7 +50,7 @@ def loss(ctx: MethodContext, params, batch_stats, batch, key):
     ce = ctx.cls_loss(logits, y)
     l0 = jnp.sum(jnp.where(correct, 0.0, ce))
     l1 = jnp.sum(jnp.where(correct, ce, 0.0))
-    f = ctx.model.logits_fn(params, batch_stats, train=cfg.attack_train_mode)
+    f = attack_logits_fn(ctx.model, params, batch_stats, cfg.attack_train_mode)
     # BPGD needs the clean predictions in the attack's mode. Without batch statistics (or
     # when the attack runs in train mode too) they are this forward pass's: reuse them
     # and save BPGD one forward pass at x.
