@@ -43,29 +43,52 @@ def passes(steps: int, bisections: int) -> dict[str, tuple[int, int]]:
     }
 
 
-def run_model(name: str, args) -> dict:
-    """All rows for one model."""
+def _timed(s: wl.Setup, args, build) -> dict[str, dict]:
+    """Times ``build(s, steps, bisections)``'s workloads under each chosen XLA option set.
+
+    With ``--xla-options both`` the workloads are built twice (plain ``jax.jit`` and
+    ``arjax.jit``) and all of them timed in one interleaved group, so the two option sets
+    see the same machine. Returns option set -> workload -> row.
+    """
+    chosen = wl.XLA_OPTIONS if args.xla_options == "both" else (args.xla_options,)
+    group = {}
+    for options in chosen:
+        wl.use_xla_options(options)
+        group.update({(options, n): w for n, w in build(s, args.steps, args.bisections).items()})
+    names = {f"{n} [{o}]" if len(chosen) > 1 else n: (o, n) for o, n in group}
+    rows = wl.interleaved({label: group[key] for label, key in names.items()}, args.repeats)
+    out = {options: {} for options in chosen}
+    for label, (options, name) in names.items():
+        out[options][name] = rows[label]
+    return out
+
+
+def run_model(name: str, args) -> list[dict]:
+    """All rows for one model, one result per XLA option set."""
     batch = args.batch or wl.default_batch(name)
     s = wl.setup(name, batch, args.conv_impl)
-    rows = wl.interleaved(wl.attack_workloads(s, args.steps, args.bisections), args.repeats)
-    unit, fwd = rows["forward+input_grad"]["step_s"], rows["forward"]["step_s"]
-    for row, (n_grad, n_fwd) in passes(args.steps, args.bisections).items():
-        rows[row]["ideal_s"] = n_grad * unit + n_fwd * fwd
-        rows[row]["limit_ratio"] = rows[row]["ideal_s"] / rows[row]["step_s"]
     k, nb = args.steps, args.bisections
-    rows[f"bpgd{k}+{nb}"]["cost_vs_pgd"] = (
-        rows[f"bpgd{k}+{nb}"]["step_s"] / rows[f"pgd{k}_linf"]["step_s"]
-    )
-    if not args.skip_train:
-        rows.update(wl.interleaved(wl.train_workloads(s, k, nb), args.repeats))
-    for r in rows.values():
-        r["images_per_s"] = batch / r["step_s"]
-        if not args.keep_times:
-            r.pop("times_s")
-    return {
-        "model": name, "batch": batch, "conv_impl": args.conv_impl,
-        "xla_options": args.xla_options, "rows": rows,
-    }  # fmt: skip
+    per_options = _timed(s, args, wl.attack_workloads)
+    train = {} if args.skip_train else _timed(s, args, wl.train_workloads)
+    results = []
+    for options, rows in per_options.items():
+        unit, fwd = rows["forward+input_grad"]["step_s"], rows["forward"]["step_s"]
+        for row, (n_grad, n_fwd) in passes(k, nb).items():
+            rows[row]["ideal_s"] = n_grad * unit + n_fwd * fwd
+            rows[row]["limit_ratio"] = rows[row]["ideal_s"] / rows[row]["step_s"]
+        rows[f"bpgd{k}+{nb}"]["cost_vs_pgd"] = (
+            rows[f"bpgd{k}+{nb}"]["step_s"] / rows[f"pgd{k}_linf"]["step_s"]
+        )
+        rows.update(train.get(options, {}))
+        for r in rows.values():
+            r["images_per_s"] = batch / r["step_s"]
+            if not args.keep_times:
+                r.pop("times_s")
+        results.append(
+            {"model": name, "batch": batch, "conv_impl": args.conv_impl,
+             "xla_options": options, "rows": rows}
+        )  # fmt: skip
+    return results
 
 
 def print_table(result: dict) -> None:
@@ -95,14 +118,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
     parser.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "patches"))
     parser.add_argument(
-        "--xla-options", default="arjax", choices=wl.XLA_OPTIONS,
-        help="compile with arjax.jit (arjax's CPU options) or plain jax.jit (XLA defaults)",
+        "--xla-options", default="arjax", choices=(*wl.XLA_OPTIONS, "both"),
+        help="compile with arjax.jit (arjax's CPU options), plain jax.jit (XLA defaults), "
+        "or both, timed interleaved",
     )  # fmt: skip
     parser.add_argument("--skip-train", action="store_true", help="attacks only")
     parser.add_argument("--keep-times", action="store_true", help="every time in the JSON")
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
-    wl.use_xla_options(args.xla_options)
 
     names = wl.available_models() if args.model == "all" else [args.model]
     for name in names:
@@ -110,8 +133,9 @@ def main(argv=None):
             sys.exit(f"unknown or unregistered model {name!r}; valid: {wl.available_models()}")
     results = []
     for name in names:
-        results.append(run_model(name, args))
-        print_table(results[-1])
+        for result in run_model(name, args):
+            results.append(result)
+            print_table(result)
     out = {"machine": wl.machine(), "args": vars(args), "results": results}
     print(f"load average (1, 5, 15 min): {out['machine']['loadavg_1_5_15']}")
     if args.json:
