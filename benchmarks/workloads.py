@@ -312,6 +312,6 @@ def machine() -> dict:
         "backend": jax.default_backend(),
         "devices": len(jax.devices()),
         "jax": jax.__version__,
-        "compiler_options": arjax.compiler_options() if _jit is arjax.jit else {},
+        "compiler_options_for_convolutions": arjax.compiler_options() if _jit is arjax.jit else {},
         "loadavg_1_5_15": list(os.getloadavg()),
     }

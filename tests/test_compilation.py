@@ -39,7 +39,10 @@ def test_cpu_options_are_probed_and_used():
         pytest.skip("this jaxlib rejects arjax's CPU options (fallback to XLA defaults)")
     assert options == compilation.CPU_COMPILER_OPTIONS
     x, k = _conv_args()
-    ours = arjax.jit(_conv_relu).lower(x, k).compile().as_text()
+    f = arjax.jit(_conv_relu)
+    f(x, k)
+    assert f.chosen_options == options
+    ours = f.lower(x, k).compile().as_text()
     # The convolution stays XLA's own (Eigen) instead of a YNNPACK library fusion.
     assert "convolution(" in ours and "ynn" not in ours
     np.testing.assert_allclose(
@@ -106,3 +109,14 @@ def test_nested_inside_an_outer_jit_or_grad():
     np.testing.assert_allclose(outer(x), 2 * (np.sin(0.5) + np.sin(1.0)), rtol=1e-6)
     np.testing.assert_allclose(jax.grad(inner)(x), 2 * np.cos(0.5), rtol=1e-6)
     np.testing.assert_allclose(jax.jit(jax.grad(inner))(x), 2 * np.cos(0.5), rtol=1e-6)
+
+
+def test_programs_without_convolution_keep_xla_defaults():
+    w = jnp.ones((8, 4))
+    f = arjax.jit(lambda x: jnp.mean(jnp.tanh(x @ w), axis=-1))
+    assert f.chosen_options is None  # nothing chosen before the first call
+    np.testing.assert_allclose(f(jnp.ones((3, 8))), np.tanh(8.0) * np.ones(3), rtol=1e-6)
+    assert f.chosen_options == {}
+    assert not compilation.has_convolution(jax.make_jaxpr(lambda x: x @ w)(jnp.ones((2, 8))).jaxpr)
+    conv = jax.make_jaxpr(jax.grad(lambda x, k: jnp.sum(_conv_relu(x, k))))(*_conv_args())
+    assert compilation.has_convolution(conv.jaxpr)
