@@ -69,13 +69,9 @@ def validation_threshold(
         if labels.ndim == 2:
             value = [0.5] * labels.shape[1]
         return {"value": value, "split": None, "rule": "default"}
+    source = dataset.splits[split]
     logits, labels = suite.predict_split(
-        model,
-        state.params,
-        state.batch_stats,
-        dataset.splits[split],
-        batch_size=cfg.eval.batch_size,
-        mesh=mesh,
+        model, state, source, batch_size=cfg.eval.batch_size, mesh=mesh
     )
     return {"value": suite.choose_threshold(logits, labels), "split": split, "rule": "youden"}
 

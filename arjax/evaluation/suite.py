@@ -10,6 +10,7 @@ curve (PGD with each of ``eval.losses``, worst case per sample).
 """
 
 import functools
+from typing import Any
 
 import jax
 import ml_collections
@@ -93,10 +94,15 @@ def predict(
 
 
 def predict_split(
-    model: ModelFns, params: PyTree, batch_stats: PyTree, source, *, batch_size: int, mesh: Mesh
+    model: ModelFns, state: Any, source, *, batch_size: int, mesh: Mesh
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Eval-mode logits of a whole split and its labels: ``([N, ...], [N, ...])``."""
-    logits = predict(model, params, batch_stats, source, batch_size=batch_size, mesh=mesh)
+    """Eval-mode logits of a whole split and its labels: ``([N, ...], [N, ...])``.
+
+    ``state`` is anything with ``params`` and ``batch_stats`` (a ``TrainState``).
+    """
+    logits = predict(
+        model, state.params, state.batch_stats, source, batch_size=batch_size, mesh=mesh
+    )
     return logits, split_labels(source)
 
 

@@ -360,13 +360,9 @@ def _train_phase(
 
 def _validation_metrics(cfg, dataset, split, model, state, mesh) -> dict:
     """Classification metrics (loss, accuracy, ...) of ``state`` on ``split``."""
+    source = dataset.splits[split]
     logits, labels = suite.predict_split(
-        model,
-        state.params,
-        state.batch_stats,
-        dataset.splits[split],
-        batch_size=cfg.eval.batch_size,
-        mesh=mesh,
+        model, state, source, batch_size=cfg.eval.batch_size, mesh=mesh
     )
     return suite.classification_metrics(logits, labels)
 
