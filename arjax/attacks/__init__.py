@@ -26,8 +26,28 @@ from arjax.attacks.pgd import (
     pgd,
     start_delta,
 )
+from arjax.attacks.registry import (
+    ATTACKS,
+    DEFAULT_ALPHA,
+    AttackDef,
+    AttackSpec,
+    SpecError,
+    make_spec,
+    parse_attack,
+    register_attack,
+    run_attack,
+)
 
 __all__ = [
+    "ATTACKS",
+    "AttackDef",
+    "AttackSpec",
+    "DEFAULT_ALPHA",
+    "SpecError",
+    "make_spec",
+    "parse_attack",
+    "register_attack",
+    "run_attack",
     "BPGD_LOSSES",
     "BRACKETS",
     "BoundaryResult",

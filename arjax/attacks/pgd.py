@@ -24,8 +24,9 @@ from arjax.attacks.geometry import (
 from arjax.attacks.objectives import attack_objective, check_loss_name
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
-# Madry et al. use a step size of 2.5 * eps / num_steps (alpha = 2.5).
-DEFAULT_STEP_FACTOR = 2.5
+# The one step-size default of arjax: ``DEFAULT_ALPHA * eps / num_steps`` (IMA's alpha = 4,
+# used by every method and evaluation; Madry et al.'s 2.5 is ``step_size=2.5 * eps / k``).
+DEFAULT_ALPHA = 4.0
 
 
 def check_attack_args(
@@ -184,7 +185,7 @@ def pgd(
       y: labels ``[B]`` or multi-hot ``[B, C]``; the target labels when ``targeted``.
       key: PRNG key; required when ``random_start`` is True.
       eps: radius; python float, 0-d array or per-sample ``[B]`` (may be traced).
-      step_size: python float or ``[B]``; default ``2.5 * eps / num_steps`` (Madry).
+      step_size: python float or ``[B]``; default ``DEFAULT_ALPHA * eps / num_steps`` (4).
       num_steps: static python int ``>= 0``.
       norm: ``"linf"`` or ``"l2"`` (static).
       loss: ``"ce"``, ``"margin"`` or ``"kl"`` (static); see
@@ -208,7 +209,7 @@ def pgd(
     x = jax.lax.stop_gradient(jnp.asarray(x))
     eps_b = per_sample(eps, x)
     if step_size is None:
-        step_size = DEFAULT_STEP_FACTOR * jnp.asarray(eps) / max(num_steps, 1)
+        step_size = DEFAULT_ALPHA * jnp.asarray(eps) / max(num_steps, 1)
     step_b = per_sample(step_size, x)
     if loss == "kl":
         clean_logits = logits_fn(x) if clean_logits is None else clean_logits
