@@ -12,7 +12,8 @@ Public API (DESIGN §8)::
 
 from arjax import attacks, evaluation, losses, methods, models
 from arjax.compilation import compiler_options, jit
-from arjax.config_lib import ConfigError, base_config
+from arjax.config_lib import ConfigError
+from arjax.experiment.presets import base_config
 
 __version__ = "0.1.0"
 

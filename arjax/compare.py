@@ -1,6 +1,6 @@
 """Command line: compare methods (workdirs) as ARFL's Tables 1-3, with p-values.
 
-    python -m arjax.compare runs/A runs/B runs/C [--metric auto|accuracy|auc|...]
+    arjax-compare runs/A runs/B runs/C [--metric auto|accuracy|auc|...]
         [--attack adversarial|<attack name>] [--labels A,B,C] [--out comparison]
 
 Each argument is a workdir (its ``eval.json`` from ``arjax.evaluate``, else
@@ -8,53 +8,56 @@ the training ``report.json``) or such a file. Prints the standard, adversarial
 and mean metric as mean (std) in percent per method and the two-sided
 Mann-Whitney U p-value of every pair; writes ``comparison.json``,
 ``comparison.md`` and ``comparison.png`` to ``--out``. Bad arguments exit
-with status 2 and a message naming the argument and the valid choices.
+with status 2 and a one-line message naming the flag and the valid choices.
+Flags are parsed as by every arjax command (:mod:`arjax.cli`).
 """
 
-import argparse
-import sys
 from collections.abc import Sequence
 
-from arjax.config_lib import ConfigError
-from arjax.evaluation import comparison
+from absl import flags
+
+from arjax import cli
+from arjax.experiment import compare as comparison
+
+PROG = "arjax-compare"
 
 
-def parser() -> argparse.ArgumentParser:
-    """The argument parser (exit status 2 on bad arguments)."""
-    p = argparse.ArgumentParser(prog="python -m arjax.compare", description=__doc__.split("\n")[0])
-    p.add_argument("paths", nargs="+", help="workdirs or eval.json / report.json files")
-    p.add_argument("--metric", choices=comparison.METRICS, default="auto")
-    p.add_argument("--attack", default="adversarial", help="'adversarial' or an attack name")
-    p.add_argument("--labels", type=lambda s: s.split(","), help="row labels, comma-separated")
-    p.add_argument("--out", default="comparison", help="output folder")
-    return p
+def define_flags(fv: flags.FlagValues) -> None:
+    """The command's flags (the workdirs are positional)."""
+    flags.DEFINE_enum("metric", "auto", comparison.METRICS, "metric to compare", flag_values=fv)
+    flags.DEFINE_string("attack", "adversarial", "'adversarial' or an attack name", flag_values=fv)
+    flags.DEFINE_list("labels", None, "row labels, comma-separated", flag_values=fv)
+    flags.DEFINE_string("out", "comparison", "output folder", flag_values=fv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parses ``argv``, compares, prints and writes the tables; exits 2 on bad arguments."""
-    p = parser()
-    args = p.parse_args(argv)
-    if len(args.paths) < 2:
-        p.error("give at least two workdirs or result files to compare")
-    if args.labels and len(args.labels) != len(args.paths):
-        p.error(f"argument --labels: {len(args.labels)} names for {len(args.paths)} methods")
-    try:
-        methods = [comparison.load_method(path) for path in args.paths]
-    except ConfigError as e:
-        p.error(f"argument paths: {e}")
-    attacks = comparison.attack_sections(methods)
-    if args.attack not in attacks:
-        p.error(f"argument --attack: unknown {args.attack!r}; valid choices: {', '.join(attacks)}")
-    labels = args.labels or comparison.default_labels(methods)
-    try:
-        result = comparison.compare_methods(methods, labels, metric=args.metric, attack=args.attack)
-    except ConfigError as e:
-        p.error(str(e))
-    print(comparison.format_tables(result))
-    for path in comparison.write_comparison(result, args.out):
-        print(f"wrote {path}")
-    return result
+    fv, paths = cli.parse(PROG, __doc__, argv, define_flags, positional="WORKDIR WORKDIR...")
+
+    def body() -> dict:
+        if len(paths) < 2:
+            raise cli.UsageError("give at least two workdirs or result files to compare")
+        if fv.labels and len(fv.labels) != len(paths):
+            raise cli.UsageError(f"flag --labels: {len(fv.labels)} names for {len(paths)} methods")
+        methods = [comparison.load_method(path) for path in paths]
+        attacks = comparison.attack_sections(methods)
+        if fv.attack not in attacks:
+            valid = ", ".join(attacks)
+            raise cli.UsageError(f"flag --attack: unknown {fv.attack!r}; valid choices: {valid}")
+        labels = fv.labels or comparison.default_labels(methods)
+        result = comparison.compare_methods(methods, labels, metric=fv.metric, attack=fv.attack)
+        print(comparison.format_tables(result))
+        for path in comparison.write_comparison(result, fv.out):
+            print(f"wrote {path}")
+        return result
+
+    return cli.run_main(PROG, body)
+
+
+def run() -> None:
+    """Console-script entry point (``arjax-compare``)."""
+    main()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run()

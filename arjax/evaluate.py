@@ -1,6 +1,6 @@
 """Command line: evaluate a trained workdir without retraining.
 
-    python -m arjax.evaluate --workdir runs/X [--attack fgsm,pgd --norm linf,l2
+    arjax-evaluate --workdir runs/X [--attack fgsm,pgd --norm linf,l2
         --eps 0.01,0.05 --steps 100 --split test --checkpoint auto --nocurves]
 
 Restores each run's best (else latest) checkpoint, evaluates clean data and
@@ -8,148 +8,114 @@ every (attack, norm, eps) combination given (default: the config's
 ``eval.attacks``), and writes ``<run>/eval.json``, ``roc_curves.png`` and the
 workdir's mean (std) ``eval.json``. Runs already evaluated with the same
 settings are skipped (``--force`` redoes them). Bad arguments exit with
-status 2 and a message naming the flag and the valid choices. (argparse, not
-absl flags, so that the CLI can be called in-process: ``main(argv)``.)
+status 2 and a one-line message naming the flag and the valid choices. Flags
+are parsed as by every arjax command (:mod:`arjax.cli`); ``main(argv)`` runs
+in-process. Also installed as ``arjax-evaluate``.
 """
 
-import argparse
-import logging
 import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from arjax.attacks import NORMS
-from arjax.config_lib import ConfigError
+from absl import flags
+
+from arjax import cli
+from arjax.attacks import ATTACKS, NORMS
 from arjax.evaluation.attack_specs import attack_specs, cross_product
-from arjax.evaluation.robustness import ATTACKS
-from arjax.evaluation.workdir import CHECKPOINTS
+from arjax.experiment.setup import CHECKPOINTS
+
+PROG = "arjax-evaluate"
 
 
-def _listed(valid: Sequence[str]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        values = [v for v in text.split(",") if v]
-        for v in values:
-            if v not in valid:
-                raise argparse.ArgumentTypeError(
-                    f"unknown {v!r}; valid choices: {', '.join(valid)}"
-                )
-        return values
-
-    return parse
-
-
-def _numbers(cast: type, lo: float, many: bool = False) -> Callable[[str], object]:
-    kind = "an integer" if cast is int else "a number"
-
-    def parse(text: str):
-        out = []
-        for part in text.split(",") if many else [text]:
-            try:
-                value = cast(part)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"{part!r} is not {kind}") from None
-            if not value >= lo:
-                raise argparse.ArgumentTypeError(f"{part} is out of range; valid: [{lo}, inf)")
-            out.append(value)
-        return out if many else out[0]
-
-    return parse
+def define_flags(fv: flags.FlagValues) -> None:
+    """The command's flags."""
+    flags.DEFINE_string("workdir", None, "training workdir (with config.json)", flag_values=fv)
+    flags.DEFINE_list(
+        "attack", [], f"attacks, e.g. fgsm,pgd ({', '.join(ATTACKS)})", flag_values=fv
+    )
+    flags.DEFINE_list("norm", [], f"norms, e.g. linf,l2 ({', '.join(NORMS)})", flag_values=fv)
+    flags.DEFINE_list("eps", [], "radii, e.g. 0.01,0.05 or 8/255", flag_values=fv)
+    flags.DEFINE_integer("steps", None, "attack steps (attacks and curves)", 1, flag_values=fv)
+    flags.DEFINE_string("split", None, "split to evaluate (default: eval.split)", flag_values=fv)
+    flags.DEFINE_integer("max_examples", None, "first N examples (0: all)", 0, flag_values=fv)
+    flags.DEFINE_integer("batch_size", None, "evaluation batch size", 1, flag_values=fv)
+    flags.DEFINE_enum("checkpoint", "auto", CHECKPOINTS, "checkpoint to evaluate", flag_values=fv)
+    flags.DEFINE_boolean("curves", True, "compute the robust-accuracy curves", flag_values=fv)
+    flags.DEFINE_boolean("force", False, "re-evaluate up-to-date runs", flag_values=fv)
+    flags.DEFINE_boolean("progress", True, "show progress bars", flag_values=fv)
+    flags.mark_flag_as_required("workdir", flag_values=fv)
 
 
-def parser() -> argparse.ArgumentParser:
-    """The argument parser (exit status 2 on bad arguments)."""
-    p = argparse.ArgumentParser(prog="python -m arjax.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True, help="training workdir (with config.json)")
-    p.add_argument("--attack", type=_listed(ATTACKS), default=[], help="e.g. fgsm,pgd")
-    p.add_argument("--norm", type=_listed(NORMS), default=[], help="e.g. linf,l2")
-    p.add_argument("--eps", type=_numbers(float, 0, many=True), default=[], help="e.g. 0.01,0.05")
-    p.add_argument("--steps", type=_numbers(int, 1), help="PGD steps (attacks and curves)")
-    p.add_argument("--split", help="split to evaluate (default: eval.split)")
-    p.add_argument("--max_examples", type=_numbers(int, 0), help="first N examples (0: all)")
-    p.add_argument("--batch_size", type=_numbers(int, 1), help="evaluation batch size")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="auto")
-    p.add_argument("--nocurves", dest="curves", action="store_false", help="skip robust curves")
-    p.add_argument("--force", action="store_true", help="re-evaluate up-to-date runs")
-    p.add_argument("--noprogress", dest="progress", action="store_false")
-    return p
+def _check_listed(name: str, values: list[str], valid: Sequence[str]) -> None:
+    for v in values:
+        if v not in valid:
+            raise cli.UsageError(f"flag --{name}: unknown {v!r}; valid choices: {', '.join(valid)}")
 
 
-def eval_overrides(args: argparse.Namespace) -> dict:
-    """The ``eval`` fields the arguments set.
+def eval_overrides(fv: flags.FlagValues) -> dict:
+    """The ``eval`` fields the flags set.
 
     ``--attack`` / ``--norm`` / ``--eps`` replace ``eval.attacks`` by their grid
     (a dimension not given comes from the config's first attack); ``--steps``
     alone changes the steps of the config's attacks that name none, and the curves'.
-    """
-    from arjax.evaluation.workdir import load_config
 
+    Raises:
+      UsageError: an unknown attack or norm, or a radius that is not a number >= 0.
+    """
+    from arjax.attacks.registry import SpecError, parse_eps
+    from arjax.experiment.workdir import load_config
+
+    _check_listed("attack", fv.attack, sorted(ATTACKS))
+    _check_listed("norm", fv.norm, NORMS)
+    try:
+        eps = [parse_eps(e, "--eps") for e in fv.eps]
+    except SpecError as e:
+        raise cli.UsageError(f"flag --eps: {e}") from None
     out = {}
     for field in ("num_steps", "max_examples", "batch_size", "split"):
-        value = getattr(args, "steps" if field == "num_steps" else field)
+        value = fv["steps" if field == "num_steps" else field].value
         if value is not None:
             out[field] = value
-    if args.attack or args.norm or args.eps:
-        ev = load_config(args.workdir).eval
+    if fv.attack or fv.norm or eps:
+        ev = load_config(fv.workdir).eval
         first = attack_specs(ev)[0]  # fills the dimensions not given
         out["attacks"] = cross_product(
-            args.attack or [first.attack],
-            args.norm or [first.norm],
-            args.eps or [first.eps],
+            fv.attack or [first.attack],
+            fv.norm or [first.norm],
+            eps or [first.eps],
             out.get("num_steps", ev.num_steps),
         )
     return out
 
 
-def format_table(summary: dict) -> str:
-    """Mean (std) in percent of the clean and per-attack metrics, one row per condition."""
-    from arjax.evaluation.metrics import format_mean_std
-
-    stats = summary["summary"]
-    names = ["clean"] + sorted({k.split("/")[0] for k in stats} - {"clean", "adversarial"})
-    columns = [
-        c
-        for c in ("accuracy", "auc", "sensitivity", "specificity")
-        if any(f"{n}/{c}" in stats for n in names)
-    ]
-    width = max(len(n) for n in names) + 2
-    lines = [f"{summary['name'] or summary['method']}: {len(summary['runs'])} run(s), % mean (std)"]
-    lines.append("".ljust(width) + "".join(c.rjust(14) for c in columns))
-    for n in names:
-        if any(f"{n}/{c}" in stats for c in columns):
-            cells = [
-                format_mean_std(stats[f"{n}/{c}"], scale=100.0) if f"{n}/{c}" in stats else "-"
-                for c in columns
-            ]
-            lines.append(n.ljust(width) + "".join(c.rjust(14) for c in cells))
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parses ``argv``, evaluates, prints the table; exits 2 on bad arguments."""
-    p = parser()
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax._src", "orbax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from arjax.evaluation.workdir import evaluate_workdir
+    fv, _ = cli.parse(PROG, __doc__, argv, define_flags)
+    cli.quiet_logging()
+    from arjax.experiment.evaluate import evaluate_workdir
+    from arjax.experiment.summary import format_eval
 
-    if not os.path.isdir(args.workdir):
-        p.error(f"argument --workdir: {args.workdir!r} is not a directory")
-    try:
+    def body() -> dict:
+        if not os.path.isdir(fv.workdir):
+            raise cli.UsageError(f"flag --workdir: {fv.workdir!r} is not a directory")
         summary = evaluate_workdir(
-            args.workdir,
-            overrides=eval_overrides(args),
-            which=args.checkpoint,
-            curves=args.curves,
-            force=args.force,
-            progress=args.progress,
+            fv.workdir,
+            overrides=eval_overrides(fv),
+            which=fv.checkpoint,
+            curves=fv.curves,
+            force=fv.force,
+            progress=fv.progress,
         )
-    except ConfigError as e:
-        p.error(str(e))
-    print(format_table(summary))
-    print(f"eval: {os.path.join(args.workdir, 'eval.json')}")
-    return summary
+        print(format_eval(summary))
+        print(f"eval: {os.path.join(fv.workdir, 'eval.json')}")
+        return summary
+
+    return cli.run_main(PROG, body)
+
+
+def run() -> None:
+    """Console-script entry point (``arjax-evaluate``)."""
+    main()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run()

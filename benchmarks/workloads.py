@@ -144,17 +144,15 @@ def attack_workloads(s: Setup, steps: int, bisections: int) -> dict[str, tuple[C
     def total_loss(p, st, x, y):
         return jnp.sum(arjax.losses.classification_loss(logits_fn(p, st)(x), y))
 
-    def pgd(norm, radius):
-        def fn(p, st, x, y, key):
-            return arjax.attacks.pgd(
-                logits_fn(p, st), x, y, key, eps=radius, step_size=4 * radius / k,
-                num_steps=k, norm=norm, bounds=bounds,
-            )  # fmt: skip
+    def attack(text):
+        # Every attack row goes through the one registry, as methods and evaluation do
+        # (PGD's step is the registry's 4 * eps / k).
+        spec = arjax.attacks.parse_attack(text, default_steps=k)
+
+        def fn(p, st, x, y, key=None):
+            return arjax.attacks.run_attack(spec, logits_fn(p, st), x, y, key, bounds=bounds)
 
         return fn
-
-    def fgsm(p, st, x, y):
-        return arjax.attacks.fgsm(logits_fn(p, st), x, y, eps=eps, bounds=bounds)
 
     def bpgd(p, st, x, y, key):
         return arjax.attacks.bpgd(
@@ -168,9 +166,9 @@ def attack_workloads(s: Setup, steps: int, bisections: int) -> dict[str, tuple[C
         "forward": (_jit(lambda p, st, x: logits_fn(p, st)(x)), args2),
         "forward+input_grad": (_jit(jax.grad(total_loss, argnums=2)), args4),
         "forward+param_grad": (_jit(jax.grad(total_loss, argnums=0)), args4),
-        "fgsm": (_jit(fgsm), args4),
-        f"pgd{k}_linf": (_jit(pgd("linf", eps)), args5),
-        f"pgd{k}_l2": (_jit(pgd("l2", s.eps_l2)), args5),
+        "fgsm": (_jit(attack(f"fgsm:linf:{eps!r}")), args4),
+        f"pgd{k}_linf": (_jit(attack(f"pgd:linf:{eps!r}:{k}")), args5),
+        f"pgd{k}_l2": (_jit(attack(f"pgd:l2:{s.eps_l2!r}:{k}")), args5),
         f"bpgd{k}+{nb}": (_jit(bpgd), args5),
     }
 

@@ -26,7 +26,7 @@ or dropout, 224x224 grayscale, ImageNet weights optional
 close to the paper's Fig. 2 (mean ~0.8) for the clean model.
 """
 
-from arjax.config_lib import base_config, lesion_smoke
+from arjax.experiment.presets import base_config, lesion_smoke
 from arjax.methods import method_config
 
 EPS = (0.001, 0.005, 0.01, 0.05)

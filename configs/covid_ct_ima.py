@@ -14,7 +14,7 @@ output, Adam, batch 32, 100 epochs; 100-PGD (ce + margin) evaluation on L-inf
 and L2 noise levels.
 """
 
-from arjax.config_lib import base_config, ima_experiment_method, lesion_smoke
+from arjax.experiment.presets import base_config, ima_experiment_method, lesion_smoke
 
 
 def get_config(arg="ima"):

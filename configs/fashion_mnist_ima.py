@@ -13,7 +13,7 @@ eps_max 0.3. Expected (paper Fig. 7): IMA's 100-PGD accuracy-vs-noise curve
 above adv eps and TRADES at most noise levels, close to MMA.
 """
 
-from arjax.config_lib import ima_image_config
+from arjax.experiment.presets import ima_image_config
 
 
 def get_config(arg="ima"):

@@ -26,7 +26,7 @@ lambda = 10, 100 epochs, AUC as the metric, 5-fold cross-validation by the
 manifest's fold column (one run per test fold). The smoke variant runs one fold.
 """
 
-from arjax.config_lib import base_config, lesion_smoke
+from arjax.experiment.presets import base_config, lesion_smoke
 from arjax.methods import method_config
 
 ROWS = {

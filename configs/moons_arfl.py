@@ -26,7 +26,7 @@ B 93.8/73.0, C 84.4/81.8, D 84.8/81.8, E 95.8/72.6, F 96.0/79.6.
 Append ``--config.train.num_epochs=N`` for a shorter run.
 """
 
-from arjax.config_lib import base_config
+from arjax.experiment.presets import base_config
 from arjax.methods import method_config
 
 FGSM = dict(attack="fgsm", eps=0.05)

@@ -22,7 +22,7 @@ Writes accuracy_vs_eps.png, decision_boundary.png and, for IMA,
 margin_histogram.png.
 """
 
-from arjax.config_lib import base_config, ima_experiment_method
+from arjax.experiment.presets import base_config, ima_experiment_method
 
 
 def get_config(arg="ima"):

@@ -11,7 +11,7 @@ standard model's. Writes report.json, decision_boundary.png,
 accuracy_vs_eps.png and training_curves.png in the workdir.
 """
 
-from arjax.config_lib import base_config
+from arjax.experiment.presets import base_config
 from arjax.methods import method_config
 
 

@@ -14,7 +14,7 @@ eps_max 0.3. Expected (paper Fig. 8, Tables 4-5): IMA on par with MMA and
 above adv eps / TRADES in 100-PGD accuracy at larger noise levels.
 """
 
-from arjax.config_lib import ima_image_config
+from arjax.experiment.presets import ima_image_config
 
 
 def get_config(arg="ima"):

@@ -25,7 +25,7 @@ fold k+1 validates; runs in runs/lesions_cv/fold_<k>, mean (std) in report.json)
         --config.folds=5 --config.cv.mode=manifest
 """
 
-from arjax.config_lib import base_config, lesion_smoke
+from arjax.experiment.presets import base_config, lesion_smoke
 from arjax.methods import method_config
 
 VARIANTS = {

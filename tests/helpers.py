@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from arjax.config_lib import base_config
+from arjax.experiment.presets import base_config
 from arjax.models import split_model
 from arjax.models.mlp import MLP
 
@@ -48,7 +48,8 @@ def preempt_after_save(monkeypatch, directory: str | None = None) -> None:
       monkeypatch: pytest's fixture (``monkeypatch.undo()`` restores both patches).
       directory: only saves into this checkpoint folder trigger it (None: any save).
     """
-    from arjax.training import checkpoint, loop
+    from arjax.experiment import train as loop
+    from arjax.training import checkpoint
 
     flags = []
     original_save = checkpoint.Checkpointer.save

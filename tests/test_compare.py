@@ -80,9 +80,9 @@ def test_compare_table_and_p_values(workdirs, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args,expect",
     [
-        (["--metric=f1"], "argument --metric: invalid choice: 'f1'"),
-        (["--attack=cw"], "argument --attack: unknown 'cw'; valid choices: adversarial, pgd7"),
-        (["--labels=A,B"], "argument --labels: 2 names for 3 methods"),
+        (["--metric=f1"], "flag --metric=f1: value should be one of"),
+        (["--attack=cw"], "flag --attack: unknown 'cw'; valid choices: adversarial, pgd7"),
+        (["--labels=A,B"], "flag --labels: 2 names for 3 methods"),
         (["MISSING"], "does not exist"),
     ],
 )

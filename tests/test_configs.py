@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from arjax.training import loop
+from arjax.experiment import train as loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = [

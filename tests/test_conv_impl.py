@@ -20,6 +20,7 @@ import pytest
 from flax import nnx
 
 from arjax.config_lib import ConfigError
+from arjax.experiment import train as loop
 from arjax.models import build_model
 from arjax.models.convolution import (
     CONV_IMPLS,
@@ -30,7 +31,6 @@ from arjax.models.convolution import (
     fold_patches,
 )
 from arjax.models.layers import Conv
-from arjax.training import loop
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 

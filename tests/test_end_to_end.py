@@ -12,7 +12,9 @@ import pytest
 from helpers import preempt_after_save, tiny_config
 
 from arjax import methods
-from arjax.training import checkpoint, loop
+from arjax.experiment import setup
+from arjax.experiment import train as loop
+from arjax.training import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -165,8 +167,8 @@ def test_init_from_takes_another_runs_parameters(tmp_path):
     fresh = create_train_state(params, stats, optim.make_optimizer(cfg.optim, 8), seed=0)
     trained = saved.restore(fresh)
     saved.close()
-    started = loop._init_from(str(tmp_path / "phase1"), fresh, seed=0)
+    started = setup.init_from(str(tmp_path / "phase1"), fresh, seed=0)
     assert int(started.step) == 0
     jax.tree.map(np.testing.assert_array_equal, started.params, trained.params)
     with pytest.raises(loop.ConfigError, match="not a run directory"):
-        loop._init_from(str(tmp_path / "nope"), fresh, seed=0)
+        setup.init_from(str(tmp_path / "nope"), fresh, seed=0)

@@ -6,9 +6,10 @@ import os
 import pytest
 from helpers import tiny_config
 
-from arjax import evaluate, methods
-from arjax.evaluation import workdir as workdir_lib
-from arjax.training import loop
+from arjax import cli, evaluate, methods
+from arjax.experiment import evaluate as workdir_eval
+from arjax.experiment import train as loop
+from arjax.experiment import workdir as workdir_lib
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_evaluate_reproduces_training_numbers_without_retraining(trained):
     before = _snapshot(trained)
     runs = workdir_lib.find_run_dirs(str(trained))
     assert [os.path.relpath(r, trained) for r in runs] == ["seed_0", "seed_1"]  # not best/
-    summary = workdir_lib.evaluate_workdir(str(trained), progress=False)
+    summary = workdir_eval.evaluate_workdir(str(trained), progress=False)
     assert _snapshot(trained) == before
     for run in ("seed_0", "seed_1"):
         ev = json.loads((trained / run / "eval.json").read_text())
@@ -60,7 +61,7 @@ def test_evaluate_reproduces_training_numbers_without_retraining(trained):
     assert summary["runs"] == ["seed_0", "seed_1"]
     # a second call finds every run up to date and rewrites nothing per run
     stamps = [os.stat(trained / r / "eval.json").st_mtime_ns for r in ("seed_0", "seed_1")]
-    workdir_lib.evaluate_workdir(str(trained), progress=False)
+    workdir_eval.evaluate_workdir(str(trained), progress=False)
     assert stamps == [os.stat(trained / r / "eval.json").st_mtime_ns for r in ("seed_0", "seed_1")]
 
 
@@ -96,20 +97,23 @@ def test_cli_attack_grid_on_the_latest_checkpoint(trained, capsys):
     assert top["summary"]["pgd2_linf_0.2/auc"]["n"] == 2
     assert (trained / "attacks_accuracy_linf.png").stat().st_size > 0  # metric vs eps
     # flags not given keep the config's attack: FGSM at adv_eps 0.2 here
-    overrides = evaluate.eval_overrides(evaluate.parser().parse_args([f"--workdir={trained}"]))
-    assert overrides == {}
-    args = evaluate.parser().parse_args([f"--workdir={trained}", "--norm=l2", "--steps=5"])
+    def flags(*args):
+        return cli.parse(evaluate.PROG, "", [f"--workdir={trained}", *args], evaluate.define_flags)[0]
+
+    assert evaluate.eval_overrides(flags()) == {}
+    args = flags("--norm=l2", "--steps=5")
     assert evaluate.eval_overrides(args) == {"num_steps": 5, "attacks": ("fgsm:l2:0.2:5",)}
 
 
 @pytest.mark.parametrize(
     "args,expect",
     [
-        (["--attack=cw"], "argument --attack: unknown 'cw'; valid choices: pgd, fgsm"),
-        (["--norm=l1"], "argument --norm: unknown 'l1'; valid choices: linf, l2"),
-        (["--checkpoint=old"], "argument --checkpoint: invalid choice: 'old'"),
-        (["--steps=0"], "argument --steps: 0 is out of range"),
-        (["--workdir=/no/such/dir"], "argument --workdir: '/no/such/dir' is not a directory"),
+        (["--attack=cw"], "flag --attack: unknown 'cw'; valid choices: fgsm, pgd"),
+        (["--norm=l1"], "flag --norm: unknown 'l1'; valid choices: linf, l2"),
+        (["--eps=x"], "flag --eps: eps 'x' in --eps is not a number"),
+        (["--checkpoint=old"], "flag --checkpoint=old: value should be one of"),
+        (["--steps=0"], "flag --steps=0: 0 is not a positive integer"),
+        (["--workdir=/no/such/dir"], "flag --workdir: '/no/such/dir' is not a directory"),
     ],
 )
 def test_cli_bad_arguments_exit_2(tmp_path, capsys, args, expect):
@@ -124,4 +128,15 @@ def test_cli_workdir_without_config_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         evaluate.main([f"--workdir={tmp_path}"])
     assert exit_.value.code == 2
-    assert "config.json not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "config.json not found" in err and err.startswith("arjax-evaluate: error:")
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_cli_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--help"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    for flag in ("workdir", "attack", "norm", "eps", "steps", "split", "checkpoint", "nocurves"):
+        assert f"--{flag}" in printed or f"--[no]{flag[2:]}" in printed, flag

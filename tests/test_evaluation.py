@@ -23,7 +23,6 @@ from arjax.evaluation import (
     aggregate,
     attack_specs,
     binary_scores,
-    comparison,
     format_mean_std,
     mann_whitney_u,
     mean_std,
@@ -42,6 +41,7 @@ from arjax.evaluation import (
     write_json,
     youden_threshold,
 )
+from arjax.experiment import compare as comparison
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -492,7 +492,7 @@ def test_youden_threshold_and_rates_agree_with_sklearn():
 
 
 def test_attack_specs_parse_legacy_and_reject_bad_entries():
-    from arjax.config_lib import base_config
+    from arjax.experiment.presets import base_config
 
     ev = base_config().eval
     legacy = attack_specs.attack_specs(ev)

@@ -12,8 +12,8 @@ from arjax import data as data_lib
 from arjax import methods
 from arjax.config_lib import ConfigError
 from arjax.data import folds
-from arjax.evaluation.workdir import evaluate_workdir
-from arjax.training import loop
+from arjax.experiment import train as loop
+from arjax.experiment.evaluate import evaluate_workdir
 
 
 def test_folds_are_disjoint_cover_and_keep_patients_together():

@@ -13,7 +13,8 @@ from helpers import linear_model
 from jax.extend.core import jaxprs_in_params
 
 from arjax import methods
-from arjax.config_lib import ConfigError, base_config
+from arjax.config_lib import ConfigError
+from arjax.experiment.presets import base_config
 
 W = np.array([1.5, -2.0], np.float32)
 B = 0.25

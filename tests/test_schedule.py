@@ -9,8 +9,9 @@ from helpers import preempt_after_save, tiny_config
 
 from arjax import methods
 from arjax.config_lib import ConfigError
+from arjax.experiment import train as loop
 from arjax.models import build_model
-from arjax.training import checkpoint, loop, optim, schedule
+from arjax.training import checkpoint, optim, schedule
 from arjax.training.state import create_train_state
 
 # Scripted validation losses by (phase folder, step); eval_every = 4.

@@ -7,10 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from arjax import margins, methods
+from arjax import margins, methods, parallel
 from arjax.data import moons_splits, train_dataset
 from arjax.models import build_model
-from arjax.training import parallel
 from arjax.training.state import create_train_state
 from arjax.training.step import compile_multi_step
 

@@ -23,6 +23,7 @@ from arjax.attacks.objectives import LOSSES
 from arjax.attacks.pgd import DEFAULT_ALPHA, pgd
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
+_REQUIRED = ("attack", "norm", "eps", "num_steps")
 FORMAT = "attack:norm:eps[:steps], e.g. pgd:linf:0.01:20 or fgsm:linf:8/255"
 
 
@@ -69,14 +70,14 @@ class AttackSpec:
     def step_for(self, eps: Radius) -> Radius:
         """The step size at radius ``eps`` (python float or array, kept in its type).
 
-        For a numpy ``eps`` the product is formed in float64 and rounded once to float32.
+        A numpy ``eps`` gives a float32 array.
         """
         if self.step_size is not None:
             if isinstance(eps, np.ndarray):
                 return np.full(eps.shape, self.step_size, np.float32)
             return self.step_size
         if isinstance(eps, np.ndarray):
-            return (self.alpha * eps.astype(np.float64) / self.num_steps).astype(np.float32)
+            return (self.alpha * eps / self.num_steps).astype(np.float32)
         return self.alpha * eps / self.num_steps
 
     def with_eps(self, eps: float) -> "AttackSpec":
@@ -84,8 +85,13 @@ class AttackSpec:
         return dataclasses.replace(self, eps=float(eps))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON fields, with the name."""
-        return {"name": self.name, **dataclasses.asdict(self)}
+        """JSON fields with the name; optional fields only where they are not the default."""
+        out = {"name": self.name}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in _REQUIRED or value != field.default:
+                out[field.name] = value
+        return out
 
 
 class AttackRunner(Protocol):

@@ -30,20 +30,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from arjax.attacks import LOSSES, NORMS, pgd
+from arjax.attacks import LOSSES, NORMS
+from arjax.attacks.registry import ATTACKS, AttackSpec, make_spec, run_attack
 from arjax.compilation import jit
 from arjax.losses import predictions_correct
 from arjax.types import Array, LogitsFn, PRNGKey
 
 # A fixed fold-in tag per attack loss, so adding a loss never changes another's draws.
 LOSS_TAGS = {name: i for i, name in enumerate(LOSSES)}
-ATTACKS = ("pgd", "fgsm")
-_STATIC = ("loss", "norm", "num_steps", "random_start", "bounds")
+_STATIC = ("spec", "bounds")
 
 
-def _attack(fn, x, y, key, chunk, eps, step_size, **static):
-    """PGD on one chunk; eps / step_size scalars or ``[B]``, traced; ``static`` as pgd's."""
-    return pgd(fn, x, y, jax.random.fold_in(key, chunk), eps=eps, step_size=step_size, **static)
+def _attack(fn, x, y, key, chunk, eps, step_size, *, spec: AttackSpec, bounds):
+    """``spec``'s attack on one chunk (through the registry); eps / step_size traced."""
+    k = jax.random.fold_in(key, chunk)
+    return run_attack(spec, fn, x, y, k, eps=eps, step_size=step_size, bounds=bounds)
 
 
 def _attack_correct(fn, x, y, key, chunk, eps, step_size, **static):
@@ -265,7 +266,11 @@ def robust_predictions(
     xs = [_chunk(x, s, size) for s in starts]
     ys = [_chunk(y, s, size) for s in starts]
     clean = _gather([jitted["clean"](xc, yc) for xc, yc in zip(xs, ys, strict=True)], n)
-    static = dict(num_steps=num_steps, norm=norm, random_start=random_start, bounds=bounds)
+    # The radius and step are traced; the spec (static) carries eps 0 for every radius.
+    specs = {
+        name: make_spec("pgd", norm, 0.0, num_steps, loss=name, random_start=random_start)
+        for name in losses
+    }
 
     per_loss = {name: np.zeros((len(eps), n), dtype=bool) for name in losses}
     for i, e in enumerate(eps):
@@ -280,7 +285,9 @@ def robust_predictions(
             for r in range(num_restarts):
                 k_run = jax.random.fold_in(k_loss, r)
                 outs = [
-                    jitted["correct"](xc, yc, k_run, c, e_arr, step_arr, loss=name, **static)
+                    jitted["correct"](
+                        xc, yc, k_run, c, e_arr, step_arr, spec=specs[name], bounds=bounds
+                    )
                     for c, (xc, yc) in enumerate(zip(xs, ys, strict=True))
                 ]
                 ok &= _gather(outs, n)
@@ -340,6 +347,7 @@ def adversarial_examples(
     alpha: float = 4.0,
     random_start: bool = True,
     batch_size: int = 512,
+    spec: AttackSpec | None = None,
 ) -> np.ndarray:
     """Adversarial inputs for a whole data set, for metrics such as AUC under attack.
 
@@ -363,17 +371,28 @@ def adversarial_examples(
       alpha: step-size factor.
       random_start: PGD random start.
       batch_size: chunk size.
+      spec: an :class:`arjax.attacks.AttackSpec` (any registered attack) instead of
+        ``attack`` ... ``random_start``; ``eps`` still gives the radius.
 
     Returns:
       numpy ``[N, ...]`` adversarial inputs, same dtype as ``x``.
     """
-    if attack not in ATTACKS:
-        raise ValueError(f"unknown attack {attack!r}; valid choices: {', '.join(ATTACKS)}.")
-    if loss not in LOSSES:
-        raise ValueError(f"unknown attack loss {loss!r}; valid choices: {', '.join(LOSSES)}.")
-    if attack == "fgsm":
-        num_steps, random_start, step_size = 1, False, None
-    n = _check(x, y, norm, batch_size, num_steps)
+    if spec is None:
+        if attack not in ATTACKS:
+            valid = ", ".join(sorted(ATTACKS))
+            raise ValueError(f"unknown attack {attack!r}; valid choices: {valid}.")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown attack loss {loss!r}; valid choices: {', '.join(LOSSES)}.")
+        _check(x, y, norm, batch_size, num_steps)
+        spec = make_spec(
+            attack, norm, 0.0, num_steps, loss=loss, alpha=alpha, step_size=step_size,
+            random_start=random_start,
+        )  # fmt: skip
+    if ATTACKS[spec.attack].fixed_steps:
+        random_start = False
+    else:
+        random_start = spec.random_start
+    n = _check(x, y, spec.norm, batch_size, spec.num_steps)
     if random_start and key is None:
         raise ValueError("adversarial_examples with a random start needs a PRNG key.")
     key = jax.random.key(0) if key is None else key
@@ -382,18 +401,13 @@ def adversarial_examples(
         eps_arr = np.full((n,), eps_arr, dtype=np.float32)
     if eps_arr.shape != (n,):
         raise ValueError(f"eps must be a float or [N={n}]; got shape {eps_arr.shape}.")
-    if attack == "fgsm":
-        step_arr = eps_arr
-    elif step_size is None:
-        step_arr = (alpha * eps_arr / num_steps).astype(np.float32)
-    else:
-        step_arr = np.full((n,), step_size, dtype=np.float32)
+    step_arr = spec.step_for(eps_arr)
+    spec = spec.with_eps(0.0)  # the radius is traced: one executable for every eps
     jitted = _jitted(logits_fn)
     size, starts = _chunks(n, batch_size)
-    static = dict(loss=loss, num_steps=num_steps, norm=norm, random_start=random_start)
     outs = []
     for c, s in enumerate(starts):
         xc, yc = _chunk(x, s, size), _chunk(y, s, size)
         ec, sc = _chunk(eps_arr, s, size), _chunk(step_arr, s, size)
-        outs.append(jitted["attack"](xc, yc, key, c, ec, sc, bounds=bounds, **static))
+        outs.append(jitted["attack"](xc, yc, key, c, ec, sc, spec=spec, bounds=bounds))
     return _gather(outs, n).astype(np.asarray(x[:1]).dtype, copy=False)

@@ -1,7 +1,7 @@
 """The evaluation a config asks for, on one trained state (no files written).
 
 Used by the training loop's final report and by ``python -m arjax.evaluate``
-(both through :func:`arjax.evaluation.run_evaluation.evaluate_run`): clean
+(both through :func:`arjax.experiment.evaluate.evaluate_run`): clean
 metrics; metrics on adversarial data for every attack of ``eval.attacks``
 (ARFL's "adversarial accuracy / AUC", Hao et al. §4.2; the first attack is the
 report's ``adversarial`` section); sensitivity / specificity at an operating
@@ -17,14 +17,14 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from arjax import compilation, losses
+from arjax import compilation, losses, parallel
+from arjax.attacks.registry import ATTACKS
 from arjax.config_lib import ConfigError, check_choice, check_range
 from arjax.data import eval_batches, split_labels
 from arjax.evaluation import metrics
-from arjax.evaluation.attack_specs import ATTACKS, AttackSpec, attack_specs
+from arjax.evaluation.attack_specs import AttackSpec, attack_specs
 from arjax.evaluation.robustness import adversarial_examples, robust_accuracy
 from arjax.models import ModelFns
-from arjax.training import parallel
 from arjax.types import PRNGKey, PyTree
 
 
@@ -193,11 +193,11 @@ def attacked_logits(
     key: PRNGKey,
     mesh: Mesh,
     batch_size: int,
-    alpha: float = 4.0,
 ) -> dict[str, np.ndarray]:
     """Logits of the split's adversarial copies, one entry per attack spec.
 
-    Attack ``i`` uses ``fold_in(key, i)``; PGD steps are ``alpha * eps / num_steps``
+    Attack ``i`` uses ``fold_in(key, i)`` and runs through :func:`arjax.attacks.run_attack`
+    (the step-size rule is the spec's: ``alpha * eps / num_steps`` with ``eval.alpha``)
     with a random start, FGSM one step of size eps; the loss is cross-entropy
     (BCE for one logit / multi-hot labels).
 
@@ -212,13 +212,9 @@ def attacked_logits(
             arrays["image"],
             arrays["label"],
             jax.random.fold_in(key, i),
-            attack=spec.attack,
+            spec=spec,
             eps=spec.eps,
-            num_steps=spec.num_steps,
-            norm=spec.norm,
-            loss="ce",
             bounds=bounds,
-            alpha=alpha,
             batch_size=batch_size,
         )
         out[spec.name] = predict(
@@ -278,7 +274,6 @@ def evaluate(
             key=k_adv,
             mesh=mesh,
             batch_size=cfg.batch_size,
-            alpha=cfg.alpha,
         )
     )
     report = {"clean": classification_metrics(logits["clean"], y, threshold), "attacks": {}}

@@ -7,6 +7,7 @@ A method loss has the signature
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Protocol
 
 import ml_collections
 
@@ -14,13 +15,47 @@ from arjax.config_lib import check_choice
 from arjax.methods import adversarial, arfl, ima, standard
 from arjax.methods.context import MethodContext
 from arjax.models import ModelFns
+from arjax.types import Array, Batch, Metrics, PRNGKey, PyTree
+
+
+class MethodLoss(Protocol):
+    """The interface every training method implements (DESIGN §3.5).
+
+    Pure and jittable; the method weights and reduces per-example values exactly as
+    its paper writes them.
+    """
+
+    def __call__(
+        self,
+        ctx: MethodContext,
+        params: PyTree,
+        batch_stats: PyTree,
+        batch: Batch,
+        key: PRNGKey,
+    ) -> tuple[Array, tuple[Metrics, PyTree]]:
+        """Returns ``(loss [], (metrics {name: []}, new_batch_stats))`` for one batch.
+
+        ``batch`` holds ``image`` ``[B, ...]``, ``label`` ``[B]`` / ``[B, C]``, ``index``
+        ``[B]`` (and IMA's ``margin`` / ``mask``); ``key`` is this step's PRNG key.
+        """
+        ...
+
+
+class BoundLoss(Protocol):
+    """A :class:`MethodLoss` with its context bound (what the compiled step calls)."""
+
+    def __call__(
+        self, params: PyTree, batch_stats: PyTree, batch: Batch, key: PRNGKey
+    ) -> tuple[Array, tuple[Metrics, PyTree]]:
+        """Returns ``(loss [], (metrics, new_batch_stats))``."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A registered method: its loss, default fields and validator."""
 
-    loss: Callable
+    loss: MethodLoss
     defaults: Callable[[], dict]
     validate: Callable[[ml_collections.ConfigDict], None]
     # Fills derived fields (e.g. IMA's delta from the epoch count) before validation.
@@ -67,7 +102,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 def make_loss(
     cfg: ml_collections.ConfigDict, model: ModelFns, bounds: tuple[float, float] | None
-) -> Callable:
+) -> BoundLoss:
     """The configured method's loss with its context bound.
 
     Returns:
@@ -78,6 +113,8 @@ def make_loss(
 
 
 __all__ = [
+    "BoundLoss",
+    "MethodLoss",
     "METHODS",
     "Method",
     "MethodContext",

@@ -24,6 +24,7 @@ CLS_LOSSES: dict[str, Callable[[Array, Array], Array]] = {
     "ce": losses.classification_loss,
     "weighted_bce": losses.weighted_bce,
 }
+# Attacks a training method can use (inside the loss); all run via attacks.run_attack.
 ATTACKS = ("fgsm", "pgd")
 
 
@@ -50,30 +51,28 @@ class MethodContext:
     ) -> Array:
         """Adversarial inputs for ``x`` from the configured attack (gradients stopped).
 
-        FGSM uses ``step = eps``; PGD uses ``method.step_size`` when set, else
-        ``alpha * eps / num_steps`` (IMA's convention, alpha = 4; Madry's
-        2.5 is ``alpha=2.5``). The model runs in eval mode unless
-        ``method.attack_train_mode`` is set.
+        The attack is :meth:`attack_spec` run by :func:`arjax.attacks.run_attack`: FGSM
+        steps once by ``eps``; PGD uses ``method.step_size`` when set, else the registry's
+        rule ``alpha * eps / num_steps`` (IMA's alpha = 4; Madry's 2.5 is ``alpha=2.5``).
+        The model runs in eval mode unless ``method.attack_train_mode`` is set.
         """
         cfg = self.cfg
         f = attack_logits_fn(self.model, params, batch_stats, cfg.get("attack_train_mode", False))
-        if cfg.attack == "fgsm":
-            return attacks.fgsm(
-                f, x, y, eps=cfg.eps, norm=cfg.norm, loss=cfg.attack_loss, bounds=self.bounds
-            )
-        step = cfg.get("step_size", None) or cfg.alpha * cfg.eps / cfg.num_steps
-        return attacks.pgd(
-            f,
-            x,
-            y,
-            key,
-            eps=cfg.eps,
-            step_size=step,
-            num_steps=cfg.num_steps,
-            norm=cfg.norm,
+        return attacks.run_attack(self.attack_spec(), f, x, y, key, bounds=self.bounds)
+
+    def attack_spec(self) -> attacks.AttackSpec:
+        """The ``method.*`` attack fields as an :class:`arjax.attacks.AttackSpec`."""
+        cfg = self.cfg
+        return attacks.make_spec(
+            cfg.attack,
+            cfg.norm,
+            cfg.eps,
+            cfg.get("num_steps", 1),
+            where="method.attack",
             loss=cfg.attack_loss,
-            random_start=cfg.random_start,
-            bounds=self.bounds,
+            alpha=cfg.get("alpha", attacks.DEFAULT_ALPHA),
+            step_size=cfg.get("step_size", None) or None,
+            random_start=cfg.get("random_start", True),
         )
 
 

@@ -56,6 +56,7 @@ from arjax.models.layers import (
     instance_norm,
     layer_norm,
     linear,
+    torchvision_num_outputs,
 )
 from arjax.models.mlp import ACTIVATIONS, MLP
 from arjax.models.pretrained import (
@@ -120,16 +121,6 @@ def _build_ima_cnn(cfg: ml_collections.ConfigDict, input_shape, num_classes: int
 
 
 TORCHVISION_MODELS = ("resnet18", "resnet50", "densenet121", "densenet121_truncated", "vgg16")
-
-
-def torchvision_num_outputs(cfg: ml_collections.ConfigDict, num_classes: int) -> int:
-    """Head width: ``model.num_outputs``, or for 0 ``num_classes`` (1 if binary_head and K=2)."""
-    num_outputs = int(cfg.get("num_outputs", 0) or 0)
-    if num_outputs < 0:
-        raise ValueError(f"model.num_outputs must be >= 0, got {num_outputs}")
-    if num_outputs:
-        return num_outputs
-    return 1 if num_classes == 2 and cfg.get("binary_head", False) else num_classes
 
 
 def _build_torchvision(

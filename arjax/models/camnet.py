@@ -18,7 +18,14 @@ import jax
 import ml_collections
 from flax import nnx
 
-from arjax.models.layers import INPUT_NORMS, Conv, input_norm_stats, linear, standardize
+from arjax.models.layers import (
+    INPUT_NORMS,
+    Conv,
+    input_norm_stats,
+    linear,
+    standardize,
+    torchvision_num_outputs,
+)
 from arjax.types import Array
 
 
@@ -88,8 +95,6 @@ def build_cam_cnn(
     Fields: ``widths`` [(16, 32, 64)], ``input_norm`` ["half"], ``num_outputs`` /
     ``binary_head`` (as for the torchvision models).
     """
-    from arjax.models import torchvision_num_outputs  # the registry imports this module
-
     widths = tuple(int(w) for w in cfg.get("widths", (16, 32, 64)))
     if len(input_shape) != 3:
         raise ValueError(f"model 'cam_cnn' needs [H, W, C] inputs, got {tuple(input_shape)}")

@@ -27,6 +27,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from arjax.models.convolution import check_conv_impl, conv2d, default_conv_impl
@@ -253,3 +254,13 @@ def standardize(x: Array, stats: NormStats | None) -> Array:
         return x
     mean, std = stats
     return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
+
+
+def torchvision_num_outputs(cfg: ml_collections.ConfigDict, num_classes: int) -> int:
+    """Head width: ``model.num_outputs``, or for 0 ``num_classes`` (1 if binary_head and K=2)."""
+    num_outputs = int(cfg.get("num_outputs", 0) or 0)
+    if num_outputs < 0:
+        raise ValueError(f"model.num_outputs must be >= 0, got {num_outputs}")
+    if num_outputs:
+        return num_outputs
+    return 1 if num_classes == 2 and cfg.get("binary_head", False) else num_classes

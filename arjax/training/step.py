@@ -14,9 +14,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from arjax import compilation
+from arjax import compilation, parallel
 from arjax import margins as margin_table
-from arjax.training import parallel
 from arjax.training.state import TrainState, step_key
 from arjax.types import Batch, Metrics
 

@@ -19,7 +19,7 @@ import numpy as np
 from arjax.config_lib import ConfigError
 from arjax.evaluation import report as report_lib
 from arjax.evaluation.metrics import format_mean_std, mann_whitney_u, mean_std
-from arjax.evaluation.run_evaluation import run_scalars
+from arjax.experiment.summary import format_table, run_scalars
 
 METRICS = ("auto", "accuracy", "auc", "sensitivity", "specificity")
 COLUMNS = ("standard", "adversarial", "mean")
@@ -153,18 +153,18 @@ def format_tables(result: Mapping[str, Any]) -> str:
     """Markdown: the mean (std) table in percent and the p-value table."""
     name = "AUC" if result["metric"] == "auc" else result["metric"]
     attack = "" if result["attack"] == "adversarial" else f" ({result['attack']})"
-    head = [f"Standard {name}", f"Adversarial {name}{attack}", f"Mean {name}"]
-    lines = ["| Method | n | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
-    for label, row in result["rows"].items():
-        cells = [format_mean_std(row[c], digits=1, scale=100.0) for c in COLUMNS]
-        lines.append(f"| {label} | {row['standard']['n']} | " + " | ".join(cells) + " |")
+    head = ["Method", "n", f"Standard {name}", f"Adversarial {name}{attack}", f"Mean {name}"]
+    rows = [
+        [label, str(row["standard"]["n"])]
+        + [format_mean_std(row[c], digits=1, scale=100.0) for c in COLUMNS]
+        for label, row in result["rows"].items()
+    ]
+    text = format_table(head, rows, markdown=True)
     if result["pvalues"]:
-        lines += ["", "Mann-Whitney U, two-sided p-values:", ""]
-        lines += ["| A | B | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
-        for p in result["pvalues"]:
-            cells = [f"{p[c]:.4g}" for c in COLUMNS]
-            lines.append(f"| {p['a']} | {p['b']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows = [[p["a"], p["b"]] + [f"{p[c]:.4g}" for c in COLUMNS] for p in result["pvalues"]]
+        title = "\nMann-Whitney U, two-sided p-values:\n"
+        text += "\n" + format_table(["A", "B", *COLUMNS], rows, title=title, markdown=True)
+    return text
 
 
 def write_comparison(result: Mapping[str, Any], out_dir: str) -> list[str]:

@@ -1,0 +1,81 @@
+"""The one flag style of ``arjax-train``, ``arjax-evaluate`` and ``arjax-compare``.
+
+All three define absl flags on their own :class:`absl.flags.FlagValues` (not the
+process-global ``FLAGS``), so each is callable in-process as ``main(argv)`` any
+number of times (tests, notebooks); ``--name=value`` and ``--name value`` both
+work, booleans read ``--flag`` / ``--noflag``, lists are comma-separated.
+``--help`` prints every flag and exits 0; a bad flag or value prints one line
+``<prog>: error: ...`` and exits with status 2, as do config errors found later.
+"""
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import flags
+
+from arjax.config_lib import ConfigError
+
+
+class UsageError(ConfigError):
+    """A command-line argument is missing or invalid (exit status 2)."""
+
+
+def parse(
+    prog: str,
+    doc: str,
+    argv: Sequence[str] | None,
+    define: Callable[[flags.FlagValues], None],
+    *,
+    positional: str = "",
+) -> tuple[flags.FlagValues, list[str]]:
+    """Defines the flags on a fresh FlagValues and parses ``argv`` (without the program).
+
+    Args:
+      prog: the command's name (in help and errors).
+      doc: the command's description (first lines of ``--help``).
+      argv: arguments; None reads ``sys.argv[1:]``.
+      define: defines the command's flags on the FlagValues it gets.
+      positional: name of the positional arguments in the usage line ("" for none).
+
+    Returns:
+      ``(flag values, positional arguments)``.
+
+    Raises:
+      SystemExit: 0 after ``--help``; 2 with a one-line message for bad flags.
+    """
+    fv = flags.FlagValues()
+    define(fv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in args or "-h" in args or "--helpfull" in args:
+        usage = f"usage: {prog} [flags]" + (f" {positional}" if positional else "")
+        print(f"{usage}\n\n{doc.strip()}\n\nflags:\n{fv.get_help(include_special_flags=False)}")
+        raise SystemExit(0)
+    try:
+        rest = fv([prog, *args])[1:]
+    except flags.Error as e:
+        fail(prog, str(e))
+    if not positional and rest:
+        fail(prog, f"unexpected arguments: {rest}")
+    return fv, rest
+
+
+def fail(prog: str, message: str) -> None:
+    """Prints ``<prog>: error: <message>`` (one line) to stderr and exits with status 2."""
+    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def run_main(prog: str, body: Callable[[], object]) -> object:
+    """Runs ``body``; a :class:`ConfigError` becomes the one-line message and exit 2."""
+    try:
+        return body()
+    except ConfigError as e:
+        fail(prog, str(e))
+
+
+def quiet_logging() -> None:
+    """INFO logging for arjax, warnings only from absl, JAX internals and orbax."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

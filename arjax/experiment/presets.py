@@ -1,0 +1,243 @@
+"""Experiment presets: the config every experiment starts from, and the papers' variants.
+
+``configs/*.py`` build on these (DESIGN §3.8: configs are data). They live above
+``arjax.methods`` (they name methods), unlike ``arjax.config_lib``, which every layer uses.
+"""
+
+import ml_collections
+
+from arjax.config_lib import ConfigError
+from arjax.methods import method_config
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every section an experiment config has, with neutral defaults.
+
+    Config files start from this and change what their experiment needs::
+
+        config = base_config()
+        config.method = method_config("arfl", r=0.5, lam=0.5)
+
+    Top-level ``seeds`` (one run per seed) and ``folds`` (0: none; k >= 2:
+    one run per cross-validation fold, formed as ``cv`` says, see
+    ``arjax.data.folds``).
+
+    Sections: ``data`` (dataset by name), ``model`` (network by name),
+    ``method`` (training method by name, see ``arjax.methods``), ``optim``,
+    ``train`` (batching, epochs, logging/eval/checkpoint intervals in steps,
+    ``steps_per_call`` steps fused into one compiled call; ``schedule``
+    ``"single"`` or Khakzar's ``"two_phase"`` with early stopping after
+    ``patience`` evaluations, see ``arjax.training.schedule``), ``eval`` (final
+    evaluation: clean metrics, metrics under each attack of ``attacks`` (or
+    the one at ``adv_eps``) for "adversarial accuracy / AUC", sensitivity and
+    specificity at a threshold chosen on ``threshold_split``, and the
+    robust-accuracy-vs-eps curve).
+    """
+    c = ml_collections.ConfigDict()
+    c.name = ""
+    c.seeds = (0,)
+    # k-fold cross-validation: 0 = none, k >= 2 = one run per fold
+    c.folds = 0
+    # mode "kfold": sklearn folds of the train split, fold k becomes split `holdout`;
+    # "manifest": fold k tests on the manifest's fold k, validates on fold k+1 (mod folds)
+    c.cv = dict(mode="kfold", holdout="val")
+    c.data = dict(name="moons", sizes=dict(train=10000, test=1000), noise=0.2, seed=0)
+    # layer_norm: per-hidden-layer flags, () for none; num_outputs: 0 = 1 logit for
+    # two classes, else one per class; conv_impl: "auto", "xla" or "patches" for every
+    # convolution (arjax.models.layers.conv2d).
+    c.model = dict(
+        name="mlp",
+        hidden=(10, 10),
+        activation="relu",
+        layer_norm=(),
+        num_outputs=0,
+        conv_impl="auto",
+    )
+    c.method = method_config("standard")
+    c.optim = dict(
+        name="adam",
+        learning_rate=1e-3,
+        momentum=0.9,
+        weight_decay=0.0,
+        schedule="constant",
+        warmup_steps=0,
+        # regexes over parameter paths to fine-tune; () trains everything
+        trainable=(),
+    )
+    c.train = dict(
+        batch_size=128,
+        num_epochs=10,
+        steps_per_call=1,
+        log_every=100,
+        eval_every=0,
+        checkpoint_every=1000,
+        max_checkpoints=2,
+        num_devices=0,
+        # grain worker processes decoding file-backed data (0: in the host loop)
+        num_workers=0,
+        # "val/loss": keep the lowest-validation-loss state and evaluate it at the end
+        select_best="",
+        # a finished run's workdir to take parameters from
+        init_from="",
+        # "single": method for num_epochs; "two_phase" (Khakzar §3.2): clean training
+        # (standard, same cls_loss) for <= phase1_max_epochs, then the method for
+        # <= num_epochs from the best phase-1 state
+        schedule="single",
+        # stop a phase after this many evaluations without a lower val loss (0: never)
+        patience=0,
+        phase1_max_epochs=10,
+    )
+    c.eval = dict(
+        split="test",
+        batch_size=1000,
+        adv_attack="fgsm",
+        adv_eps=0.2,
+        num_steps=20,
+        norm="linf",
+        losses=("ce", "margin"),
+        eps=(0.0, 0.05, 0.1, 0.2, 0.3),
+        eps_l2=(),
+        alpha=4.0,
+        # evaluate attacks on the first N examples of the split (0: all)
+        max_examples=0,
+        # attacks for the per-attack metrics, "attack:norm:eps[:steps]" such as
+        # "pgd:linf:0.01:100"; () uses the single adv_attack / norm / adv_eps attack
+        attacks=(),
+        # split whose clean predictions pick the sensitivity/specificity threshold
+        # (Youden's J); a dataset without it uses 0.5
+        threshold_split="val",
+        # CAM localisation against the split's boxes (Khakzar §3.3) when it has
+        # boxes and the network a GAP + linear head
+        localization=True,
+    )
+    return c
+
+
+def ima_experiment_method(variant: str) -> ml_collections.ConfigDict:
+    """The ``method`` section of an IMA-paper experiment variant.
+
+    ``ce`` (clean training), ``adv<eps>`` (the paper's "adv eps": (CE(x) +
+    CE(PGD-20(x))) / 2 with alpha 4, e.g. ``adv0.1``), ``rand<eps>`` (uniform
+    noise), ``ima`` (Alg. 1-3 with eps_max 0.3, beta 0.5).
+    """
+    if variant == "ce":
+        return method_config("standard")
+    if variant == "ima":
+        return method_config("ima", eps_max=0.3, beta=0.5)
+    for prefix, name in (("adv", "adversarial"), ("rand", "noise")):
+        if variant.startswith(prefix):
+            try:
+                eps = float(variant[len(prefix) :])
+            except ValueError:
+                break
+            if name == "noise":
+                return method_config(name, eps=eps)
+            return method_config(name, r=0.5, attack="pgd", eps=eps, num_steps=20, alpha=4.0)
+    raise ConfigError(
+        f"unknown variant {variant!r}; valid: ce, ima, adv<eps> (e.g. adv0.1), rand<eps>, "
+        "each optionally with ',smoke'; or 'smoke'"
+    )
+
+
+def ima_image_config(arg: str, *, tfds_name: str, model_variant: str, image_shape: tuple):
+    """Config of the IMA paper's Fashion-MNIST / SVHN experiments.
+
+    Paper setting: the paper's CNN (``model.variant``), 60 epochs, batch 128,
+    Adam with default parameters, eps_max 0.3, 100-PGD evaluation with
+    cross-entropy and margin losses (L-inf and L2 noise levels). Data from
+    TFDS prepared locally (``--config.data.data_dir``); 90/10 train/val split
+    of the TFDS train split. ``<variant>,smoke`` (or ``smoke``) runs on built-in
+    synthetic images of the same shape in seconds.
+
+    Args:
+      arg: ``<variant>[,smoke]`` with a variant of :func:`ima_experiment_method`.
+      tfds_name: ``"fashion_mnist"`` or ``"svhn_cropped"``.
+      model_variant: ``"fmnist"`` or ``"svhn"``.
+      image_shape: ``(H, W, C)`` of the data (for the smoke data).
+    """
+    variant, _, modifier = (arg or "ima").partition(",")
+    if variant == "smoke":
+        variant, modifier = "ima", "smoke"
+    config = base_config()
+    config.name = f"{tfds_name}_ima:{variant}"
+    config.data = dict(
+        name="tfds",
+        tfds_name=tfds_name,
+        data_dir=None,
+        splits=dict(train="train[:90%]", val="train[90%:]", test="test"),
+        max_examples=0,
+    )
+    config.model = dict(name="ima_cnn", variant=model_variant, conv_impl="auto")
+    config.method = ima_experiment_method(variant)
+    config.optim.learning_rate = 1e-3
+    config.train.batch_size = 128
+    config.train.num_epochs = 60
+    config.train.steps_per_call = 1
+    config.train.log_every = 100
+    config.train.eval_every = 1000
+    config.train.checkpoint_every = 1000
+    config.eval.adv_attack = "pgd"
+    config.eval.adv_eps = 0.1
+    config.eval.num_steps = 100
+    config.eval.batch_size = 500
+    config.eval.eps = (0.0, 0.05, 0.1, 0.2, 0.3)
+    config.eval.eps_l2 = (0.0, 0.5, 1.0, 2.0, 3.0)
+    if modifier == "smoke":
+        config.name += ",smoke"
+        config.data = dict(
+            name="synthetic_images",
+            sizes=dict(train=64, val=32, test=32),
+            image_shape=tuple(image_shape),
+            num_classes=10,
+            noise=0.1,
+            seed=0,
+        )
+        config.train.batch_size = 16
+        config.train.num_epochs = 2
+        config.train.log_every = 4
+        config.train.eval_every = 8
+        config.train.checkpoint_every = 8
+        config.eval.num_steps = 3
+        config.eval.batch_size = 32
+        config.eval.eps = (0.0, 0.1)
+        config.eval.eps_l2 = (0.0, 1.0)
+        if config.method.name == "ima":
+            config.method.num_steps = 3
+            config.method.num_bisections = 3
+    elif modifier:
+        raise ConfigError(f"unknown modifier {modifier!r}; valid: smoke")
+    return config
+
+
+def lesion_smoke(
+    config: ml_collections.ConfigDict,
+    *,
+    num_classes: int = 2,
+    multi_label: bool = False,
+    eps: float = 0.01,
+) -> ml_collections.ConfigDict:
+    """Turns a medical config into its seconds-scale ``smoke`` variant, in place.
+
+    Swaps the data for 80 built-in synthetic lesion images at 32x32 (no
+    download), trains one epoch of batch 8 in the host loop, and evaluates with
+    2-step cross-entropy attacks at ``eps`` (L-inf curve only); the model and
+    method stay the experiment's.
+    """
+    config.name += ",smoke"
+    config.data = dict(
+        name="synthetic_lesions",
+        num_images=80,
+        image_size=32,
+        num_classes=num_classes,
+        multi_label=multi_label,
+        seed=0,
+    )
+    config.train.update(
+        batch_size=8, num_epochs=1, num_workers=0, log_every=2, eval_every=4, checkpoint_every=4
+    )
+    # One attack loss and no L2 curve: each is another compile of the network's attack
+    # (~5 s for ResNet/DenseNet on CPU); the moons/IMA smoke runs cover both.
+    config.eval.update(
+        batch_size=16, num_steps=2, eps=(0.0, eps), max_examples=0, losses=("ce",), eps_l2=()
+    )
+    return config

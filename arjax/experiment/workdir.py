@@ -1,0 +1,194 @@
+"""The layout and files of a workdir, shared by training and re-evaluation.
+
+A workdir has ``config.json`` (the resolved config) at its top. Its run
+directories are the workdir itself or directories below it: ``seed_<s>``
+when there are several seeds, ``fold_<k>`` when cross-validating,
+``fold_<k>/seed_<s>`` for both (:func:`run_directory`). A run directory holds
+``checkpoints/``, ``metrics.jsonl`` (training records), ``result.json`` (the
+final evaluation) and plots; ``best/`` and ``phase1/`` inside a run are not runs.
+"""
+
+import dataclasses
+import json
+import os
+import re
+
+import ml_collections
+
+from arjax import data as data_lib
+from arjax.config_lib import ConfigError, to_json
+
+_SKIP = ("checkpoints", "best", "phase1")
+
+
+def run_directory(workdir: str, fold: int | None, seed: int, num_seeds: int) -> str:
+    """Where one run lives: ``<workdir>[/fold_<k>][/seed_<s>]``.
+
+    The fold level exists when cross-validating (``fold`` is not None), the
+    seed level when there are several seeds; one fold and one seed train in
+    ``workdir`` itself.
+    """
+    out = workdir if fold is None else os.path.join(workdir, f"fold_{fold}")
+    return out if num_seeds == 1 else os.path.join(out, f"seed_{seed}")
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def check_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
+    """Writes ``config.json`` (atomically); refuses to resume a run made with another config.
+
+    Call it only once the config and the data have been checked, so that a run which
+    failed before training does not block its corrected retry.
+
+    Raises:
+      ConfigError: the workdir holds a run with a different config (its fields named).
+    """
+    path = os.path.join(workdir, "config.json")
+    text = to_json(cfg)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if old != text:
+            try:
+                old_flat = _flatten(json.loads(old))
+            except json.JSONDecodeError as e:
+                msg = f"{path} is not valid JSON ({e}); delete it to start over"
+                raise ConfigError(msg) from e
+            new_flat = _flatten(json.loads(text))
+            keys = old_flat.keys() | new_flat.keys()
+            diff = sorted(k for k in keys if old_flat.get(k) != new_flat.get(k))
+            raise ConfigError(
+                f"{path} holds a run with a different config (fields {diff[:6]}); "
+                "use another --workdir or delete that one"
+            )
+        return
+    _write_atomic(path, text)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _tuples(value):
+    """JSON lists back to the tuples configs use (so overrides type-check)."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved experiment config a workdir was trained with (``config.json``).
+
+    Raises:
+      ConfigError: naming the missing or unreadable file.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} not found: {workdir!r} is not an arjax workdir")
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(_tuples(json.load(f)))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from e
+
+
+@dataclasses.dataclass
+class MetricsWriter:
+    """Append-only ``metrics.jsonl``; readers keep the last record per (kind, step).
+
+    A run killed while writing can leave a cut-off last line; opening the writer
+    drops it, so the next record does not land on it.
+    """
+
+    path: str
+
+    def __post_init__(self) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, "rb") as f:
+            content = f.read()
+        if content and not content.endswith(b"\n"):
+            with open(self.path, "r+b") as f:
+                f.truncate(content.rfind(b"\n") + 1)
+
+    def write(self, record: dict) -> None:
+        """Appends one JSON record as one line (one ``write`` call)."""
+        line = json.dumps(record, default=float) + "\n"
+        with open(self.path, "a") as f:
+            f.write(line)
+
+
+def find_run_dirs(workdir: str) -> list[str]:
+    """Run directories at or below ``workdir`` (those holding ``checkpoints/``), sorted."""
+    runs = []
+    for root, dirs, _ in os.walk(workdir):
+        if "checkpoints" in dirs:
+            runs.append(root)
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP)
+    return sorted(runs, key=lambda r: os.path.relpath(r, workdir))
+
+
+def relative(run_dir: str, workdir: str) -> str:
+    """``run_dir`` relative to ``workdir`` ("" for the workdir itself)."""
+    rel = os.path.relpath(run_dir, workdir)
+    return "" if rel == "." else rel
+
+
+def run_seed(cfg: ml_collections.ConfigDict, workdir: str, run_dir: str) -> int:
+    """A run's seed: its ``result.json``, else a ``seed_<s>`` path part, else the only seed."""
+    result = os.path.join(run_dir, "result.json")
+    if os.path.isfile(result):
+        with open(result) as f:
+            seed = json.load(f).get("seed")
+        if seed is not None:
+            return int(seed)
+    for part in reversed(relative(run_dir, workdir).split(os.sep)):
+        if m := re.fullmatch(r"seed_(\d+)", part):
+            return int(m.group(1))
+    if len(cfg.seeds) == 1:
+        return int(cfg.seeds[0])
+    raise ConfigError(f"cannot tell the seed of run {run_dir!r} (seeds {tuple(cfg.seeds)})")
+
+
+def dataset_for_run(
+    datasets: list[data_lib.DatasetSplits], workdir: str, run_dir: str
+) -> data_lib.DatasetSplits:
+    """The splits a run was trained on.
+
+    Args:
+      datasets: :func:`arjax.experiment.setup.load_folds` of the workdir's config: one
+        dataset without cross-validation, else one per fold.
+      workdir: the training workdir.
+      run_dir: a run directory below it; ``fold_<k>`` in its path picks fold k.
+
+    Raises:
+      ConfigError: a ``fold_<k>`` path with no such fold in the config, or a
+        cross-validated workdir's run outside any ``fold_<k>``.
+    """
+    parts = relative(run_dir, workdir).split(os.sep)
+    folds = [int(m.group(1)) for p in parts if (m := re.fullmatch(r"fold_(\d+)", p))]
+    if not folds:
+        if len(datasets) != 1:
+            raise ConfigError(f"run {run_dir!r} is not inside a fold_<k> directory")
+        return datasets[0]
+    if len(datasets) == 1 or folds[-1] >= len(datasets):
+        raise ConfigError(
+            f"run {run_dir!r} is fold {folds[-1]}, but the config has folds={len(datasets)}"
+            if len(datasets) > 1
+            else f"run {run_dir!r} is a fold, but the config has no folds"
+        )
+    return datasets[folds[-1]]
