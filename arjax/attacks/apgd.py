@@ -1,15 +1,15 @@
 """Auto-PGD (Croce & Hein 2020, arXiv 2003.01690, Algorithm 1) for l-inf and l2 balls.
 
 APGD is PGD with a budget-aware step size: it starts at ``2 * eps``, adds momentum 0.75
-(Eq. 2), keeps the best iterate of every example, and at the checkpoints ``w_j`` (Sec. 3.2)
+(the update of Sec. 3), keeps the best iterate of every example, and at the checkpoints ``w_j``
 halves the step of the examples whose objective stalled, restarting them from their best
 point. Everything runs on the whole batch at once: per-sample quantities are ``[B]`` arrays
 and updates are ``jnp.where`` masks, with static loop counts (``lax.fori_loop``), so one
 compiled program serves any radius (``eps`` may be a traced ``[B]`` array).
 
 Objectives (``APGD_LOSSES``): ``"ce"`` and ``"margin"`` as in
-:func:`arjax.attacks.objectives.attack_objective`; ``"dlr"`` (Eq. 6) and ``"dlr-t"``
-(targeted DLR, Eq. 7) with the fallbacks for heads with too few classes described in
+:func:`arjax.attacks.objectives.attack_objective`; ``"dlr"`` (Sec. 4) and ``"dlr-t"``
+(targeted DLR, Sec. 4) with the fallbacks for heads with too few classes described in
 :func:`arjax.attacks.objectives.dlr_objective`; ``"margin-t"`` (targeted CW margin, used by
 the AutoAttack ensemble in place of FAB-T).
 """
@@ -41,8 +41,8 @@ from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
 APGD_LOSSES = ("ce", "dlr", "dlr-t", "margin", "margin-t")
 TARGETED_LOSSES = ("dlr-t", "margin-t")
-RHO = 0.75  # Sec. 3.2, condition 1
-MOMENTUM = 0.75  # Eq. 2, alpha
+RHO = 0.75  # Sec. 3, condition 1 of the step-size rule
+MOMENTUM = 0.75  # Sec. 3, alpha of the momentum update
 DEFAULT_TARGETS = 9  # AutoAttack's APGD-T: the 9 highest other classes
 
 
@@ -55,7 +55,7 @@ def check_apgd_loss(loss: str) -> None:
 def apgd_checkpoints(num_steps: int) -> tuple[int, ...]:
     """The iterations ``w_j = ceil(p_j * N)`` after which APGD may halve its step.
 
-    Sec. 3.2: ``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03,
+    Sec. 3: ``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03,
     0.06)``; the checkpoints ``w_j`` with ``0 < w_j <= N`` (duplicates from rounding at
     small N dropped).
 
@@ -176,7 +176,7 @@ def _apgd_once(
     )
 
     def body(i: Array, s: dict) -> dict:
-        # Eq. 2: z = P(x + eta * dir(grad)); x_new = P(x + a (z - x) + (1 - a)(x - x_prev)),
+        # Sec. 3: z = P(x + eta * dir(grad)); x_new = P(x + a (z - x) + (1 - a)(x - x_prev)),
         # with a = 1 at the first iteration.
         a = jnp.where(i == 0, 1.0, momentum).astype(x.dtype)
         z = feasible(s["x_cur"] + s["step"] * step_direction(s["grad"], norm))
@@ -190,7 +190,7 @@ def _apgd_once(
         x_best = jnp.where(better.reshape(bshape), x_new, s["x_best"])
         grad_best = jnp.where(better.reshape(bshape), grad_new, s["grad_best"])
         loss_best = jnp.where(better, loss_new, s["loss_best"])
-        # Sec. 3.2 at a checkpoint w_j: condition 1 (fewer than rho of the steps since
+        # Sec. 3, at a checkpoint w_j: condition 1 (fewer than rho of the steps since
         # w_{j-1} increased the objective) or condition 2 (the step was not halved at
         # w_{j-1} and the best objective has not improved since) -> halve the step and
         # restart from the best point.
@@ -336,12 +336,21 @@ def apgd(
 
     Per example: start at ``x`` or a uniform random point of the ball, step size
     ``eta = 2 eps``; each iteration ``z = P(x_k + eta * dir(grad))`` and
-    ``x_{k+1} = P(x_k + 0.75 (z - x_k) + 0.25 (x_k - x_{k-1}))`` (Eq. 2; plain step at
+    ``x_{k+1} = P(x_k + 0.75 (z - x_k) + 0.25 (x_k - x_{k-1}))`` (Sec. 3; plain step at
     k = 0), where ``P`` projects onto the ball and the bounds and ``dir`` is the sign (l-inf)
     or the normalised gradient (l2). At the checkpoints of :func:`apgd_checkpoints` the step
     of an example is halved, and it restarts from its best point, when fewer than
     ``rho = 0.75`` of the steps since the last checkpoint increased its objective, or when
     its step was not halved at the last checkpoint and its best objective did not improve.
+
+    Differences from the reference implementation (github.com/fra31/auto-attack), all
+    within the paper's description: the random start is uniform in the ball
+    (:func:`arjax.attacks.geometry.random_init`) rather than a scaled random direction;
+    condition 2 already applies at the first checkpoint (the step is unchanged since
+    ``w_0 = 0``), where the reference skips it; condition 1 is the paper's strict ``<``;
+    every restart runs on the whole batch (masks, fixed shape) rather than on the examples
+    still robust, and examples never broken return their highest-objective point, not
+    ``x``.
 
     Args:
       logits_fn: images ``[B, ...]`` -> logits ``[B, K]``, ``[B]`` or ``[B, C]``.
@@ -364,8 +373,8 @@ def apgd(
       random_start: start from a uniform random point of the ball (static).
       bounds: data range ``(lo, hi)`` or None (static).
       initial_step: the initial step size (python float or ``[B]``); default ``2 * eps``.
-      rho: condition-1 threshold (Sec. 3.2).
-      momentum: ``alpha`` of Eq. 2.
+      rho: condition-1 threshold (Sec. 3).
+      momentum: ``alpha`` of the momentum update.
 
     Returns:
       ``x_adv`` shaped like ``x``, inside the ball and the bounds, gradients stopped: the

@@ -148,11 +148,11 @@ def _label_and_top(logits: Array, labels: Array, k: int) -> tuple[Array, Array, 
     return z_label, z_other, jax.lax.top_k(logits, k)[0]
 
 
-DLR_EPS = 1e-12  # the denominator offset of Croce & Hein (2020), Eq. 6
+DLR_EPS = 1e-12  # the denominator offset of Croce & Hein (2020), Sec. 4
 
 
 def dlr_objective(logits: Array, labels: Array) -> Array:
-    """Difference of Logits Ratio (Croce & Hein 2020, arXiv 2003.01690, Eq. 6).
+    """Difference of Logits Ratio (Croce & Hein 2020, arXiv 2003.01690, Sec. 4).
 
     ``DLR = -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12)`` with ``z_pi1 >= z_pi2 >=
     ...`` the sorted logits: the CW margin divided by a spread of the logits, so it is
@@ -179,7 +179,7 @@ def dlr_objective(logits: Array, labels: Array) -> Array:
 
 
 def targeted_dlr_objective(logits: Array, labels: Array, target: Array) -> Array:
-    """Targeted DLR (Croce & Hein 2020, arXiv 2003.01690, Eq. 7), to be maximised.
+    """Targeted DLR (Croce & Hein 2020, arXiv 2003.01690, Sec. 4), maximised.
 
     ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)`` for K >= 4: positive once the
     target logit beats the true one. Fallbacks (documented choice, never NaN): K = 3 uses

@@ -3,7 +3,7 @@
 A score-based (black-box) random search: it only evaluates the logits, never a gradient, so
 it is the ensemble's check against gradient masking. Each query changes one random square
 window of the current perturbation (Algorithm 1; l-inf updates Algorithm 2, l2 updates
-Algorithm 3 with the pseudo-Gaussian pattern of Sec. 3.2) and keeps the change when the
+Algorithm 3 with the pseudo-Gaussian pattern of Sec. 3) and keeps the change when the
 margin loss improves. The window's area is a fraction ``p`` of the image, halved on the
 paper's schedule (:func:`square_p`).
 
@@ -29,7 +29,7 @@ _P_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
 def square_p(i: Array, num_queries: int, p_init: float = P_INIT) -> Array:
-    """The fraction of the image a window covers at iteration ``i`` (Sec. 3, Appendix).
+    """The fraction of the image a window covers at iteration ``i`` (the paper's schedule).
 
     The schedule of the paper for a 10,000-query budget, rescaled to ``num_queries``:
     ``p_init`` for the first 10 iterations, then halved after iterations 10, 50, 200, 500,
@@ -82,7 +82,7 @@ def _unit(v: Array, axes: tuple[int, ...]) -> Array:
 
 
 def _pseudo_gaussian(lr: Array, lc: Array, sh: Array, sw: Array, inside: Array, table: Array):
-    """The l2 pattern eta of Sec. 3.2 on an ``sh x sw`` window, unit l2 norm per example.
+    """The l2 pattern eta (Sec. 3) on an ``sh x sw`` window, unit l2 norm per example.
 
     The window is split in two halves along its rows; each half carries the sum over
     concentric rectangles ``n = d, ..., M - 1`` of ``1 / (n + 1)^2`` (``d`` the Chebyshev
@@ -136,13 +136,13 @@ def _square_once(logits_fn, x, y, key, eps_b, *, num_queries, norm, p_init, boun
 
     k_init, k_loop = jax.random.split(key)
     if norm == "linf":
-        # vertical stripes of +-eps (Sec. 3.1): one sign per column and channel; a vector
+        # vertical stripes of +-eps (Sec. 3): one sign per column and channel; a vector
         # gets one sign per feature.
         sign_shape = (b, h, 1, c) if vector else (b, 1, w, c)
         signs = jax.random.rademacher(k_init, sign_shape, x.dtype)
         x_best = to_ball(eps_b * jnp.broadcast_to(signs, x.shape))
     else:
-        # a grid of pseudo-Gaussian squares of side h // 5 with random signs (Sec. 3.2)
+        # a grid of pseudo-Gaussian squares of side h // 5 with random signs (Sec. 3)
         g = max(h // 5, 1)
         gw = 1 if vector else max(w // 5, 1)
         nh, nw = h // g, w // gw

@@ -1,20 +1,19 @@
-"""Gradient-masking sanity checks (Carlini et al. 2019, arXiv 1902.06705, Sec. 5.2 / 5.4).
+"""Gradient-masking sanity checks (Carlini et al. 2019, arXiv 1902.06705).
 
-A defence that only hides its gradients (obfuscated gradients, Athalye et al. 2018) looks
-robust to gradient attacks and is not. Carlini et al. list symptoms that a sound
-evaluation must not show; :func:`gradient_masking_checks` tests four of them with the
-white-box attack ``APGD-CE -> APGD-T`` (the ``"fast"`` AutoAttack) and the black-box
-Square attack:
+A defence that only hides its gradients (obfuscated gradients, Athalye et al. 2018,
+arXiv 1802.00420) looks robust to gradient attacks and is not. The evaluation checklist of
+Carlini et al. lists symptoms a sound evaluation must not show; :func:`gradient_masking_checks`
+tests four of them with the white-box attack ``APGD-CE -> APGD-T`` (the ``"fast"``
+AutoAttack) and the black-box Square attack:
 
-* ``monotone_in_eps``: robust accuracy does not increase with the radius (Sec. 5.2:
-  "iterative attacks should be strictly stronger than single-step ones / larger budgets
-  stronger than smaller ones");
+* ``monotone_in_eps``: robust accuracy does not increase with the radius (a larger budget
+  can only help the attacker);
 * ``large_eps_breaks_all``: at an unbounded radius (the whole data range) robust accuracy
-  is about 0 (Sec. 5.4, "unbounded attacks should reach 100% success");
+  is about 0 (an unbounded attack must succeed);
 * ``black_box_not_stronger``: Square (score-based, no gradient) does not beat the
-  white-box attack (Sec. 5.4, "gradient-free attacks should not outperform white-box");
+  white-box attack (a gradient-free attack should not outperform a gradient one);
 * ``more_iterations_not_stronger``: 4x the steps and 3 restarts do not lower the robust
-  accuracy much (Sec. 5.2, "the attack has converged").
+  accuracy much (the attack has converged).
 
 Each check allows a slack of ``tolerance`` (a fraction of the batch); a failed check is a
 warning that the robust accuracy may be an overestimate, not a proof of masking.
