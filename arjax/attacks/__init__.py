@@ -1,6 +1,20 @@
 """Pure attack functions on a ``logits_fn`` closure (DESIGN §4)."""
 
+from arjax.attacks.apgd import (
+    APGD_LOSSES,
+    APGDResult,
+    apgd,
+    apgd_checkpoints,
+    apgd_result,
+    top_k_targets,
+)
 from arjax.attacks.bpgd import BPGD_LOSSES, BRACKETS, SIDES, BoundaryResult, bpgd
+from arjax.attacks.ensemble import (
+    AUTOATTACK_VERSIONS,
+    EnsembleMember,
+    autoattack_adversarial,
+    autoattack_members,
+)
 from arjax.attacks.geometry import (
     NORMS,
     check_norm_name,
@@ -15,8 +29,12 @@ from arjax.attacks.objectives import (
     LOSSES,
     attack_objective,
     check_loss_name,
+    dlr_objective,
     kl_objective,
     margin_objective,
+    targeted_dlr_objective,
+    targeted_margin_objective,
+    worst_label_margin,
 )
 from arjax.attacks.pgd import (
     ascent_step,
@@ -37,8 +55,25 @@ from arjax.attacks.registry import (
     register_attack,
     run_attack,
 )
+from arjax.attacks.square import square, square_p
 
 __all__ = [
+    "APGD_LOSSES",
+    "APGDResult",
+    "apgd",
+    "apgd_checkpoints",
+    "apgd_result",
+    "top_k_targets",
+    "AUTOATTACK_VERSIONS",
+    "EnsembleMember",
+    "autoattack_adversarial",
+    "autoattack_members",
+    "dlr_objective",
+    "targeted_dlr_objective",
+    "targeted_margin_objective",
+    "worst_label_margin",
+    "square",
+    "square_p",
     "ATTACKS",
     "AttackDef",
     "AttackSpec",

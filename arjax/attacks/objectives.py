@@ -116,3 +116,116 @@ def attack_objective(
     if clean_logits is None:
         raise ValueError('attack loss "kl" needs clean_logits (the logits at the clean input).')
     return kl_objective(logits, labels, clean_logits)
+
+
+def worst_label_margin(logits: Array, labels: Array) -> Array:
+    """A margin positive exactly when :func:`arjax.losses.predictions_correct` is False.
+
+    Softmax and single binary logit: :func:`margin_objective`. Multi-label (robustness is
+    the exact match of all C labels): the worst label's binary margin,
+    ``max_c -(2 y_c - 1) z_c``, so flipping any one label is enough to make it positive
+    (the sum in :func:`margin_objective` instead asks for all labels at once).
+
+    Args:
+      logits: float ``[B, K]``, ``[B]``, ``[B, 1]`` or ``[B, C]``.
+      labels: int ``[B]``, ``[B]`` in ``{0, 1}``, or multi-hot ``[B, C]``.
+
+    Returns:
+      float ``[B]``.
+    """
+    labels = jnp.asarray(labels)
+    if head_kind(logits, labels) != "multilabel":
+        return margin_objective(logits, labels)
+    sign = 2.0 * labels.astype(logits.dtype) - 1.0
+    return jnp.max(-sign * logits, axis=-1)
+
+
+def _label_and_top(logits: Array, labels: Array, k: int) -> tuple[Array, Array, Array]:
+    """``(z_y [B], max_{j != y} z_j [B], top-k logits [B, k] in decreasing order)``."""
+    is_label = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.bool_)
+    z_label = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)
+    z_other = jnp.max(jnp.where(is_label, -jnp.inf, logits), axis=-1)
+    return z_label, z_other, jax.lax.top_k(logits, k)[0]
+
+
+DLR_EPS = 1e-12  # the denominator offset of Croce & Hein (2020), Sec. 4
+
+
+def dlr_objective(logits: Array, labels: Array) -> Array:
+    """Difference of Logits Ratio (Croce & Hein 2020, arXiv 2003.01690, Sec. 4).
+
+    ``DLR = -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12)`` with ``z_pi1 >= z_pi2 >=
+    ...`` the sorted logits: the CW margin divided by a spread of the logits, so it is
+    invariant to shifting and rescaling the logits. Positive iff misclassified.
+
+    Fallbacks where the ratio needs more classes than the head has (documented choice,
+    never NaN): softmax with K = 2, a single binary logit and multi-label heads use the
+    unnormalised margin :func:`worst_label_margin` (the logit difference ``z_other - z_y``
+    for K = 2, ``-(2y - 1) z`` for one logit, the worst label's margin for multi-hot
+    labels).
+
+    Args:
+      logits: float ``[B, K]``, ``[B]``, ``[B, 1]`` or ``[B, C]``.
+      labels: int ``[B]``, ``[B]`` in ``{0, 1}``, or multi-hot ``[B, C]``.
+
+    Returns:
+      float ``[B]``.
+    """
+    labels = jnp.asarray(labels)
+    if head_kind(logits, labels) != "softmax" or logits.shape[-1] < 3:
+        return worst_label_margin(logits, labels)
+    z_label, z_other, top = _label_and_top(logits, labels, 3)
+    return (z_other - z_label) / (top[:, 0] - top[:, 2] + DLR_EPS)
+
+
+def targeted_dlr_objective(logits: Array, labels: Array, target: Array) -> Array:
+    """Targeted DLR (Croce & Hein 2020, arXiv 2003.01690, Sec. 4), maximised.
+
+    ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)`` for K >= 4: positive once the
+    target logit beats the true one. Fallbacks (documented choice, never NaN): K = 3 uses
+    the untargeted denominator ``z_pi1 - z_pi3`` (there is no ``z_pi4``); K = 2 the logit
+    difference ``z_t - z_y``; a single binary logit and multi-label heads have no target
+    class and use :func:`worst_label_margin` (``target`` is ignored).
+
+    Args:
+      logits: float ``[B, K]``, ``[B]``, ``[B, 1]`` or ``[B, C]``.
+      labels: int ``[B]``, ``[B]`` in ``{0, 1}``, or multi-hot ``[B, C]``.
+      target: int ``[B]`` target classes (softmax heads; ``target != labels``).
+
+    Returns:
+      float ``[B]``.
+    """
+    labels = jnp.asarray(labels)
+    if head_kind(logits, labels) != "softmax":
+        return worst_label_margin(logits, labels)
+    num_classes = logits.shape[-1]
+    is_target = jax.nn.one_hot(target, num_classes, dtype=jnp.bool_)
+    z_target = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1)
+    z_label, _, top = _label_and_top(logits, labels, min(num_classes, 4))
+    gap = z_target - z_label
+    if num_classes == 2:
+        return gap
+    if num_classes == 3:
+        return gap / (top[:, 0] - top[:, 2] + DLR_EPS)
+    return gap / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + DLR_EPS)
+
+
+def targeted_margin_objective(logits: Array, labels: Array, target: Array) -> Array:
+    """Targeted CW margin ``z_t - z_y`` (softmax); :func:`worst_label_margin` otherwise.
+
+    Args:
+      logits: float ``[B, K]``, ``[B]``, ``[B, 1]`` or ``[B, C]``.
+      labels: int ``[B]``, ``[B]`` in ``{0, 1}``, or multi-hot ``[B, C]``.
+      target: int ``[B]`` target classes (ignored for non-softmax heads).
+
+    Returns:
+      float ``[B]``.
+    """
+    labels = jnp.asarray(labels)
+    if head_kind(logits, labels) != "softmax":
+        return worst_label_margin(logits, labels)
+    num_classes = logits.shape[-1]
+    is_target = jax.nn.one_hot(target, num_classes, dtype=jnp.bool_)
+    is_label = jax.nn.one_hot(labels, num_classes, dtype=jnp.bool_)
+    z_target = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1)
+    return z_target - jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)

@@ -2,7 +2,8 @@
 
 Training methods (``method.attack``), the final evaluation (``eval.attacks``), the
 ``arjax-evaluate --attack`` flag and the benchmarks all name an attack the same way,
-``"name:norm:eps[:steps]"`` (e.g. ``"pgd:l2:0.5:100"``, ``"fgsm:linf:8/255"``), and all
+``"name:norm:eps[:steps]"`` (e.g. ``"pgd:l2:0.5:100"``, ``"fgsm:linf:8/255"``,
+``"apgd-ce:l2:0.5"``, ``"square:linf:0.03:5000"``, ``"autoattack:linf:8/255"``), and all
 run it through :func:`run_attack`. Adding an attack is one module in ``arjax/attacks/``
 with a runner, one :func:`register_attack` call at the bottom of this file, and its tests.
 
@@ -18,9 +19,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from arjax.attacks.apgd import DEFAULT_TARGETS, apgd
+from arjax.attacks.ensemble import autoattack_adversarial, autoattack_members
 from arjax.attacks.geometry import NORMS
 from arjax.attacks.objectives import LOSSES
 from arjax.attacks.pgd import DEFAULT_ALPHA, pgd
+from arjax.attacks.square import square
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
 _REQUIRED = ("attack", "norm", "eps", "num_steps")
@@ -178,6 +182,8 @@ def make_spec(
         steps = definition.fixed_steps
     if steps < 1:
         raise SpecError(f"steps={steps} in {where} is out of range; valid: [1, inf)")
+    # an attack's first loss is its default (pgd: "ce", apgd-dlr: "dlr")
+    options = {"loss": definition.losses[0], **options}
     spec = AttackSpec(attack, norm, eps, steps, **options)
     if spec.loss not in definition.losses:
         valid = ", ".join(definition.losses)
@@ -251,11 +257,16 @@ def run_attack(
     Returns:
       ``x_adv`` shaped like ``x``, inside the ball and the bounds, gradients stopped.
     """
+    definition = ATTACKS[spec.attack]
+    if spec.loss not in definition.losses:
+        valid = ", ".join(definition.losses)
+        raise SpecError(f"attack {spec.attack!r} has no loss {spec.loss!r}; valid: {valid}")
     eps = spec.eps if eps is None else eps
     if step_size is None:
         step_size = spec.step_for(eps)
-    runner = ATTACKS[spec.attack].runner
-    return runner(spec, logits_fn, x, y, key, eps=eps, step_size=step_size, bounds=bounds)
+    return definition.runner(
+        spec, logits_fn, x, y, key, eps=eps, step_size=step_size, bounds=bounds
+    )
 
 
 def _run_pgd(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
@@ -323,4 +334,102 @@ register_attack(
 register_attack(
     "fgsm",
     AttackDef(_run_fgsm, LOSSES, fixed_steps=1, doc="one signed step of size eps (Goodfellow)"),
+)
+
+
+def _run_apgd(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
+    """Auto-PGD (Croce & Hein 2020) with ``spec.loss``; the initial step is 2 eps.
+
+    APGD adapts its own step, so the ``alpha * eps / steps`` rule (and the ``step_size``
+    argument) is not used; a spec that fixes ``step_size`` sets the initial step instead.
+    Targeted losses run ``spec.restarts`` starts for each of the ``DEFAULT_TARGETS`` (9)
+    highest other classes (at most K - 1) and keep each example's worst.
+    """
+    del step_size
+    return apgd(
+        logits_fn,
+        x,
+        y,
+        key,
+        eps=eps,
+        num_steps=spec.num_steps,
+        norm=spec.norm,
+        loss=spec.loss,
+        restarts=spec.restarts,
+        num_targets=DEFAULT_TARGETS,
+        random_start=spec.random_start,
+        bounds=bounds,
+        initial_step=spec.step_size,
+    )
+
+
+def _run_square(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
+    """Square Attack (Andriushchenko et al. 2020) with ``spec.num_steps`` queries."""
+    del step_size
+    return square(
+        logits_fn,
+        x,
+        y,
+        key,
+        eps=eps,
+        num_queries=spec.num_steps,
+        norm=spec.norm,
+        restarts=spec.restarts,
+        bounds=bounds,
+    )
+
+
+def _autoattack_runner(version: str) -> AttackRunner:
+    def run(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
+        """AutoAttack: ``spec.num_steps`` APGD iterations, 50x as many Square queries."""
+        del step_size
+        members = autoattack_members(version, num_steps=spec.num_steps, restarts=spec.restarts)
+        x_adv, _ = autoattack_adversarial(
+            logits_fn, x, y, key, eps=eps, norm=spec.norm, bounds=bounds, members=members
+        )
+        return x_adv
+
+    return run
+
+
+register_attack(
+    "apgd-ce",
+    AttackDef(_run_apgd, ("ce",), doc="Auto-PGD on the cross-entropy (Croce & Hein 2020)"),
+)
+register_attack(
+    "apgd-dlr",
+    AttackDef(_run_apgd, ("dlr",), doc="Auto-PGD on the DLR loss (Croce & Hein 2020)"),
+)
+register_attack(
+    "apgd-t",
+    AttackDef(
+        _run_apgd,
+        ("dlr-t", "margin-t"),
+        doc="targeted Auto-PGD over the 9 highest other classes, worst kept",
+    ),
+)
+register_attack(
+    "square",
+    AttackDef(
+        _run_square,
+        ("margin",),
+        gradient_free=True,
+        doc="Square Attack, score-based random search; steps = queries",
+    ),
+)
+register_attack(
+    "autoattack",
+    AttackDef(
+        _autoattack_runner("standard"),
+        ("ensemble",),
+        doc="AutoAttack: APGD-CE, APGD-T, APGD-T-margin (for FAB-T), Square",
+    ),
+)
+register_attack(
+    "autoattack-fast",
+    AttackDef(
+        _autoattack_runner("fast"),
+        ("ensemble",),
+        doc="APGD-CE then APGD-T over 3 targets (cheap, no Square)",
+    ),
 )
