@@ -289,7 +289,10 @@ def test_csv_manifest_missing_unreadable_and_dicom(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"m.csv:9: image file not found: .*img/7.png"):
         load_dataset(cfg)
     _write(os.path.join(tmp_path, "img", "7.png"), "not a png")
-    ds = load_dataset(cfg)  # decoding is lazy; the file is named when it is read
+    # Checked at load time, before any compute: the manifest line and the file.
+    with pytest.raises(ValueError, match=r"m.csv:9: .*img/7.png: not a PNG, JPEG or DICOM"):
+        load_dataset(cfg)
+    ds = load_dataset({**cfg, "verify_images": False})  # unchecked: named when it is read
     src = ds.splits["train"]
     with pytest.raises(ValueError, match=r"unreadable image .*img/7.png"):
         src.gather(np.arange(len(src)))

@@ -9,7 +9,10 @@ with ``register_dataset`` (``arjax.data.registry``). Registered
 ``data.name`` values: ``"moons"`` (below), ``"tfds"`` (``tfds.py``),
 ``"synthetic_images"`` (``synthetic.py``), ``"chestxray14"`` and
 ``"covid_ct"`` (``medical.py``), ``"csv_manifest"`` (``manifest.py``) and
-``"synthetic_lesions"`` (``lesions.py``).
+``"synthetic_lesions"`` (``lesions.py``). ``checks.py`` holds the checks run
+while loading, before any compute: class counts (``check_num_classes``,
+``check_model_outputs``) and a header check of every image file
+(``verify_images``).
 """
 
 from collections.abc import Mapping
@@ -18,6 +21,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from arjax.data.checks import check_model_outputs, check_num_classes, verify_images
 from arjax.data.images import ImageFileSource, decode_image
 from arjax.data.lesions import build_synthetic_lesions, write_synthetic_lesions
 from arjax.data.manifest import build_csv_manifest, read_manifest
@@ -107,6 +111,8 @@ __all__ = [
     "build_moons",
     "build_synthetic_images",
     "build_tfds",
+    "check_model_outputs",
+    "check_num_classes",
     "eval_batches",
     "load_dataset",
     "make_moons",
@@ -118,4 +124,5 @@ __all__ = [
     "split_seed",
     "steps_per_epoch",
     "train_dataset",
+    "verify_images",
 ]

@@ -4,8 +4,11 @@
 (bilinear resize with Pillow, antialiased when shrinking; RGB/RGBA -> luma
 for one channel, grey replicated for three; 16-bit PNGs scaled by 1/65535;
 DICOM through its modality and VOI look-up tables, then min-max scaled, with
-MONOCHROME1 inverted). Aspect ratios are not kept: every image is stretched
-to ``S x S`` (COVID-CT slices vary in size; ChestX-ray14 is square).
+MONOCHROME1 inverted; PALETTE COLOR through its palette to RGB). A DICOM file
+is recognised by its ``.dcm`` / ``.dicom`` suffix or, for any other suffix
+that is not a Pillow image's, by the ``DICM`` marker at byte 128. Aspect
+ratios are not kept: every image is stretched to ``S x S`` (COVID-CT slices
+vary in size; ChestX-ray14 is square).
 
 ``ImageFileSource`` is the pipeline's ``RecordSource`` over a list of files:
 ``gather`` decodes a batch (in grain worker processes when the pipeline uses
@@ -29,9 +32,33 @@ _CACHE_VERSION = "1"
 DICOM_HINT = "DICOM needs pydicom: pip install 'arjax[medical]'"
 
 
+# Suffixes read by Pillow: never sniffed for the DICOM marker.
+_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def has_dicom_marker(path: str) -> bool:
+    """Whether ``path`` holds the DICOM part-10 marker ``DICM`` at byte 128 (unreadable: False)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def is_dicom(path: str) -> bool:
-    """Whether ``path`` names a DICOM file (``.dcm`` / ``.dicom`` suffix)."""
-    return path.lower().endswith((".dcm", ".dicom"))
+    """Whether ``path`` is a DICOM file.
+
+    True for a ``.dcm`` / ``.dicom`` suffix; False for a Pillow image suffix
+    (``.png``, ``.jpg``, ...); otherwise (no suffix, ``.ima``, ...) whether the
+    file holds the ``DICM`` marker at byte 128 (``has_dicom_marker``).
+    """
+    lower = path.lower()
+    if lower.endswith((".dcm", ".dicom")):
+        return True
+    if lower.endswith(_PIL_SUFFIXES):
+        return False
+    return has_dicom_marker(path)
 
 
 def _import_pydicom(path: str):
@@ -42,18 +69,77 @@ def _import_pydicom(path: str):
     return pydicom
 
 
+def dicom_decoder_problem(ds) -> str | None:
+    """Why the installed pydicom cannot decode a DICOM file's pixels, from its header alone.
+
+    Compressed transfer syntaxes (JPEG-LS, JPEG 2000, lossless JPEG, ...) need
+    a decoder plugin (pylibjpeg, gdcm, pyjpegls); Pillow decodes 8-bit JPEG
+    Extended only, not its 12-bit samples.
+
+    Args:
+        ds: A ``pydicom`` dataset (``dcmread(path, stop_before_pixels=True)``).
+
+    Returns:
+        One line naming the transfer syntax and what to install, or None when
+        a decoder is available.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = None if meta is None else meta.get("TransferSyntaxUID", None)
+    if syntax is None:
+        return None  # no file meta: pydicom reads it as uncompressed
+    name = f"transfer syntax {syntax.name!r} ({syntax})"
+    try:
+        from pydicom.pixels import get_decoder  # pydicom >= 3
+    except ImportError:
+        get_decoder = None
+    if get_decoder is None:  # pydicom 2.x: the configured pixel data handlers
+        import pydicom.config
+
+        handlers = [
+            h
+            for h in pydicom.config.pixel_data_handlers
+            if h.supports_transfer_syntax(syntax) and h.is_available()
+        ]
+        if not handlers:
+            return f"{name} has no pixel data handler installed (pylibjpeg, gdcm, ...)"
+        plugins = {h.__name__.rsplit(".", 1)[-1].removesuffix("_handler") for h in handlers}
+    else:
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError:
+            return f"{name}: pydicom has no decoder for it"
+        if not decoder.is_available:
+            return f"{name} needs a decoder plugin: {'; '.join(decoder.missing_dependencies)}"
+        plugins = set(decoder.available_plugins)
+    bits = int(ds.get("BitsStored", 8) or 8)
+    if syntax == "1.2.840.10008.1.2.4.51" and bits > 8 and plugins <= {"pillow"}:
+        return (
+            f"{name} with {bits}-bit samples: Pillow decodes 8-bit JPEG only; "
+            "install pylibjpeg and pylibjpeg-libjpeg, or python-gdcm"
+        )
+    return None
+
+
 def _read_dicom(path: str) -> np.ndarray:
     """DICOM pixels as float32 ``[H, W]`` or ``[H, W, 3]`` in [0, 1]."""
     pydicom = _import_pydicom(path)
-    try:
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut  # pydicom >= 3
+    try:  # pydicom >= 3
+        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
     except ImportError:
-        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+        from pydicom.pixel_data_handlers.util import (
+            apply_color_lut,
+            apply_modality_lut,
+            apply_voi_lut,
+        )
 
-    ds = pydicom.dcmread(path)
+    ds = pydicom.dcmread(path, force=True)
     pixels = ds.pixel_array
     if pixels.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1:
         pixels = pixels[0]  # multi-frame: the first frame
+    if ds.get("PhotometricInterpretation", "") == "PALETTE COLOR":
+        # Palette indices -> RGB entries (8 or 16 bits, as the LUT stores them).
+        rgb = apply_color_lut(pixels, ds)
+        return rgb.astype(np.float32) / float(np.iinfo(rgb.dtype).max)
     if ds.get("SamplesPerPixel", 1) == 1:
         pixels = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
     pixels = pixels.astype(np.float32)
@@ -103,7 +189,7 @@ def decode_image(path: str, image_size: int, channels: int = 1) -> np.ndarray:
     """Reads and resizes one image file.
 
     Args:
-        path: A PNG, JPEG (any Pillow format) or DICOM (``.dcm``) file.
+        path: A PNG, JPEG (any Pillow format) or DICOM file (see ``is_dicom``).
         image_size: Output side ``S`` in pixels.
         channels: 1 (grayscale) or 3 (RGB).
 
@@ -135,7 +221,7 @@ def image_size_of(path: str) -> tuple[int, int]:
     """
     try:
         if is_dicom(path):
-            ds = _import_pydicom(path).dcmread(path, stop_before_pixels=True)
+            ds = _import_pydicom(path).dcmread(path, stop_before_pixels=True, force=True)
             return int(ds.Columns), int(ds.Rows)
         with Image.open(path) as img:
             return img.size

@@ -2,7 +2,9 @@
 
 Nothing is downloaded. Each builder checks the whole layout before returning
 (CSV syntax, labels, boxes, split membership, patient leakage, that every
-image file of the used splits exists) and returns ``DatasetSplits`` whose
+image file of the used splits exists and its header says it will decode:
+``arjax.data.checks.verify_images``, off with ``verify_images=False``) and
+returns ``DatasetSplits`` whose
 splits are ``ImageFileSource`` objects: images are decoded lazily in
 ``gather`` (in grain worker processes when the pipeline uses them), float32
 ``[B, S, S, C]`` in [0, 1]. Errors name the file and, for CSV and list files,
@@ -33,6 +35,7 @@ import os
 import ml_collections
 import numpy as np
 
+from arjax.data.checks import verify_images
 from arjax.data.manifest import (
     build_csv_manifest,
     cap_rows,
@@ -201,6 +204,15 @@ def build_chestxray14(config: ml_collections.ConfigDict) -> DatasetSplits:
                 f"(looked in {root}/images and {root}/images_*/images)"
             )
         paths[row] = found[name]
+    if config.get("verify_images", True):
+        used = np.sort(np.concatenate(list(rows.values())))
+        verify_images(
+            [paths[r] for r in used],
+            [f"{entry_csv}:{lines[r]}" for r in used],
+            channels=1,
+            image_size=size,
+            source=entry_csv,
+        )
     boxes = _chestxray_boxes(os.path.join(root, "BBox_List_2017.csv"), row_of, original, size)
     splits = make_sources(
         paths,
@@ -270,6 +282,15 @@ def build_covid_ct(config: ml_collections.ConfigDict) -> DatasetSplits:
         labels += [label] * len(files)
     rows_np = {s: np.asarray([r for *_, r in sorted(k)], np.int64) for s, k in keyed.items() if k}
     rows_np = cap_rows(rows_np, config_int(config, "max_examples", 0, 0))
+    if config.get("verify_images", True):
+        used = np.sort(np.concatenate(list(rows_np.values())))
+        verify_images(
+            [paths[r] for r in used],
+            [os.path.dirname(paths[r]) for r in used],
+            channels=channels,
+            image_size=size,
+            source=f"covid_ct {root}",
+        )
     splits = make_sources(
         paths,
         np.asarray(labels, np.int32),

@@ -13,6 +13,8 @@ from typing import Any
 
 import ml_collections
 
+from arjax.data.checks import check_num_classes
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSplits:
@@ -80,10 +82,14 @@ def load_dataset(config: ml_collections.ConfigDict | Mapping[str, Any]) -> Datas
     Raises:
         ValueError: ``unknown data.name 'x'; valid: ...`` for an unregistered
             name, or the builder's validation error naming the field.
+        ConfigError: When ``data.num_classes`` is set and the data have
+            another number of classes (``checks.check_num_classes``).
     """
     if not isinstance(config, ml_collections.ConfigDict):
         config = ml_collections.ConfigDict(dict(config))
     name = config.get("name")
     if name not in DATASETS:
         raise ValueError(f"unknown data.name {name!r}; valid: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](config)
+    dataset = DATASETS[name](config)
+    check_num_classes(dataset.num_classes, config.get("num_classes", None), f"data.name={name!r}")
+    return dataset
