@@ -13,10 +13,11 @@ from helpers import tiny_config
 from jax.extend.core import jaxprs_in_params
 
 from arjax import attacks, methods
-from arjax.config_lib import ConfigError, base_config
+from arjax.config_lib import ConfigError
+from arjax.experiment import train as loop
+from arjax.experiment.presets import base_config
 from arjax.models import split_model
 from arjax.models.mlp import MLP
-from arjax.training import loop
 
 RNG = np.random.default_rng(0)
 W1 = RNG.normal(size=(2, 5)).astype(np.float32)

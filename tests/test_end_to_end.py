@@ -101,7 +101,10 @@ def launch(*args, timeout=300):
 @pytest.mark.parametrize(
     "override,expect",
     [
-        ("--config.method.name=madry", "valid choices: adversarial, arfl, ima, noise, standard"),
+        (
+            "--config.method.name=madry",
+            "valid choices: adversarial, arfl, ima, mart, noise, standard, trades",
+        ),
         (
             "--config.model.name=resnet",
             "unknown model.name 'resnet'; valid choices: cam_cnn, densenet121, "

@@ -96,9 +96,12 @@ def test_cli_attack_grid_on_the_latest_checkpoint(trained, capsys):
     top = json.loads((trained / "eval.json").read_text())
     assert top["summary"]["pgd2_linf_0.2/auc"]["n"] == 2
     assert (trained / "attacks_accuracy_linf.png").stat().st_size > 0  # metric vs eps
+
     # flags not given keep the config's attack: FGSM at adv_eps 0.2 here
     def flags(*args):
-        return cli.parse(evaluate.PROG, "", [f"--workdir={trained}", *args], evaluate.define_flags)[0]
+        return cli.parse(evaluate.PROG, "", [f"--workdir={trained}", *args], evaluate.define_flags)[
+            0
+        ]
 
     assert evaluate.eval_overrides(flags()) == {}
     args = flags("--norm=l2", "--steps=5")

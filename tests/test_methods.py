@@ -128,7 +128,7 @@ def test_method_losses_are_differentiable_and_jittable():
 @pytest.mark.parametrize(
     "field,value,expect",
     [
-        ("name", "madry", "valid choices: adversarial, arfl, ima, noise, standard"),
+        ("name", "madry", "valid choices: adversarial, arfl, ima, mart, noise, standard, trades"),
         ("r", 1.5, "method.r=1.5 is out of range; valid: [0.0, 1.0]"),
         ("attack", "cw", "valid choices: fgsm, pgd"),
         ("eps", 0.0, "method.eps=0.0 is out of range"),

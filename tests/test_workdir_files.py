@@ -47,3 +47,11 @@ def test_config_json_is_written_whole_and_compared(tmp_path):
     (tmp_path / "config.json").write_text("")  # e.g. a disk that filled up earlier
     with pytest.raises(ConfigError, match="config.json is not valid JSON"):
         check_config(str(tmp_path), tiny_config(num_epochs=9))
+
+
+def test_a_head_that_cannot_hold_the_classes_fails_before_compute(tmp_path):
+    cfg = tiny_config()
+    cfg.model.num_outputs = 3  # two-moons has 2 classes
+    with pytest.raises(ConfigError, match="model.num_outputs=3, but moons has 2 classes"):
+        train.run(cfg, str(tmp_path), progress=False)
+    assert not (tmp_path / "config.json").exists()

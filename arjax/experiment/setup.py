@@ -17,6 +17,7 @@ from arjax import margins as margin_table
 from arjax import methods, parallel
 from arjax.config_lib import ConfigError
 from arjax.data import folds as folds_lib
+from arjax.data.checks import check_model_outputs
 from arjax.models import ModelFns, build_model
 from arjax.training import optim
 from arjax.training.checkpoint import Checkpointer
@@ -31,10 +32,12 @@ CHECKPOINTS = ("auto", "best", "latest")
 def load_folds(cfg: ml_collections.ConfigDict) -> list[data_lib.DatasetSplits]:
     """The datasets of an experiment: one, or one per fold when ``cfg.folds >= 2``.
 
-    Checks that every fold has at least ``train.batch_size`` training examples.
+    Checks that every fold has at least ``train.batch_size`` training examples and
+    that ``model.num_outputs`` can represent the data's classes.
 
     Raises:
-      ConfigError: unreadable data (the file named) or too small a training split.
+      ConfigError: unreadable data (the file named), too small a training split, or a
+        head width that does not match the classes.
     """
     num_folds = int(cfg.get("folds", 0))
     cv = cfg.get("cv", None) or {}
@@ -48,6 +51,9 @@ def load_folds(cfg: ml_collections.ConfigDict) -> list[data_lib.DatasetSplits]:
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from e
     for fold, dataset in enumerate(datasets):
+        # a head that cannot represent the classes (e.g. a mistyped extra label) stops here
+        num_outputs = int(cfg.model.get("num_outputs", 0) or 0)
+        check_model_outputs(dataset.num_classes, num_outputs, cfg.data.get("name", "data"))
         n_train = data_lib.split_length(dataset.splits["train"])
         if n_train < cfg.train.batch_size:
             where = f" in fold {fold} of folds={num_folds}" if num_folds else ""
