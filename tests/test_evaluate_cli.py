@@ -111,7 +111,7 @@ def test_cli_attack_grid_on_the_latest_checkpoint(trained, capsys):
 @pytest.mark.parametrize(
     "args,expect",
     [
-        (["--attack=cw"], "flag --attack: unknown 'cw'; valid choices: fgsm, pgd"),
+        (["--attack=cw"], "flag --attack: unknown 'cw'; valid choices: apgd-ce, apgd-dlr, apgd-t"),
         (["--norm=l1"], "flag --norm: unknown 'l1'; valid choices: linf, l2"),
         (["--eps=x"], "flag --eps: eps 'x' in --eps is not a number"),
         (["--checkpoint=old"], "flag --checkpoint=old: value should be one of"),

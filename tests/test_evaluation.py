@@ -506,7 +506,7 @@ def test_attack_specs_parse_legacy_and_reject_bad_entries():
         "fgsm:l2:0.1:7",
     )
     for bad, expect in [
-        (("cw:linf:0.1",), r"unknown attack 'cw' in eval.attacks\[0\]; valid choices: fgsm, pgd"),
+        (("cw:linf:0.1",), r"unknown attack 'cw' in eval.attacks\[0\]; valid choices: apgd-ce,"),
         (("pgd:l3:0.1",), "unknown norm 'l3' in eval.attacks.*valid choices: linf, l2"),
         (("pgd:linf:big",), "eps 'big' in eval.attacks.*is not a number"),
         (("pgd:linf",), "is not attack:norm:eps"),
