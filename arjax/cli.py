@@ -25,7 +25,7 @@ def parse(
     prog: str,
     doc: str,
     argv: Sequence[str] | None,
-    define: Callable[[flags.FlagValues], None],
+    define: Callable[[flags.FlagValues, list[str]], None],
     *,
     positional: str = "",
 ) -> tuple[flags.FlagValues, list[str]]:
@@ -35,7 +35,8 @@ def parse(
       prog: the command's name (in help and errors).
       doc: the command's description (first lines of ``--help``).
       argv: arguments; None reads ``sys.argv[1:]``.
-      define: defines the command's flags on the FlagValues it gets.
+      define: defines the command's flags on the FlagValues it gets; also gets the full
+        argv (``[prog, *argv]``: config flags define their overrides from it).
       positional: name of the positional arguments in the usage line ("" for none).
 
     Returns:
@@ -45,8 +46,8 @@ def parse(
       SystemExit: 0 after ``--help``; 2 with a one-line message for bad flags.
     """
     fv = flags.FlagValues()
-    define(fv)
     args = list(sys.argv[1:] if argv is None else argv)
+    define(fv, [prog, *args])
     if "--help" in args or "-h" in args or "--helpfull" in args:
         usage = f"usage: {prog} [flags]" + (f" {positional}" if positional else "")
         print(f"{usage}\n\n{doc.strip()}\n\nflags:\n{fv.get_help(include_special_flags=False)}")
@@ -55,9 +56,20 @@ def parse(
         rest = fv([prog, *args])[1:]
     except flags.Error as e:
         fail(prog, str(e))
+    except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+        # ml_collections' config flags raise these for ``--config=missing.py`` or an
+        # override of a field the config lacks (``--config.train.batchsize=3``).
+        fail(prog, f"bad flag: {exception_text(e)}")
     if not positional and rest:
         fail(prog, f"unexpected arguments: {rest}")
     return fv, rest
+
+
+def exception_text(e: BaseException) -> str:
+    """A one-line text of ``e`` without the quoting KeyError and AttributeError add."""
+    text = str(e.args[0]) if isinstance(e, KeyError | AttributeError) and e.args else str(e)
+    text = text.replace("\\n", " ").replace("\\'", "'").replace('"', "")
+    return text.strip("'")
 
 
 def fail(prog: str, message: str) -> None:

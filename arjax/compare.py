@@ -22,8 +22,9 @@ from arjax.experiment import compare as comparison
 PROG = "arjax-compare"
 
 
-def define_flags(fv: flags.FlagValues) -> None:
-    """The command's flags (the workdirs are positional)."""
+def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    """The command's flags (the workdirs are positional; ``argv`` unused)."""
+    del argv
     flags.DEFINE_enum("metric", "auto", comparison.METRICS, "metric to compare", flag_values=fv)
     flags.DEFINE_string("attack", "adversarial", "'adversarial' or an attack name", flag_values=fv)
     flags.DEFINE_list("labels", None, "row labels, comma-separated", flag_values=fv)

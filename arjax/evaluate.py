@@ -26,8 +26,9 @@ from arjax.experiment.setup import CHECKPOINTS
 PROG = "arjax-evaluate"
 
 
-def define_flags(fv: flags.FlagValues) -> None:
-    """The command's flags."""
+def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    """The command's flags (``argv`` unused)."""
+    del argv
     flags.DEFINE_string("workdir", None, "training workdir (with config.json)", flag_values=fv)
     flags.DEFINE_list(
         "attack", [], f"attacks, e.g. fgsm,pgd ({', '.join(ATTACKS)})", flag_values=fv

@@ -19,14 +19,15 @@ from arjax import cli
 PROG = "arjax-train"
 
 
-def define_flags(fv: flags.FlagValues) -> None:
-    """The command's flags."""
+def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    """The command's flags; ``argv`` tells the config flag which overrides to define."""
     config_flags.DEFINE_config_file(
         "config",
         None,
         "Experiment config file, optionally with ':variant'.",
         flag_values=fv,
         lock_config=True,
+        sys_argv=argv,
     )
     flags.DEFINE_string(
         "workdir", None, "Run directory (resumed when it holds a run).", flag_values=fv
@@ -55,7 +56,14 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
 
     def body() -> dict | None:
         workdir = fv.workdir or default_workdir(fv["config"].config_filename)
-        report = train.run(fv.config, workdir, progress=fv.progress)
+        path = fv["config"].config_filename
+        try:
+            config = fv.config
+            config.get("name")  # a file that failed to load raises on first access
+        except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+            msg = f"flag --config: cannot load {path!r}: {cli.exception_text(e)}"
+            raise cli.UsageError(msg) from None
+        report = train.run(config, workdir, progress=fv.progress)
         if report is None:
             print(f"preempted: checkpoint saved in {workdir}; rerun the same command to resume")
             return None

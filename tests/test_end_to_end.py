@@ -175,3 +175,26 @@ def test_init_from_takes_another_runs_parameters(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, started.params, trained.params)
     with pytest.raises(loop.ConfigError, match="not a run directory"):
         setup.init_from(str(tmp_path / "nope"), fresh, seed=0)
+
+
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["--config=configs/quickstart.py", "--config.train.batchsize=3"], "batch_size"),
+        (["--config=configs/nope.py"], "cannot load 'configs/nope.py'"),
+        (["--config=configs/quickstart.py", "--config.seeds=abc"], "seeds=('abc',) must be"),
+        (["--config=configs/quickstart.py", "--nosuchflag"], "nosuchflag"),
+    ],
+)
+def test_cli_user_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch, args, expect):
+    """In-process ``main(argv)``: a user error is one line and status 2, no traceback."""
+    from arjax import launch
+
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exit_:
+        launch.main([*args, f"--workdir={tmp_path / 'w'}", "--noprogress"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("arjax-train: error:") and expect in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "w" / "config.json").exists()

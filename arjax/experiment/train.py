@@ -74,8 +74,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         )
     if cfg.train.select_best and not cfg.train.eval_every:
         raise ConfigError("train.select_best needs train.eval_every > 0 (validation evaluations)")
-    if not len(cfg.seeds):
-        raise ConfigError("seeds is empty; give at least one seed, e.g. seeds=(0,)")
+    seeds = cfg.seeds if isinstance(cfg.seeds, tuple | list) else (cfg.seeds,)
+    if not len(seeds) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"seeds={cfg.seeds!r} must be a non-empty tuple of integers, e.g. (0, 1)")
 
 
 def _boundary(step: int, every: int, total: int) -> int:
