@@ -67,3 +67,16 @@ def preempt_after_save(monkeypatch, directory: str | None = None) -> None:
 
     monkeypatch.setattr(loop, "PreemptionFlag", Flag)
     monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_preempt)
+
+
+def scan_body_sizes(jaxpr) -> list[int]:
+    """Equation counts of every ``scan`` body in ``jaxpr`` (nested ones too)."""
+    from jax.extend.core import jaxprs_in_params
+
+    sizes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            sizes.append(len(eqn.params["jaxpr"].jaxpr.eqns))
+        for sub in jaxprs_in_params(eqn.params):
+            sizes += scan_body_sizes(sub)
+    return sizes

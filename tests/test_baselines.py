@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import tiny_config
-from jax.extend.core import jaxprs_in_params
+from helpers import scan_body_sizes, tiny_config
 
 from arjax import attacks, methods
 from arjax.config_lib import ConfigError
@@ -159,16 +158,6 @@ def test_gradients_are_finite_and_jittable(name, num_outputs):
     assert any(np.any(g != 0) for g in leaves)
 
 
-def _scan_body_sizes(jaxpr) -> list[int]:
-    sizes = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "scan":
-            sizes.append(len(eqn.params["jaxpr"].jaxpr.eqns))
-        for sub in jaxprs_in_params(eqn.params):
-            sizes += _scan_body_sizes(sub)
-    return sizes
-
-
 @pytest.mark.parametrize("name", ["trades", "mart"])
 def test_training_gradient_does_not_linearise_the_attack_loop(name):
     loss_fn, params, stats, batch, *_ = setup(name, 3)
@@ -176,9 +165,9 @@ def test_training_gradient_does_not_linearise_the_attack_loop(name):
     def value(p):
         return loss_fn(p, stats, batch, KEY)[0]
 
-    plain = _scan_body_sizes(jax.make_jaxpr(value)(params).jaxpr)
+    plain = scan_body_sizes(jax.make_jaxpr(value)(params).jaxpr)
     assert plain
-    assert _scan_body_sizes(jax.make_jaxpr(jax.grad(value))(params).jaxpr) == plain
+    assert scan_body_sizes(jax.make_jaxpr(jax.grad(value))(params).jaxpr) == plain
 
 
 def test_mart_boosted_ce_is_finite_for_confident_logits():

@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import linear_model
-from jax.extend.core import jaxprs_in_params
+from helpers import linear_model, scan_body_sizes
 
 from arjax import methods
 from arjax.config_lib import ConfigError
@@ -150,16 +149,6 @@ def test_unknown_override_field():
         methods.method_config("arfl", lamda=1.0)
 
 
-def _scan_body_sizes(jaxpr) -> list[int]:
-    sizes = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "scan":
-            sizes.append(len(eqn.params["jaxpr"].jaxpr.eqns))
-        for sub in jaxprs_in_params(eqn.params):
-            sizes += _scan_body_sizes(sub)
-    return sizes
-
-
 @pytest.mark.parametrize(
     "name, fields",
     [
@@ -182,6 +171,6 @@ def test_training_gradient_does_not_linearise_the_attack_loops(name, fields):
     def value(p):
         return loss(p, stats, batch, jax.random.key(0))[0]
 
-    plain = _scan_body_sizes(jax.make_jaxpr(value)(params).jaxpr)
+    plain = scan_body_sizes(jax.make_jaxpr(value)(params).jaxpr)
     assert plain  # the attack loops are there
-    assert _scan_body_sizes(jax.make_jaxpr(jax.grad(value))(params).jaxpr) == plain
+    assert scan_body_sizes(jax.make_jaxpr(jax.grad(value))(params).jaxpr) == plain
