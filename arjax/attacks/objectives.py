@@ -23,6 +23,14 @@ def check_loss_name(name: str) -> None:
         raise ValueError(f"unknown attack loss {name!r}; valid choices: {', '.join(LOSSES)}.")
 
 
+def _label_and_other(logits: Array, labels: Array) -> tuple[Array, Array]:
+    """``(z_y [B], max_{j != y} z_j [B])`` of softmax logits ``[B, K]``."""
+    is_label = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.bool_)
+    z_label = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)
+    z_other = jnp.max(jnp.where(is_label, -jnp.inf, logits), axis=-1)
+    return z_label, z_other
+
+
 def margin_objective(logits: Array, labels: Array) -> Array:
     """Logit margin, positive exactly when the example is misclassified.
 
@@ -40,9 +48,7 @@ def margin_objective(logits: Array, labels: Array) -> Array:
     labels = jnp.asarray(labels)
     kind = head_kind(logits, labels)
     if kind == "softmax":
-        is_label = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.bool_)
-        z_label = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)
-        z_other = jnp.max(jnp.where(is_label, -jnp.inf, logits), axis=-1)
+        z_label, z_other = _label_and_other(logits, labels)
         return z_other - z_label
     if kind == "binary":
         z = logits.reshape(logits.shape[0])
@@ -142,9 +148,7 @@ def worst_label_margin(logits: Array, labels: Array) -> Array:
 
 def _label_and_top(logits: Array, labels: Array, k: int) -> tuple[Array, Array, Array]:
     """``(z_y [B], max_{j != y} z_j [B], top-k logits [B, k] in decreasing order)``."""
-    is_label = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.bool_)
-    z_label = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)
-    z_other = jnp.max(jnp.where(is_label, -jnp.inf, logits), axis=-1)
+    z_label, z_other = _label_and_other(logits, labels)
     return z_label, z_other, jax.lax.top_k(logits, k)[0]
 
 

@@ -17,14 +17,16 @@ from collections.abc import Callable, Mapping
 from fractions import Fraction
 from typing import Any, Protocol
 
+import jax
 import numpy as np
 
 from arjax.attacks.apgd import DEFAULT_TARGETS, apgd
-from arjax.attacks.ensemble import autoattack_adversarial, autoattack_members
+from arjax.attacks.ensemble import autoattack_adversarial, autoattack_members, take_where_broken
 from arjax.attacks.geometry import NORMS
 from arjax.attacks.objectives import LOSSES
-from arjax.attacks.pgd import DEFAULT_ALPHA, pgd
+from arjax.attacks.pgd import DEFAULT_ALPHA, fgsm, pgd
 from arjax.attacks.square import square
+from arjax.losses import predictions_correct
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
 _REQUIRED = ("attack", "norm", "eps", "num_steps")
@@ -294,37 +296,19 @@ def _run_pgd(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
 
 def _worst_of_restarts(one: Callable, logits_fn: LogitsFn, x, y, key, restarts: int):
     """Runs ``one(key_r)`` per restart and keeps, per sample, the first that fools the model."""
-    import jax
-    import jax.numpy as jnp
-
-    from arjax.losses import predictions_correct
-
     best = one(jax.random.fold_in(key, 0))
-    fooled = ~predictions_correct(logits_fn(best), y)
+    robust = predictions_correct(logits_fn(best), y)
     for r in range(1, restarts):
-        cand = one(jax.random.fold_in(key, r))
-        take = ~fooled & ~predictions_correct(logits_fn(cand), y)
-        best = jnp.where(take.reshape((-1,) + (1,) * (x.ndim - 1)), cand, best)
-        fooled = fooled | take
+        best, robust = take_where_broken(
+            logits_fn, best, robust, one(jax.random.fold_in(key, r)), y
+        )
     return best
 
 
 def _run_fgsm(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
     """FGSM (Goodfellow et al.): one full step of size eps, no random start."""
     del key, step_size
-    return pgd(
-        logits_fn,
-        x,
-        y,
-        None,
-        eps=eps,
-        step_size=eps,
-        num_steps=1,
-        norm=spec.norm,
-        loss=spec.loss,
-        random_start=False,
-        bounds=bounds,
-    )
+    return fgsm(logits_fn, x, y, eps=eps, norm=spec.norm, loss=spec.loss, bounds=bounds)
 
 
 register_attack(
