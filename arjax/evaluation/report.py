@@ -62,13 +62,28 @@ def write_json(path: PathLike, obj: Any) -> Path:
     Returns:
       The path written.
     """
+    text = json.dumps(_to_jsonable(obj), indent=2, sort_keys=False)
+    return write_text(path, text + "\n")
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` atomically: a temporary file in the same folder, then ``os.replace``.
+
+    A reader (or a resumed run) sees the old file or the whole new one, never a part.
+
+    Args:
+      path: destination file; parent folders are created.
+      text: the content.
+
+    Returns:
+      The path written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_to_jsonable(obj), indent=2, sort_keys=False)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

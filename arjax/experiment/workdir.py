@@ -17,6 +17,7 @@ import ml_collections
 
 from arjax import data as data_lib
 from arjax.config_lib import ConfigError, to_json
+from arjax.evaluation.report import write_text
 
 _SKIP = ("checkpoints", "best", "phase1")
 
@@ -30,14 +31,6 @@ def run_directory(workdir: str, fold: int | None, seed: int, num_seeds: int) -> 
     """
     out = workdir if fold is None else os.path.join(workdir, f"fold_{fold}")
     return out if num_seeds == 1 else os.path.join(out, f"seed_{seed}")
-
-
-def _write_atomic(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def check_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
@@ -68,7 +61,7 @@ def check_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
                 "use another --workdir or delete that one"
             )
         return
-    _write_atomic(path, text)
+    write_text(path, text)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
