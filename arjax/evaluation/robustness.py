@@ -377,21 +377,12 @@ def adversarial_examples(
     Returns:
       numpy ``[N, ...]`` adversarial inputs, same dtype as ``x``.
     """
-    if spec is None:
-        if attack not in ATTACKS:
-            valid = ", ".join(sorted(ATTACKS))
-            raise ValueError(f"unknown attack {attack!r}; valid choices: {valid}.")
-        if loss not in LOSSES:
-            raise ValueError(f"unknown attack loss {loss!r}; valid choices: {', '.join(LOSSES)}.")
-        _check(x, y, norm, batch_size, num_steps)
+    if spec is None:  # the registry validates the attack, norm, loss and steps
         spec = make_spec(
-            attack, norm, 0.0, num_steps, loss=loss, alpha=alpha, step_size=step_size,
-            random_start=random_start,
+            attack, norm, 0.0, num_steps, where="adversarial_examples", loss=loss, alpha=alpha,
+            step_size=step_size, random_start=random_start,
         )  # fmt: skip
-    if ATTACKS[spec.attack].fixed_steps:
-        random_start = False
-    else:
-        random_start = spec.random_start
+    random_start = spec.random_start and not ATTACKS[spec.attack].fixed_steps
     n = _check(x, y, spec.norm, batch_size, spec.num_steps)
     if random_start and key is None:
         raise ValueError("adversarial_examples with a random start needs a PRNG key.")
