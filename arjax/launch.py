@@ -8,13 +8,16 @@ by every arjax command (:mod:`arjax.cli`); ``main(argv)`` runs in-process; bad
 flags and config errors exit with status 2 and a one-line message.
 """
 
+import importlib.util
 import os
+import sys
 from collections.abc import Sequence
 
 from absl import flags
 from ml_collections import config_flags
 
 from arjax import cli
+from arjax.config_lib import ConfigError
 
 PROG = "arjax-train"
 
@@ -43,13 +46,79 @@ def default_workdir(config_arg: str) -> str:
     return os.path.join("runs", f"{stem}_{variant}" if variant else stem)
 
 
+def _config_arg(args: Sequence[str]) -> str | None:
+    """The value of ``--config`` in ``args`` (``--config=X`` or ``--config X``)."""
+    for i, a in enumerate(args):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+        if a == "--config" and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def preflight(args: Sequence[str]) -> None:
+    """Checks the config file, its variant and every ``--config.<field>`` override.
+
+    Runs before absl/ml_collections parse them, so that each mistake is one line
+    naming the file or field and the valid choices (ml_collections would raise a
+    traceback-wrapped error, or for a field name one without its section).
+
+    Raises:
+      UsageError: a missing or unloadable config file, a bad variant, an unknown field.
+    """
+    arg = _config_arg(args)
+    if arg is None:
+        return
+    path, _, variant = arg.partition(":")
+    if not os.path.isfile(path):
+        raise cli.UsageError(f"flag --config: no such file {path!r}")
+    try:
+        spec = importlib.util.spec_from_file_location("arjax_user_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(variant) if variant else module.get_config()
+    except ConfigError as e:
+        raise cli.UsageError(f"flag --config={arg}: {e}") from None
+    except SyntaxError as e:
+        raise cli.UsageError(f"{path}:{e.lineno}: syntax error: {e.msg}") from e
+    except Exception as e:  # a user's config file can raise anything
+        msg = f"flag --config: cannot load {path!r}: {type(e).__name__}: {cli.exception_text(e)}"
+        raise cli.UsageError(msg) from e
+    for a in args:
+        if a.startswith("--config."):
+            _check_field(config, a[len("--config.") :].split("=", 1)[0])
+
+
+def _check_field(config, dotted: str) -> None:
+    """Raises a UsageError naming ``dotted``'s first unknown part and the nearest field."""
+    node, done = config, []
+    for part in dotted.split("."):
+        keys = sorted(node.keys()) if hasattr(node, "keys") else []
+        if part not in keys:
+            section = ".".join(done) or "the config"
+            near = cli.closest(part, keys)
+            if near is not None:
+                hint = f"did you mean {'.'.join([*done, near])!r}?"
+            else:
+                hint = f"fields of {section}: {', '.join(keys)}" if keys else f"{section} has none"
+            raise cli.UsageError(f"flag --config.{dotted}: unknown field {dotted!r}; {hint}")
+        node, done = node[part], [*done, part]
+
+
 def main(argv: Sequence[str] | None = None) -> dict | None:
     """Parses ``argv``, trains (or resumes), prints the summary; exits 2 on bad input.
 
     Returns:
       the report, or None when the run was preempted (rerun to resume).
     """
-    fv, _ = cli.parse(PROG, __doc__, argv, define_flags)
+    args = list(sys.argv[1:] if argv is None else argv)
+    cli.set_debug(args)
+    if "--help" not in args and "-h" not in args:
+        try:
+            preflight(args)
+        except ConfigError as e:
+            cli.fail(PROG, str(e))
+    fv, _ = cli.parse(PROG, __doc__, args, define_flags)
     cli.quiet_logging()
     from arjax.experiment import train
     from arjax.experiment.summary import format_report

@@ -4,7 +4,7 @@ Run:
     python -m arjax.launch --config configs/synthetic_lesions.py --workdir runs/lesions
     python -m arjax.launch --config configs/synthetic_lesions.py:fgsm --workdir runs/lesions_fgsm
 
-The data are written once (PNGs + manifest CSV + box CSV under
+The data are written once (PNGs + manifest CSV + box CSV under data.root, default
 runs/data/synthetic_lesions/...) and read back through the CSV-manifest
 reader, exactly as a real data set would be. Task: does the image hold a
 lesion (binary, one logit). Model: ``cam_cnn`` (three conv stages 16-32-64,
@@ -46,7 +46,7 @@ def get_config(arg="clean"):
     config = base_config()
     config.name = f"synthetic_lesions:{variant}"
     config.data = dict(
-        name="synthetic_lesions", num_images=600, image_size=64, num_classes=2, seed=0
+        name="synthetic_lesions", num_images=600, image_size=64, num_classes=2, seed=0, root=""
     )
     config.model = dict(name="cam_cnn", widths=(16, 32, 64), num_outputs=1, conv_impl="auto")
     config.method = VARIANTS[variant]()

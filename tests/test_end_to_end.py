@@ -181,7 +181,7 @@ def test_init_from_takes_another_runs_parameters(tmp_path):
     "args,expect",
     [
         (["--config=configs/quickstart.py", "--config.train.batchsize=3"], "batch_size"),
-        (["--config=configs/nope.py"], "cannot load 'configs/nope.py'"),
+        (["--config=configs/nope.py"], "no such file 'configs/nope.py'"),
         (["--config=configs/quickstart.py", "--config.seeds=abc"], "seeds=('abc',) must be"),
         (["--config=configs/quickstart.py", "--nosuchflag"], "nosuchflag"),
     ],

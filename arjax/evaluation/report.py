@@ -66,6 +66,15 @@ def write_json(path: PathLike, obj: Any) -> Path:
     return write_text(path, text + "\n")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def write_text(path: PathLike, text: str) -> Path:
     """Write ``text`` atomically: a temporary file in the same folder, then ``os.replace``.
 
@@ -82,6 +91,7 @@ def write_text(path: PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would differ from the other files
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

@@ -24,8 +24,8 @@ import tqdm
 from jax.sharding import Mesh
 
 from arjax import data as data_lib
+from arjax import faults, parallel
 from arjax import margins as margin_table
-from arjax import parallel
 from arjax.config_lib import ConfigError
 from arjax.evaluation import report as report_lib
 from arjax.evaluation import suite
@@ -135,6 +135,7 @@ def evaluate_run(
         threshold=threshold["value"],
         curves=curves,
     )
+    faults.point("evaluate")
     result["threshold"] = threshold
     result.update(seed=seed, split=split, **(info or {}))
     if state.margins is not None:

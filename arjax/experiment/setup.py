@@ -10,6 +10,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 from arjax import data as data_lib
@@ -61,7 +62,47 @@ def load_folds(cfg: ml_collections.ConfigDict) -> list[data_lib.DatasetSplits]:
                 f"train.batch_size={cfg.train.batch_size} exceeds the {n_train} training "
                 f"examples{where}"
             )
+    check_radii(cfg, datasets[0])
     return datasets
+
+
+def check_radii(cfg: ml_collections.ConfigDict, dataset: data_lib.DatasetSplits) -> None:
+    """Rejects attack radii beyond the data range, naming the field and the range.
+
+    Inputs in ``[lo, hi]^D`` are at most ``hi - lo`` apart in L-inf and
+    ``(hi - lo) * sqrt(D)`` in L2, so a larger radius covers the whole input box
+    (``method.eps=2.0`` on [0, 1] images attacks with "any image"). Data without
+    bounds (two moons: coordinates in the plane) accept any radius.
+
+    Raises:
+      ConfigError: a ``method.eps``/``eps_max``, ``eval.adv_eps``/``eps``/``eps_l2``
+        or ``eval.attacks`` radius above the limit of its norm.
+    """
+    if dataset.bounds is None:
+        return
+    from arjax.evaluation.attack_specs import attack_specs
+
+    lo, hi = dataset.bounds
+    dim = int(np.prod(dataset.input_shape))
+    limit = {"linf": hi - lo, "l2": (hi - lo) * dim**0.5, "l1": (hi - lo) * dim}
+    radii = [
+        (f"method.{f}", cfg.method[f], cfg.method.get("norm", "linf"))
+        for f in ("eps", "eps_max")
+        if f in cfg.method
+    ]
+    radii += [(f"eval.eps[{i}]", e, cfg.eval.norm) for i, e in enumerate(cfg.eval.get("eps", ()))]
+    radii += [(f"eval.eps_l2[{i}]", e, "l2") for i, e in enumerate(cfg.eval.get("eps_l2", ()))]
+    radii += [
+        (f"eval.attacks[{i}]" if cfg.eval.get("attacks") else "eval.adv_eps", s.eps, s.norm)
+        for i, s in enumerate(attack_specs(cfg.eval))
+    ]
+    for field, eps, norm in radii:
+        top = limit.get(norm)
+        if top is not None and isinstance(eps, int | float) and eps > top * (1 + 1e-6):
+            raise ConfigError(
+                f"{field}={eps} is beyond the data range: inputs lie in [{lo:g}, {hi:g}]^{dim}, "
+                f"so a {norm} radius above {top:.4g} covers every input; valid: [0, {top:.4g}]"
+            )
 
 
 def make_model(

@@ -22,7 +22,7 @@ import numpy as np
 import tqdm
 
 from arjax import data as data_lib
-from arjax import methods, parallel
+from arjax import faults, methods, parallel
 from arjax.config_lib import ConfigError, check_choice, check_range
 from arjax.data import folds as folds_lib
 from arjax.data.streaming import BatchStream
@@ -74,6 +74,15 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         )
     if cfg.train.select_best and not cfg.train.eval_every:
         raise ConfigError("train.select_best needs train.eval_every > 0 (validation evaluations)")
+    try:
+        devices = parallel.make_mesh(cfg.train.get("num_devices", 0)).size
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.train.batch_size % devices:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} must be divisible by the {devices} "
+            "devices (or set train.num_devices)"
+        )
     seeds = cfg.seeds if isinstance(cfg.seeds, tuple | list) else (cfg.seeds,)
     if not len(seeds) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"seeds={cfg.seeds!r} must be a non-empty tuple of integers, e.g. (0, 1)")
@@ -128,11 +137,7 @@ def train_seed(
         with open(result_path) as f:
             return json.load(f)
     tcfg = cfg.train
-    mesh = parallel.make_mesh(tcfg.get("num_devices", 0))
-    if tcfg.batch_size % mesh.size:
-        raise ConfigError(
-            f"train.batch_size={tcfg.batch_size} must be divisible by the {mesh.size} devices"
-        )
+    mesh = parallel.make_mesh(tcfg.get("num_devices", 0))  # validate() checked the batch
     model, params, batch_stats = setup.make_model(cfg, dataset, seed)
     phases = schedule.plan(cfg, workdir)
     start = schedule.resume_index(phases)
@@ -199,12 +204,13 @@ def _train_phase(
         cfg, dataset, *init, seed, mesh, method=phase.method, num_epochs=phase.num_epochs
     )
     ckpt = Checkpointer(phase.checkpoint_dir, tcfg.get("max_checkpoints", 2))
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(state)
-        log.info("resumed %s from step %d", phase.checkpoint_dir, ckpt.latest_step())
+    restored = ckpt.restore_newest_good(state)
+    if restored is not None:
+        state = restored
+        log.info("resumed %s from step %d", phase.checkpoint_dir, int(state.step))
     elif init_from:
         state = setup.init_from(init_from, state, seed)
-    loop = _PhaseLoop(cfg, phase, seed, dataset, model, mesh, ckpt)
+    loop = _PhaseLoop(cfg, phase, seed, dataset, model, mesh, ckpt, int(state.step))
     bar = tqdm.tqdm(
         total=loop.total, initial=int(state.step), disable=not progress, unit="step", desc=label
     )
@@ -228,17 +234,19 @@ def _train_phase(
 class _PhaseLoop:
     """The imperative host loop of one phase: batches in, compiled steps, records out."""
 
-    def __init__(self, cfg, phase, seed, dataset, model, mesh, ckpt: Checkpointer):
+    def __init__(self, cfg, phase, seed, dataset, model, mesh, ckpt: Checkpointer, start: int):
         self.cfg, self.phase, self.seed, self.dataset = cfg, phase, seed, dataset
         self.model, self.mesh, self.ckpt = model, mesh, ckpt
         train = dataset.splits["train"]
         self.spe = data_lib.steps_per_epoch(data_lib.split_length(train), cfg.train.batch_size)
         self.total = self.spe * phase.num_epochs
-        self.writer = workdir_lib.MetricsWriter(os.path.join(phase.directory, "metrics.jsonl"))
+        metrics = os.path.join(phase.directory, "metrics.jsonl")
+        self.writer = workdir_lib.MetricsWriter(metrics, resume_step=start)
         self.best = BestCheckpoint(phase.directory, cfg.train.get("select_best", ""))
         self.stream: BatchStream | None = None
         self.step = 0
         self.summary: dict = {}
+        self.losses: list[float] = []  # the logged mean training losses of this process
 
     def finished(self) -> bool:
         """The phase has run its steps or stopped early (patience)."""
@@ -270,6 +278,7 @@ class _PhaseLoop:
             )
             n = stop - self.step
             state, m = self._advance(multi_step, state, n)
+            faults.point("step")
             self.step = stop
             n_since += n
             bar.update(n)
@@ -282,6 +291,7 @@ class _PhaseLoop:
                     {"step": self.step, "epoch": epoch, **means, "examples_per_s": rate}
                 )
                 bar.set_postfix(loss=f"{means['train/loss']:.4f}", ex_s=f"{rate:,.0f}")
+                self.losses.append(means["train/loss"])
                 t_last, n_since = now, 0
             if _due(self.step, tcfg.eval_every, self.total):
                 self._validate(state)
@@ -300,6 +310,7 @@ class _PhaseLoop:
             early_stopped=self.step < self.total,
             best_step=best.step,
             best_val_loss=best.value if best.step is not None else None,
+            diverged=_diverged(self.losses, f"{phase.name} (seed {self.seed})"),
         )
         return state
 
@@ -346,6 +357,23 @@ def _validation_metrics(cfg, dataset, split, model, state, mesh) -> dict:
     return suite.classification_metrics(logits, labels)
 
 
+def _diverged(losses: list[float], what: str) -> bool:
+    """Warns when the logged loss ended far above where it started (finite, but diverged).
+
+    An Adam run at too high a learning rate can end at loss 1e27 and chance
+    accuracy without a NaN; "far above" is ten times the first logged loss and
+    more than one nat higher.
+    """
+    if len(losses) < 2 or not (losses[-1] > 10 * losses[0] and losses[-1] > losses[0] + 1):
+        return False
+    log.warning(
+        "%s: the training loss rose from %.4g to %.4g: the run diverged; lower "
+        "optim.learning_rate",
+        what, losses[0], losses[-1],
+    )  # fmt: skip
+    return True
+
+
 _INTERVALS = ("log_every", "eval_every", "checkpoint_every")
 
 
@@ -372,8 +400,17 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
     cfg = cfg.copy_and_resolve_references()
     methods.resolve(cfg)
     validate(cfg)
+    finished = workdir_lib.read_only_report(workdir, cfg)
+    if finished is not None:
+        return finished
+    workdir_lib.make_workdir(workdir)
+    with workdir_lib.WorkdirLock(workdir):
+        return _run_locked(cfg, workdir, progress)
+
+
+def _run_locked(cfg: ml_collections.ConfigDict, workdir: str, progress: bool) -> dict | None:
+    """:func:`run` once the config is valid and this process holds the workdir."""
     datasets = setup.load_folds(cfg)
-    os.makedirs(workdir, exist_ok=True)
     # Only now: a run that failed its checks must not block the corrected retry.
     workdir_lib.check_config(workdir, cfg)
     num_folds = int(cfg.get("folds", 0))
@@ -401,6 +438,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
     finally:
         preempted.close()
     report = summary.experiment_report(cfg, results)
+    faults.point("report")
     report_lib.write_json(os.path.join(workdir, "report.json"), report)
     for key, suffix in (("robust_curve", ""), ("robust_curve_l2", "_l2")):
         if key in results[0]:

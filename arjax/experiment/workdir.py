@@ -9,15 +9,22 @@ final evaluation) and plots; ``best/`` and ``phase1/`` inside a run are not runs
 """
 
 import dataclasses
+import fcntl
 import json
+import logging
 import os
 import re
+import socket
+import time
 
 import ml_collections
 
 from arjax import data as data_lib
+from arjax import faults
 from arjax.config_lib import ConfigError, to_json
 from arjax.evaluation.report import write_text
+
+log = logging.getLogger("arjax")
 
 _SKIP = ("checkpoints", "best", "phase1")
 
@@ -64,6 +71,40 @@ def check_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
     write_text(path, text)
 
 
+def make_workdir(workdir: str) -> None:
+    """Creates ``workdir``; an unwritable location is a ``ConfigError`` naming it.
+
+    Raises:
+      ConfigError: the directory cannot be created or written (read-only, no
+        permission, disk full), before any compute.
+    """
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"workdir {workdir!r} is not writable: {e.strerror}") from None
+
+
+def read_only_report(workdir: str, cfg: ml_collections.ConfigDict) -> dict | None:
+    """A finished run's ``report.json`` when ``workdir`` cannot be written, else None.
+
+    Re-running the command of a finished run prints its report; on a read-only
+    copy (an archive, a shared mount) that must not need a lock or a write.
+    """
+    report = os.path.join(workdir, "report.json")
+    if not os.path.isfile(report) or os.access(workdir, os.W_OK):
+        return None
+    with open(os.path.join(workdir, "config.json")) as f:
+        if f.read() != to_json(cfg):
+            raise ConfigError(f"{workdir}/config.json holds a run with a different config")
+    log.info("%s is read-only: printing its finished report", workdir)
+    with open(report) as f:
+        return json.load(f)
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -101,28 +142,103 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass
 class MetricsWriter:
-    """Append-only ``metrics.jsonl``; readers keep the last record per (kind, step).
+    """Append-only ``metrics.jsonl`` with no torn, duplicated or skipped steps.
 
     A run killed while writing can leave a cut-off last line; opening the writer
-    drops it, so the next record does not land on it.
+    drops it, so the next record does not land on it. A resumed run replays the
+    steps after its checkpoint, so opening with ``resume_step`` also drops the
+    records after that step: the replay writes them again, once.
+
+    Args:
+      path: the ``metrics.jsonl`` file.
+      resume_step: the step the run continues from (records after it are dropped);
+        None keeps every whole record.
     """
 
     path: str
+    resume_step: int | None = None
 
     def __post_init__(self) -> None:
         if not os.path.exists(self.path):
             return
         with open(self.path, "rb") as f:
             content = f.read()
-        if content and not content.endswith(b"\n"):
-            with open(self.path, "r+b") as f:
-                f.truncate(content.rfind(b"\n") + 1)
+        lines = content.split(b"\n")[:-1]  # a last line without newline is torn
+        kept = [line for line in lines if self._keep(line)]
+        if len(kept) != len(lines) or not content.endswith(b"\n"):
+            write_text(self.path, b"".join(line + b"\n" for line in kept).decode())
+
+    def _keep(self, line: bytes) -> bool:
+        if self.resume_step is None:
+            return True
+        try:
+            return int(json.loads(line).get("step", 0)) <= self.resume_step
+        except (ValueError, AttributeError):  # not a record: the reader names its line
+            return True
 
     def write(self, record: dict) -> None:
         """Appends one JSON record as one line (one ``write`` call)."""
         line = json.dumps(record, default=float) + "\n"
         with open(self.path, "a") as f:
             f.write(line)
+        faults.point("record")
+
+
+class WorkdirLock:
+    """One process per workdir: an exclusive ``flock`` on ``<workdir>/.lock``.
+
+    The file names its holder (``pid``, ``host``, start time) for the message a
+    second process gets. The kernel drops the lock when its holder dies (even by
+    SIGKILL), so a lock left by a dead process is taken over, with a log line.
+    A context manager; :meth:`release` is idempotent.
+
+    Raises:
+      ConfigError: on enter, when another live process holds the lock (named).
+    """
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, ".lock")
+        self._fd: int | None = None
+
+    def __enter__(self) -> "WorkdirLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(os.read(fd, 4096))
+            os.close(fd)
+            raise ConfigError(
+                f"workdir {os.path.dirname(self.path)!r} is in use by {holder}; wait for it to "
+                f"finish or stop it (lock file {self.path})"
+            ) from None
+        stale = os.read(fd, 4096)
+        if stale.strip():
+            log.info("taking over the lock of %s (no longer running)", _holder(stale))
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.ctime()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Empties the lock file and releases the lock."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(content: bytes) -> str:
+    """``pid P on host H (since T)`` from a lock file's content."""
+    try:
+        h = json.loads(content)
+        return f"pid {h['pid']} on host {h['host']} (since {h['since']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
 
 
 def find_run_dirs(workdir: str) -> list[str]:

@@ -6,15 +6,20 @@ data position exactly.
 """
 
 import json
+import logging
 import math
 import os
 import signal
 import threading
+import time
 
 import jax
 import orbax.checkpoint as ocp
 
+from arjax import faults
 from arjax.training.state import TrainState
+
+log = logging.getLogger("arjax")
 
 
 class Checkpointer:
@@ -40,12 +45,70 @@ class Checkpointer:
         if step in self.manager.all_steps():
             return
         self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        faults.point("checkpoint")  # the write is in flight (orbax saves asynchronously)
 
     def restore(self, like: TrainState, step: int | None = None) -> TrainState:
         """Restores a step (default: the latest) into the structure and shardings of ``like``."""
         step = self.latest_step() if step is None else step
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def restore_newest_good(self, like: TrainState) -> TrainState | None:
+        """The newest checkpoint that restores; unreadable newer ones are set aside.
+
+        A truncated file or missing metadata in the newest step (a disk that
+        filled up, a copy cut short) makes orbax fail deep in tensorstore; this
+        tries the steps newest first and, once an older one restores, moves the
+        broken ones to ``<directory>/../corrupt_checkpoints/`` (kept for a
+        post-mortem, out of orbax's way so the step can be saved again) with a
+        warning naming them. Nothing is moved when no step restores.
+
+        Returns:
+          the restored state, or None when the directory holds no checkpoint.
+
+        Raises:
+          ConfigError: every checkpoint fails to restore (the directory and the
+            newest one's error named).
+        """
+        from arjax.config_lib import ConfigError
+
+        failed: list[tuple[int, Exception]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state = self.restore(like, step)
+            except Exception as e:  # orbax/tensorstore raise many types for bad files
+                failed.append((step, e))
+                continue
+            for bad, error in failed:
+                moved = self._set_aside(bad)
+                log.warning(
+                    "checkpoint step %d in %s is unreadable (%s: %s); moved it to %s and "
+                    "resumed from step %d",
+                    bad,
+                    self.directory,
+                    type(error).__name__,
+                    str(error)[:160],
+                    moved,
+                    step,
+                )
+            return state
+        if failed:
+            step, e = failed[0]
+            raise ConfigError(
+                f"{self.directory}: no checkpoint can be restored (newest, step {step}: "
+                f"{type(e).__name__}: {' '.join(str(e).split())[:200]}); delete the directory "
+                "to start the run over"
+            ) from e
+        return None
+
+    def _set_aside(self, step: int) -> str:
+        """Moves step ``step``'s directory out of the manager's way; returns where to."""
+        aside = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints")
+        os.makedirs(aside, exist_ok=True)
+        target = os.path.join(aside, f"{step}.{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(os.path.join(self.directory, str(step)), target)
+        self.manager.reload()
+        return target
 
     def restore_matching(self, like: TrainState, what: str, step: int | None = None) -> TrainState:
         """:meth:`restore`, with a ``ConfigError`` naming ``what`` when the saved tree differs.
@@ -58,9 +121,10 @@ class Checkpointer:
         try:
             return self.restore(like, step)
         except Exception as e:  # structure mismatch: another model or optimiser
+            detail = " ".join(str(e).split())[:200]
             raise ConfigError(
-                f"{what}: its checkpoint does not match this model/optimiser "
-                f"({type(e).__name__}: {str(e)[:200]})"
+                f"{what}: its checkpoint cannot be restored into this model/optimiser (another "
+                f"model, or a damaged checkpoint: {type(e).__name__}: {detail})"
             ) from e
 
     def wait(self) -> None:
@@ -76,7 +140,9 @@ class Checkpointer:
 class PreemptionFlag:
     """Set by SIGTERM (and SIGINT); the loop saves and exits cleanly when it is set.
 
-    Handlers are installed only from the main thread and restored on ``close``.
+    The first signal says so in the log (an evaluation in progress finishes
+    first); a second one raises ``KeyboardInterrupt`` at once. Handlers are
+    installed only from the main thread and restored on ``close``.
     """
 
     def __init__(self):
@@ -88,8 +154,17 @@ class PreemptionFlag:
 
     def _handler(self, signum, frame):
         del frame
-        self.signal = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if self.event.is_set():  # the second signal: stop now (the last checkpoint resumes)
+            log.warning("%s again: stopping now; rerun the same command to resume", name)
+            raise KeyboardInterrupt(name)
+        self.signal = name
         self.event.set()
+        log.warning(
+            "%s received: saving a checkpoint and stopping at the next step boundary (during "
+            "an evaluation, once it ends: its results are kept); send it again to stop now",
+            name,
+        )
 
     def __bool__(self) -> bool:
         return self.event.is_set()
