@@ -10,12 +10,39 @@ Public API (DESIGN §8)::
     # arjax.jit: jax.jit plus arjax's XLA options for the CPU backend (arjax.compilation).
 """
 
-from arjax import attacks, evaluation, losses, methods, models
-from arjax.compilation import compiler_options, jit
+import importlib
+
 from arjax.config_lib import ConfigError
-from arjax.experiment.presets import base_config
 
 __version__ = "0.1.0"
+
+# Imported on first use (PEP 562), so that ``arjax-train``'s argument and config
+# checks answer in about a second instead of waiting for sklearn and the attack zoo.
+_LAZY = {
+    "attacks": ("arjax.attacks", None),
+    "evaluation": ("arjax.evaluation", None),
+    "losses": ("arjax.losses", None),
+    "methods": ("arjax.methods", None),
+    "models": ("arjax.models", None),
+    "compiler_options": ("arjax.compilation", "compiler_options"),
+    "jit": ("arjax.compilation", "jit"),
+    "base_config": ("arjax.experiment.presets", "base_config"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'arjax' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    value = value if attr is None else getattr(value, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "ConfigError",

@@ -199,3 +199,22 @@ def test_bad_data_is_one_line_naming_file_and_line(tmp_path, capsys, edit, expec
     args = ["--config=configs/mammo_arfl.py", f"--config.data.manifest={manifest}"]
     err = _fails(tmp_path, capsys, *args, "--config.train.batch_size=8")
     assert expect in err and str(tmp_path) in err
+
+
+def test_config_errors_come_before_the_heavy_imports():
+    """The checks answer before sklearn, the evaluation suite or orbax are imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom arjax import launch\ntry:\n"
+        "    launch.main(['--config=configs/quickstart.py', '--config.train.batchsize=4'])\n"
+        "except SystemExit as e:\n"
+        "    print(e.code, sorted(m for m in ('sklearn', 'arjax.evaluation', 'orbax') "
+        "if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.strip() == "2 []", out.stderr[-2000:]
+    assert "did you mean 'train.batch_size'?" in out.stderr
