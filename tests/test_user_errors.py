@@ -218,3 +218,17 @@ def test_config_errors_come_before_the_heavy_imports():
     )
     assert out.stdout.strip() == "2 []", out.stderr[-2000:]
     assert "did you mean 'train.batch_size'?" in out.stderr
+
+
+def test_a_nan_stop_is_one_line_exit_1(tmp_path, capsys):
+    config = tmp_path / "nan.py"
+    config.write_text(
+        f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from helpers import tiny_config\n\ndef get_config():\n"
+        "    c = tiny_config()\n    c.optim.learning_rate = 1e38\n    return c\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        launch.main([f"--config={config}", f"--workdir={tmp_path / 'w'}", "--noprogress"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite loss nan at step" in err[0], err
