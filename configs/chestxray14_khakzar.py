@@ -45,6 +45,7 @@ def _method(variant):
             r=0.0,
             perturb_fraction=0.5,
             attack="fgsm",
+            attack_loss="weighted_bce",  # Eq. 2 differentiates the training loss of Eq. 1
             eps=eps,
         )
     raise ValueError(f"unknown variant {variant!r}; valid: clean, fgsm0.001, fgsm0.005, ...")

@@ -307,3 +307,23 @@ def test_jit_traces_once_for_traced_per_sample_eps():
     assert n_first >= 1 and len(traces) == n_first
     assert _norms(a - x, "l2").max() <= 0.1 + 1e-5
     assert _norms(b - x, "l2").max() > 0.1 + 1e-3
+
+
+def test_fgsm_on_the_weighted_bce_of_khakzar_eq1():
+    """Khakzar Eq. 2 differentiates the weighted BCE of Eq. 1, not the plain BCE."""
+    w = np.array([[1.0, 1.0, -1.0], [0.6, 1.5, 1.0]], np.float32)  # 2 labels, 3 inputs
+    x = np.array([[0.1, 0.2, 0.3], [0.4, -0.2, 0.0]], np.float32)
+    y = np.array([[1.0, 0.0], [0.0, 0.0]], np.float32)  # 1 positive, 3 negatives: beta = 3
+    p = 1.0 / (1.0 + np.exp(-(x @ w.T)))
+    # d/dz_j of -[beta y log p + (1 - y) log(1 - p)] = beta y (p - 1) + (1 - y) p
+    expect = {b: x + 0.1 * np.sign((b * y * (p - 1) + (1 - y) * p) @ w) for b in (3.0, 1.0)}
+    assert (expect[3.0] != expect[1.0]).any()  # the weighting flips some signs
+
+    def logits_fn(v):
+        return v @ jnp.asarray(w).T
+
+    for loss, beta in (("weighted_bce", 3.0), ("ce", 1.0)):
+        got = attacks.fgsm(
+            logits_fn, jnp.asarray(x), jnp.asarray(y), eps=0.1, loss=loss, bounds=None
+        )
+        np.testing.assert_allclose(np.asarray(got), expect[beta], atol=1e-6)

@@ -149,3 +149,22 @@ def test_trained_cam_localises_lesions_above_random_boxes(trained_lesion_model, 
     assert sal[inside].mean() > 1.5 * sal[~inside].mean()
     grid = interpret.save_box_grid(tmp_path / "grid.png", fns, params, stats, test, num_images=8)
     assert grid.stat().st_size > 0
+
+
+def test_threshold_folds_keep_each_image_on_one_side():
+    """Khakzar §3.3 holds out 20 % of the images: no image's boxes are split."""
+    rng = np.random.default_rng(0)
+    positions = np.repeat(np.arange(40), 3)  # 40 images, 3 boxes each
+    classes = rng.integers(0, 2, positions.size)
+    for fold_by, split_images in (("image", 0), ("box", None)):
+        folds = localization.threshold_folds(classes, positions, 5, seed=0, fold_by=fold_by)
+        assert len(folds) == 5
+        selected = np.concatenate([select for _, select in folds])
+        assert sorted(selected.tolist()) == list(range(positions.size))  # each box once
+        shared = [np.intersect1d(positions[e], positions[s]).size for e, s in folds]
+        if split_images is not None:
+            assert shared == [0] * 5
+        else:
+            assert sum(shared) > 0  # dealing boxes splits images
+        for _, select in folds:
+            assert 0.1 < len(select) / positions.size < 0.3

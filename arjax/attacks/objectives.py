@@ -1,8 +1,10 @@
 """Per-example objectives that an untargeted attack maximises.
 
 Names (DESIGN §8): ``"ce"`` (cross-entropy, or BCE for one logit / multi-hot labels),
-``"margin"`` (Carlini-Wagner logit margin, arXiv 1608.04644 objective f6, unclamped), and
-``"kl"`` (KL divergence from the clean prediction, TRADES, arXiv 1901.08573 Eq. 5).
+``"margin"`` (Carlini-Wagner logit margin, arXiv 1608.04644 objective f6, unclamped),
+``"kl"`` (KL divergence from the clean prediction, TRADES, arXiv 1901.08573 Eq. 5) and
+``"weighted_bce"`` (Khakzar et al. Eq. 1, the class-balanced BCE their FGSM of Eq. 2
+differentiates: beta = negatives / positives over the label entries the attack is given).
 All objectives return ``[B]`` and work for the three heads of
 :func:`arjax.losses.classification.head_kind`.
 """
@@ -11,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from arjax.losses.classification import classification_loss, head_kind
+from arjax.losses.classification import classification_loss, head_kind, weighted_bce
 from arjax.types import Array
 
-LOSSES = ("ce", "margin", "kl")
+LOSSES = ("ce", "margin", "kl", "weighted_bce")
 
 
 def check_loss_name(name: str) -> None:
@@ -102,7 +104,8 @@ def attack_objective(
 
     Args:
       name: one of ``LOSSES``: ``"ce"`` -> :func:`arjax.losses.classification_loss`;
-        ``"margin"`` -> :func:`margin_objective`; ``"kl"`` -> :func:`kl_objective`.
+        ``"margin"`` -> :func:`margin_objective`; ``"kl"`` -> :func:`kl_objective`;
+        ``"weighted_bce"`` -> :func:`arjax.losses.weighted_bce` (beta from ``labels``).
       logits: float ``[B, K]``, ``[B]``, ``[B, 1]`` or ``[B, C]`` at the perturbed input.
       labels: int ``[B]``, ``[B]`` in ``{0, 1}``, or multi-hot ``[B, C]``.
       clean_logits: logits at the clean input, required for ``"kl"`` only.
@@ -117,6 +120,8 @@ def attack_objective(
     check_loss_name(name)
     if name == "ce":
         return classification_loss(logits, labels)
+    if name == "weighted_bce":
+        return weighted_bce(logits, labels)
     if name == "margin":
         return margin_objective(logits, labels)
     if clean_logits is None:

@@ -251,7 +251,7 @@ def fgsm(
       y: labels ``[B]`` or multi-hot ``[B, C]`` (targets when ``targeted``).
       eps: radius and step size; python float or per-sample ``[B]``.
       norm: ``"linf"`` or ``"l2"``.
-      loss: ``"ce"``, ``"margin"`` or ``"kl"``.
+      loss: a name in ``LOSSES`` (``"ce"``, ``"margin"``, ``"kl"``, ``"weighted_bce"``).
       bounds: ``(lo, hi)`` or None.
       targeted: minimise the objective towards the labels ``y``.
 

@@ -113,7 +113,7 @@ def validate_attack(cfg: ml_collections.ConfigDict) -> None:
     """Checks the attack fields shared by adversarial methods (``method.*``)."""
     check_choice(cfg, "method.attack", ATTACKS)
     check_choice(cfg, "method.norm", attacks.NORMS)
-    check_choice(cfg, "method.attack_loss", ("ce", "margin"))
+    check_choice(cfg, "method.attack_loss", ("ce", "margin", "weighted_bce"))
     check_range(cfg, "method.eps", 0.0, lo_open=True)
     if cfg.method.attack == "pgd":
         check_range(cfg, "method.num_steps", 1, integer=True)
