@@ -6,6 +6,7 @@
 :func:`format_table` (plain aligned text, or Markdown for ``comparison.md``).
 """
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,6 +15,8 @@ import ml_collections
 import numpy as np
 
 from arjax.evaluation.metrics import aggregate, format_mean_std
+
+log = logging.getLogger("arjax")
 
 
 def run_scalars(result: Mapping[str, Any]) -> dict[str, float]:
@@ -145,3 +148,20 @@ def format_eval(summary: Mapping[str, Any]) -> str:
     ]  # fmt: skip
     title = f"{summary['name'] or summary['method']}: {len(summary['runs'])} run(s), % mean (std)"
     return format_table(["condition", *columns], rows, title=title)
+
+
+def diverged(losses: list[float], what: str) -> bool:
+    """Warns when the logged loss ended far above where it started (finite, but diverged).
+
+    An Adam run at too high a learning rate can end at loss 1e27 and chance
+    accuracy without a NaN; "far above" is ten times the first logged loss and
+    more than one nat higher.
+    """
+    if len(losses) < 2 or not (losses[-1] > 10 * losses[0] and losses[-1] > losses[0] + 1):
+        return False
+    log.warning(
+        "%s: the training loss rose from %.4g to %.4g: the run diverged; lower "
+        "optim.learning_rate",
+        what, losses[0], losses[-1],
+    )  # fmt: skip
+    return True

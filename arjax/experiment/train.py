@@ -310,7 +310,7 @@ class _PhaseLoop:
             early_stopped=self.step < self.total,
             best_step=best.step,
             best_val_loss=best.value if best.step is not None else None,
-            diverged=_diverged(self.losses, f"{phase.name} (seed {self.seed})"),
+            diverged=summary.diverged(self.losses, f"{phase.name} (seed {self.seed})"),
         )
         return state
 
@@ -355,23 +355,6 @@ def _validation_metrics(cfg, dataset, split, model, state, mesh) -> dict:
         model, state, dataset.splits[split], batch_size=cfg.eval.batch_size, mesh=mesh
     )
     return suite.classification_metrics(logits, labels)
-
-
-def _diverged(losses: list[float], what: str) -> bool:
-    """Warns when the logged loss ended far above where it started (finite, but diverged).
-
-    An Adam run at too high a learning rate can end at loss 1e27 and chance
-    accuracy without a NaN; "far above" is ten times the first logged loss and
-    more than one nat higher.
-    """
-    if len(losses) < 2 or not (losses[-1] > 10 * losses[0] and losses[-1] > losses[0] + 1):
-        return False
-    log.warning(
-        "%s: the training loss rose from %.4g to %.4g: the run diverged; lower "
-        "optim.learning_rate",
-        what, losses[0], losses[-1],
-    )  # fmt: skip
-    return True
 
 
 _INTERVALS = ("log_every", "eval_every", "checkpoint_every")
