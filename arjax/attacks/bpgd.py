@@ -30,7 +30,8 @@ class BoundaryResult(NamedTuple):
       images: float ``[B, ...]`` noisy samples near the decision boundary (gradients
         stopped); ``x`` itself, exactly, where ``crossed`` is False.
       crossed: bool ``[B]``: the search crossed the boundary inside the radius (case-1 of
-        Alg. 3); always True for samples misclassified at ``x``.
+        Alg. 3), or within ``extend_to`` on the ray (step 4 of :func:`bpgd`); always True
+        for samples misclassified at ``x``.
       distance: float ``[B]``: ``lp_norm(images - x)`` in the attack's norm; 0 where
         ``crossed`` is False (and for samples misclassified at ``x``). At most ``eps``,
         except for samples found by the ray extension (``extend_to``).
@@ -110,7 +111,7 @@ def bpgd(
        ``||x_n2 - x_n1|| / 2^num_bisections`` (at most ``step_size / 2^num_bisections``
        for adjacent PGD iterates), and stays inside the ball and the bounds (both convex).
 
-    4. ``extend_to`` (MMA's AN-PGD, Ding et al. 2020, Alg. 2; off by default): a sample
+    4. ``extend_to`` (MMA's adaptive-norm PGD, AN-PGD, Ding et al. 2020; off by default): a sample
        the PGD did not carry across the boundary gets the bracket ``[x_last, x_far]``,
        ``x_far`` the point at distance ``extend_to`` on the ray from ``x`` through the
        last iterate ``x_last`` (clipped to the bounds); it counts as crossed iff ``x_far``

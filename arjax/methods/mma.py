@@ -2,27 +2,29 @@
 
 MMA maximises each correctly classified sample's input-space margin ``d_θ(x, y)`` (the
 norm of its shortest successful perturbation ``δ*``) by training on ``x + δ*``, up to a
-hinge ``d_max``. The paper's loss (Eq. 8, "L^MMA") for a batch of size ``B`` is
+hinge ``d_max``. The paper's MMA loss for a batch of size ``B`` (summed as in the paper,
+divided by ``B`` as in the authors' code) is
 
     L^MMA = (1/B) [ Σ_{i ∈ S+, d_θ(x_i) < d_max} L(x_i + δ*_i, y_i) + Σ_{j ∈ S-} L(x_j, y_j) ]
 
 with ``S+`` / ``S-`` the samples classified correctly / wrongly at ``x`` and ``L`` the
 cross-entropy (samples whose margin reaches ``d_max`` get no adversarial loss). Its
-experiments (Sec. 5) train on the combination with the clean loss
+experiments train "MMA" on the combination with the clean loss
 
     L = c · mean_b CE(x_b, y_b) + (1 - c) · L^MMA,    c = clean_loss_coeff = 1/3
 
-("MMA" in the paper; ``c = 0`` is its "OMMA"). The authors' code (BorealisAI/mma_training,
-``trainer.py``) weights the two gradients by ``c`` and ``1 - c`` the same way.
+(``c = 0`` is its "OMMA"). The authors' code (BorealisAI/mma_training, ``trainer.py``,
+default ``clean_loss_coeff = 1/3``) weights the two gradients by ``c`` and ``1 - c``.
 
-``δ*`` comes from BPGD (:func:`arjax.attacks.bpgd`) used as the paper's AN-PGD
-(Alg. 2): PGD inside the sample's previous margin ``ε_i`` (the per-sample table in the
-``TrainState``), then bisection on the ray from ``x`` through the PGD point, over
-``[0, ε_i]`` when the PGD point is misclassified and ``[ε_i, search_scale · d_max]``
-otherwise (``bracket="clean_to_last"`` with ``extend_to``). The new margin is the norm of
-the point found; a sample the search never flips gets the search ceiling, a misclassified
-one the floor ``eps_min``, and every margin is clipped to ``[eps_min, search_scale ·
-d_max]`` (the code's ``max(mineps, ·)`` and ``maxeps = 1.05 · hinge_maxeps``).
+``δ*`` comes from BPGD (:func:`arjax.attacks.bpgd`) used as the paper's adaptive-norm
+PGD (AN-PGD, the code's ``anpgd.py``): PGD inside the sample's previous margin ``ε_i``
+(the per-sample table in the ``TrainState``), then bisection on the ray from ``x``
+through the PGD point, over ``[0, ε_i]`` when the PGD point is misclassified and over
+``[ε_i, search_scale · d_max]`` otherwise (``bracket="clean_to_last"`` with
+``extend_to``). The new margin is the norm of the point found; a sample the search never
+flips gets the search ceiling, a misclassified one the floor ``eps_min``, and every
+margin is clipped to ``[eps_min, search_scale · d_max]`` (the code's ``max(mineps, ·)``
+and ``maxeps = 1.05 · hinge_maxeps``).
 
 Defaults: ``d_max = 0.3`` (the IMA paper's "maximum noise level 0.3 for IMA, MMA and
 TRADES"), ``c = 1/3``, 20 PGD steps (IMA's comparison; MMA's code uses 40 on MNIST, 10
@@ -30,8 +32,11 @@ on CIFAR-10) of ``alpha · ε_i / num_steps`` with ``alpha = 2.5`` (the code's
 ``eps_iter_scale``), 10 bisection steps, the logit-margin attack loss (the code's soft
 logit margin, "slm"), random start, attacks in eval mode, ``search_scale = 1.05``.
 ``eps_min = 0`` means ``0.2 · d_max``: the code's floor relative to its hinge
-(MNIST-L∞ 0.1 / 0.45, CIFAR-10-L∞ 0.005 / (8/255)). Where the code differs from these
-choices the fields reproduce it (``num_steps``, ``attack_loss="ce"``, ``side``).
+(MNIST-L∞ 0.1 / 0.45, CIFAR-10-L∞ 0.005 / (8/255)). Differences from the code: its
+soft logit margin is arjax's (hard) logit margin here; like it, the bisection returns
+the final bracket's middle (``side`` chooses an end instead), and the CE of the MMA term
+comes from one train-mode forward pass over the mixed batch (``x + δ*`` where found, else
+``x``).
 """
 
 import jax
