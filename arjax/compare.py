@@ -7,7 +7,9 @@ Each argument is a workdir (its ``eval.json`` from ``arjax.evaluate``, else
 the training ``report.json``) or such a file. Prints the standard, adversarial
 and mean metric as mean (std) in percent per method and the two-sided
 Mann-Whitney U p-value of every pair; writes ``comparison.json``,
-``comparison.md`` and ``comparison.png`` to ``--out``. Bad arguments exit
+``comparison.md`` and ``comparison.png`` to ``--out``, and
+``accuracy_vs_eps.png`` (the methods' robust-accuracy curves overlaid, one
+line per method, IMA Fig. 6 style) when the runs hold such curves. Bad arguments exit
 with status 2 and a one-line message naming the flag and the valid choices.
 Flags are parsed as by every arjax command (:mod:`arjax.cli`).
 """
@@ -48,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         labels = fv.labels or comparison.default_labels(methods)
         result = comparison.compare_methods(methods, labels, metric=fv.metric, attack=fv.attack)
         print(comparison.format_tables(result))
-        for path in comparison.write_comparison(result, fv.out):
+        curves = comparison.curve_overlay(methods, labels)
+        for path in comparison.write_comparison(result, fv.out, curves):
             print(f"wrote {path}")
         return result
 

@@ -7,14 +7,20 @@ Run:
     python -m arjax.launch --config configs/covid_ct_ima.py:ima --workdir runs/covid_ima \
         --config.data.root=$COVID_CT
 
-Variants: ``ce``, ``adv<eps>`` (e.g. adv0.1), ``rand<eps>``, ``ima`` (eps_max 0.3);
+Variants: ``ce``, ``adv<eps>`` (e.g. adv0.1), ``rand<eps>``, ``ima`` (eps_max 0.3),
+``trades<beta>`` (e.g. trades6; eps 0.3, 20-PGD steps), ``mma<d_max>`` (e.g. mma0.3);
 append ``,smoke`` (or ``smoke``) for a seconds-long run on built-in synthetic
 lesions (binary, 32x32). Setting: ResNet-18 with InstanceNorm and a 2-way
 output, Adam, batch 32, 100 epochs; 100-PGD (ce + margin) evaluation on L-inf
 and L2 noise levels.
 """
 
-from arjax.experiment.presets import base_config, ima_experiment_method, lesion_smoke
+from arjax.experiment.presets import (
+    base_config,
+    ima_experiment_method,
+    lesion_smoke,
+    smoke_attack_steps,
+)
 
 
 def get_config(arg="ima"):
@@ -43,11 +49,7 @@ def get_config(arg="ima"):
     config.eval.eps_l2 = (0.0, 0.5, 1.0, 2.0)
     if modifier == "smoke":
         lesion_smoke(config)
-        if config.method.name == "ima":
-            config.method.num_steps = 3
-            config.method.num_bisections = 3
-        if config.method.name == "adversarial":
-            config.method.num_steps = 3
+        smoke_attack_steps(config.method)
     elif modifier:
         raise ValueError(f"unknown modifier {modifier!r}; valid: smoke")
     return config

@@ -6,7 +6,11 @@ Run:
 
 Variants: ``ce`` (clean training), ``adv<eps>`` (IMA's "adv eps": (CE(x) +
 CE(PGD-20(x))) / 2, alpha 4, e.g. ``adv0.1``, ``adv0.2``, ``adv0.3``),
-``rand<eps>`` (uniform noise), ``ima`` (Alg. 1-3, eps_max 0.3, beta 0.5).
+``rand<eps>`` (uniform noise), ``ima`` (Alg. 1-3, eps_max 0.3, beta 0.5), and the
+paper's baselines: ``trades<beta>`` (TRADES at eps 0.3 with the 20-PGD's steps and
+step size; beta weighs the KL term, e.g. ``trades1``, ``trades6``; bare ``trades`` is
+beta 6) and ``mma<d_max>`` (MMA, Ding et al. 2020, with hinge d_max, e.g. ``mma0.1``,
+``mma0.2``, ``mma0.3``; bare ``mma`` is the paper's 0.3).
 Append ``,smoke`` (e.g. ``ima,smoke``) or use ``smoke`` alone (= ``ima,smoke``)
 for a seconds-long run on 1/20 of the data.
 
@@ -17,8 +21,13 @@ Linear(2,32)-LR-Linear(32,64)-LN-LR-Linear(64,128)-LN-LR-Linear(128,2),
 Evaluation: 100-step PGD run twice per noise level (cross-entropy and margin
 loss), a sample is robust only if neither run flips it; L-inf noise levels
 0-0.3. Expect (paper Fig. 6) IMA's curve above ``adv0.3``'s and ``ce``'s at
-noise >= 0.15, with its decision boundary near the middle line of the moons.
-Writes accuracy_vs_eps.png, decision_boundary.png and, for IMA,
+noise >= 0.15, with its decision boundary near the middle line of the moons;
+TRADES and ``adv0.3`` very similar (boundary far from most of one class); MMA above
+TRADES and ``adv0.3`` below noise 0.15 and below them at larger noise.
+Overlay the runs' curves (one line per method, as Fig. 6) with
+    arjax-compare runs/moons_{ce,adv0.3,trades6,mma0.3,ima} --out runs/moons_compare
+(writes accuracy_vs_eps.png there next to the comparison table).
+Writes accuracy_vs_eps.png, decision_boundary.png and, for IMA and MMA,
 margin_histogram.png.
 """
 

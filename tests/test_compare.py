@@ -93,3 +93,72 @@ def test_compare_bad_arguments_exit_2(workdirs, tmp_path, capsys, args, expect):
     assert exit_.value.code == 2
     assert expect in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+EPS = [0.0, 0.1, 0.2, 0.3]
+CURVES = {  # per-run robust accuracies of three IMA-Moons-style methods
+    "ce": [[0.95, 0.7, 0.3, 0.1], [0.93, 0.6, 0.2, 0.1]],
+    "mma": [[0.92, 0.85, 0.5, 0.2]],
+    "ima": [[0.94, 0.9, 0.7, 0.4], [0.92, 0.8, 0.6, 0.4], [0.93, 0.85, 0.65, 0.4]],
+}
+
+
+def _curve_run(acc, run=""):
+    run_result = _result(acc[0], acc[1])
+    run_result["robust_curve"] = {"eps": EPS, "accuracy": acc, "area": float(np.mean(acc))}
+    return run_result | ({"run": run} if run else {})
+
+
+@pytest.fixture
+def curve_workdirs(tmp_path):
+    """ce: training report.json; mma: one-run eval.json; ima: eval.json naming 3 run dirs."""
+    ce, mma, ima = (tmp_path / name for name in CURVES)
+    runs = [_curve_run(a) for a in CURVES["ce"]]
+    write_json(ce / "report.json", {"name": "moons_ima:ce", "runs": runs})
+    one = _curve_run(CURVES["mma"][0])
+    write_json(mma / "eval.json", {**one, "name": "moons_ima:mma", "per_run": [_flat(one)]})
+    names = [f"seed_{i}" for i in range(3)]
+    for name, acc in zip(names, CURVES["ima"], strict=True):
+        write_json(ima / name / "eval.json", _curve_run(acc, name))
+    per_run = [_flat(_curve_run(a)) for a in CURVES["ima"]]
+    write_json(ima / "eval.json", {"name": "moons_ima:ima", "runs": names, "per_run": per_run})
+    return [str(ce), str(mma), str(ima)]
+
+
+def _flat(run_result):
+    from arjax.experiment.summary import run_scalars
+
+    return run_scalars(run_result)
+
+
+def test_compare_overlays_one_curve_per_method(curve_workdirs, tmp_path, monkeypatch):
+    from arjax.evaluation import report
+
+    figures = {}
+    save = report._save
+
+    def keep(fig, path):
+        figures[str(path).rsplit("/", 1)[-1]] = [len(ax.containers) for ax in fig.axes]
+        return save(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    out = tmp_path / "out"
+    compare.main([*curve_workdirs, f"--out={out}"])
+    assert (out / "accuracy_vs_eps.png").stat().st_size > 0
+    assert figures["accuracy_vs_eps.png"] == [3]  # one error-bar line per method
+    curves = json.loads((out / "comparison.json").read_text())["curves"]
+    assert list(curves) == ["moons_ima:ce", "moons_ima:mma", "moons_ima:ima"]
+    for name, runs in CURVES.items():
+        got = curves[f"moons_ima:{name}"]
+        assert got["eps"] == EPS
+        np.testing.assert_allclose(got["accuracy"], np.mean(runs, axis=0))
+        if len(runs) == 1:
+            assert got["std"] is None
+        else:
+            np.testing.assert_allclose(got["std"], np.std(runs, axis=0, ddof=1))
+
+
+def test_compare_without_curves_writes_no_overlay(workdirs, tmp_path):
+    compare.main([*workdirs, f"--out={tmp_path / 'out'}"])
+    assert not (tmp_path / "out" / "accuracy_vs_eps.png").exists()
+    assert "curves" not in json.loads((tmp_path / "out" / "comparison.json").read_text())

@@ -11,6 +11,8 @@ from arjax.experiment import train as loop
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = [
     "moons_ima.py:smoke",
+    "moons_ima.py:mma0.2,smoke",
+    "moons_ima.py:trades6,smoke",
     "fashion_mnist_ima.py:smoke",
     "synthetic_lesions.py:smoke",
     "chestxray14_khakzar.py:smoke",
@@ -49,6 +51,8 @@ def test_smoke_variant_runs_and_resumes(spec, tmp_path):
     "spec,expect",
     [
         ("moons_ima.py:adv", "unknown variant 'adv'"),
+        ("moons_ima.py:mmax", "unknown variant 'mmax'; valid: ce, ima, adv<eps>"),
+        ("svhn_ima.py:trades_6", r"unknown variant 'trades_6'.*trades\[<beta>\].*mma\[<d_max>\]"),
         ("chestxray14_khakzar.py:fgsm0.2", "unknown eps 0.2"),
         ("mammo_arfl.py:r0.3", "unknown variant 'r0.3'"),
     ],
@@ -56,6 +60,28 @@ def test_smoke_variant_runs_and_resumes(spec, tmp_path):
 def test_unknown_variants_list_the_valid_ones(spec, expect):
     with pytest.raises(ValueError, match=expect):
         load(spec)
+
+
+@pytest.mark.parametrize(
+    "path", ["moons_ima.py", "fashion_mnist_ima.py", "svhn_ima.py", "covid_ct_ima.py"]
+)
+def test_ima_configs_have_the_baseline_variants(path):
+    from arjax import methods
+
+    for variant, name, field, value in [
+        ("trades1", "trades", "beta", 1.0),
+        ("trades6", "trades", "beta", 6.0),
+        ("trades", "trades", "beta", 6.0),
+        ("mma0.1", "mma", "d_max", 0.1),
+        ("mma", "mma", "d_max", 0.3),
+    ]:
+        for arg in (variant, f"{variant},smoke"):
+            cfg = load(f"{path}:{arg}")
+            assert (cfg.method.name, cfg.method[field]) == (name, value), arg
+            assert cfg.method.num_steps == (20 if "," not in arg or "moons" in path else 3)
+            methods.validate(cfg)
+        if name == "trades":  # the IMA paper's setting: eps 0.3 with the 20-PGD's step
+            assert (cfg.method.eps, cfg.method.alpha) == (0.3, 4.0)
 
 
 def test_real_data_configs_fail_fast_without_data(tmp_path):

@@ -46,11 +46,11 @@ def test_run_writes_report_plots_and_checkpoint(tmp_path):
     assert np.all(np.diff(curve["accuracy"]) <= 1e-9)  # robust accuracy falls with eps
 
 
-@pytest.mark.parametrize("method", ["arfl", "ima"])
+@pytest.mark.parametrize("method", ["arfl", "ima", "mma"])
 def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, method):
     cfg = tiny_config()
-    if method == "ima":
-        cfg.method = methods.method_config("ima", num_steps=5, num_bisections=4)
+    if method in ("ima", "mma"):
+        cfg.method = methods.method_config(method, num_steps=5, num_bisections=4)
         cfg.model.num_outputs = 2
     straight = loop.run(cfg, str(tmp_path / "a"), progress=False)
 
@@ -66,7 +66,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, meth
     resumed = loop.run(cfg, str(tmp_path / "b"), progress=False)
     a, b = flat_numbers(straight), flat_numbers(resumed)
     assert a.keys() == b.keys()
-    if method == "ima":
+    if method in ("ima", "mma"):
         assert "margins/median" in a
         assert (tmp_path / "b" / "margin_histogram.png").stat().st_size > 0
     for key in a:
@@ -103,7 +103,7 @@ def launch(*args, timeout=300):
     [
         (
             "--config.method.name=madry",
-            "valid choices: adversarial, arfl, ima, mart, noise, standard, trades",
+            "valid choices: adversarial, arfl, ima, mart, mma, noise, standard, trades",
         ),
         (
             "--config.model.name=resnet",

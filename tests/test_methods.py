@@ -127,7 +127,11 @@ def test_method_losses_are_differentiable_and_jittable():
 @pytest.mark.parametrize(
     "field,value,expect",
     [
-        ("name", "madry", "valid choices: adversarial, arfl, ima, mart, noise, standard, trades"),
+        (
+            "name",
+            "madry",
+            "valid choices: adversarial, arfl, ima, mart, mma, noise, standard, trades",
+        ),
         ("r", 1.5, "method.r=1.5 is out of range; valid: [0.0, 1.0]"),
         ("attack", "cw", "valid choices: fgsm, pgd"),
         ("eps", 0.0, "method.eps=0.0 is out of range"),
@@ -155,6 +159,7 @@ def test_unknown_override_field():
         ("adversarial", dict(eps=0.1, num_steps=3)),
         ("arfl", dict(attack="pgd", eps=0.1, num_steps=3)),
         ("ima", dict(eps_max=1.0, delta=0.01, num_steps=3, num_bisections=2)),
+        ("mma", dict(d_max=0.5, num_steps=3, num_bisections=2)),
     ],
 )
 def test_training_gradient_does_not_linearise_the_attack_loops(name, fields):

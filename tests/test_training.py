@@ -25,7 +25,9 @@ def setup(method, num_devices, k=3):
     model, params, stats = build_model(MODEL, (2,), 2, seed=0)
     tx = optax.adam(1e-2)
     mesh = parallel.make_mesh(num_devices)
-    table = margins.init_margins(256, 0.01) if method.name == "ima" else None
+    registered = methods.METHODS[method.name]
+    floor = registered.table_range(method)[0] if registered.uses_margins else None
+    table = None if floor is None else margins.init_margins(256, floor)
     state = create_train_state(params, stats, tx, seed=0, margins=table)
     state = parallel.put_replicated(state, mesh)
     calls = {"traces": 0}
@@ -48,9 +50,10 @@ def setup(method, num_devices, k=3):
 
 PGD = methods.method_config("adversarial", r=0.5, attack="pgd", eps=0.1, num_steps=5)
 IMA = methods.method_config("ima", eps_max=0.3, delta=0.01, num_steps=5, num_bisections=4)
+MMA = methods.method_config("mma", d_max=0.3, eps_min=0.01, num_steps=5, num_bisections=4)
 
 
-@pytest.mark.parametrize("method", [PGD, IMA], ids=["pgd", "ima"])
+@pytest.mark.parametrize("method", [PGD, IMA, MMA], ids=["pgd", "ima", "mma"])
 def test_step_traces_once_across_calls_and_padding(method):
     state, step, batches, calls = setup(method, 8)
     for i in range(4):
@@ -69,7 +72,7 @@ def test_padded_steps_leave_state_unchanged():
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, after))
 
 
-@pytest.mark.parametrize("method", [PGD, IMA], ids=["pgd", "ima"])
+@pytest.mark.parametrize("method", [PGD, IMA, MMA], ids=["pgd", "ima", "mma"])
 def test_eight_devices_equal_one_device(method):
     # Same init, same batches, same keys: after 6 adversarial steps the
     # parameters (and IMA margins) agree to float32 reduction-order noise.
@@ -83,7 +86,7 @@ def test_eight_devices_equal_one_device(method):
     (p1, m1, l1), (p8, m8, l8) = results
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), p1, p8)
     np.testing.assert_allclose(l1, l8, rtol=1e-5)
-    if method.name == "ima":
+    if method.name in ("ima", "mma"):
         # 6 batches of 64 over 256 examples: every margin moved off its initial value
         # at least once, and both runs agree (bisection is discrete: allow 1e-4).
         assert np.mean(m1 != 0.01) > 0.5

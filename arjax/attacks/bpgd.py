@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax import lax
 
-from arjax.attacks.geometry import lp_norm, per_sample
+from arjax.attacks.geometry import clip_to_bounds, lp_norm, per_sample
 from arjax.attacks.pgd import ascent_step, check_attack_args, objective_grad_fn, start_delta
 from arjax.losses.classification import predictions_correct
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
@@ -30,9 +30,11 @@ class BoundaryResult(NamedTuple):
       images: float ``[B, ...]`` noisy samples near the decision boundary (gradients
         stopped); ``x`` itself, exactly, where ``crossed`` is False.
       crossed: bool ``[B]``: the search crossed the boundary inside the radius (case-1 of
-        Alg. 3); always True for samples misclassified at ``x``.
+        Alg. 3), or within ``extend_to`` on the ray (step 4 of :func:`bpgd`); always True
+        for samples misclassified at ``x``.
       distance: float ``[B]``: ``lp_norm(images - x)`` in the attack's norm; 0 where
-        ``crossed`` is False (and for samples misclassified at ``x``).
+        ``crossed`` is False (and for samples misclassified at ``x``). At most ``eps``,
+        except for samples found by the ray extension (``extend_to``).
     """
 
     images: Array
@@ -48,6 +50,28 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def _rows(mask: Array, x: Array) -> Array:
     """A ``[B]`` mask shaped ``[B, 1, ..., 1]`` to select whole examples of ``x``."""
     return mask.reshape(mask.shape[:1] + (1,) * (x.ndim - 1))
+
+
+def _ray_point(
+    logits_fn: LogitsFn,
+    x: Array,
+    y: Array,
+    delta: Array,
+    radius: Radius,
+    norm: str,
+    bounds: tuple[float, float] | None,
+) -> tuple[Array, Array]:
+    """The point at ``radius`` on the ray from ``x`` through ``x + delta``, and its class.
+
+    Returns:
+      ``(far [B, ...], wrong bool [B])``: ``far = clip(x + delta * radius / ||delta||) - x``
+      (0 where ``delta`` is 0) and whether ``x + far`` is misclassified (one forward pass).
+    """
+    length = lp_norm(delta, norm)
+    radius_b = jnp.broadcast_to(jnp.asarray(radius, x.dtype), length.shape)
+    scale = jnp.where(length > 0, radius_b / jnp.where(length > 0, length, 1.0), 0.0)
+    far = clip_to_bounds(x + delta * _rows(scale, x), bounds) - x
+    return far, ~predictions_correct(logits_fn(x + far), y)
 
 
 def bpgd(
@@ -68,6 +92,7 @@ def bpgd(
     bracket: str = "recorded",
     side: str = "middle",
     clean_logits: Array | None = None,
+    extend_to: Radius | None = None,
 ) -> BoundaryResult:
     """Boundary search of IMA (Ma et al., Algorithm 3): PGD in the margin, then bisection.
 
@@ -85,6 +110,14 @@ def bpgd(
        ``a <- m`` if ``m`` is classified correctly, else ``b <- m``. The bracket shrinks to
        ``||x_n2 - x_n1|| / 2^num_bisections`` (at most ``step_size / 2^num_bisections``
        for adjacent PGD iterates), and stays inside the ball and the bounds (both convex).
+
+    4. ``extend_to`` (MMA's adaptive-norm PGD, AN-PGD, Ding et al. 2020; off by default): a sample
+       the PGD did not carry across the boundary gets the bracket ``[x_last, x_far]``,
+       ``x_far`` the point at distance ``extend_to`` on the ray from ``x`` through the
+       last iterate ``x_last`` (clipped to the bounds); it counts as crossed iff ``x_far``
+       is misclassified, and bisection then searches the ray beyond the ball. With
+       ``bracket="clean_to_last"`` this is AN-PGD's bisection on the ray's length in
+       ``[0, eps]`` (crossed inside the ball) or ``[eps, extend_to]`` (not crossed).
 
     Samples misclassified at ``x`` itself get the bracket ``[x, x]``: crossed True,
     ``images = x``, distance 0. IMA (Alg. 1-2) masks them out by its own classification
@@ -119,6 +152,9 @@ def bpgd(
       clean_logits: logits at ``x`` (same head as ``logits_fn``), used only to find the
         samples misclassified at ``x``; saves the clean forward pass under
         ``random_start``. Pass logits from the same ``logits_fn`` mode as the attack.
+      extend_to: None (default: the search stays in the ball), or the radius (float or
+        ``[B]``, ``>= eps``) out to which the bracket of samples not crossed inside the
+        ball is extended along the ray through their last iterate (step 4).
 
     Returns:
       :class:`BoundaryResult` ``(images [B, ...], crossed bool [B], distance float [B])``,
@@ -188,6 +224,11 @@ def bpgd(
             clean_wrong = wrong_last  # the last iterate is x itself
         crossed = wrong_last | clean_wrong
         lo, hi = jnp.zeros_like(x), jnp.where(_rows(clean_wrong, x), 0.0, delta)
+    if extend_to is not None:
+        far, wrong_far = _ray_point(logits_fn, x, y, delta, extend_to, norm, bounds)
+        outside = _rows(~crossed, x)
+        lo, hi = jnp.where(outside, delta, lo), jnp.where(outside, far, hi)
+        crossed = crossed | wrong_far
 
     def bisect_body(_, bracket_ends):
         lo, hi = bracket_ends

@@ -6,6 +6,10 @@ accuracy) or five folds (mammography, AUC); Tables 1-3 print the standard
 runs, and methods are compared with the two-sided Mann-Whitney U test on the
 per-run values. Here a method is a workdir (its ``eval.json`` from
 ``arjax.evaluate``, else the training ``report.json``) or such a file.
+
+The IMA paper's Figs. 6-9 instead overlay the methods' accuracy-vs-noise curves;
+:func:`curve_overlay` gathers each method's robust curve (mean and std over its runs)
+and :func:`write_comparison` draws them into one ``accuracy_vs_eps.png``.
 """
 
 import itertools
@@ -19,7 +23,7 @@ import numpy as np
 from arjax.config_lib import ConfigError
 from arjax.evaluation import report as report_lib
 from arjax.evaluation.metrics import format_mean_std, mann_whitney_u, mean_std
-from arjax.experiment.summary import format_table, run_scalars
+from arjax.experiment.summary import curve_with_std, format_table, run_scalars
 
 METRICS = ("auto", "accuracy", "auc", "sensitivity", "specificity")
 COLUMNS = ("standard", "adversarial", "mean")
@@ -33,7 +37,9 @@ def load_method(path: str) -> dict[str, Any]:
         file in either format.
 
     Returns:
-      ``{"name": config name, "path": path, "per_run": [{metric: value}, ...]}``.
+      ``{"name": config name, "path": path, "per_run": [{metric: value}, ...],
+      "curves": [run result with its robust curves, ...]}``; ``curves`` lists the runs
+      that hold a ``robust_curve`` (possibly none).
 
     Raises:
       ConfigError: naming the path when it holds neither file or no runs.
@@ -61,7 +67,54 @@ def load_method(path: str) -> dict[str, Any]:
         raise ConfigError(f"{file} has no per-run results ('per_run' or 'runs')")
     if not per_run:
         raise ConfigError(f"{file} lists no runs")
-    return {"name": data.get("name", ""), "path": path, "per_run": per_run}
+    return {
+        "name": data.get("name", ""),
+        "path": path,
+        "per_run": per_run,
+        "curves": _run_curves(data, os.path.dirname(file)),
+    }
+
+
+def _run_curves(data: Mapping[str, Any], folder: str) -> list[Mapping[str, Any]]:
+    """The runs of a result file that hold a ``robust_curve``.
+
+    A training ``report.json`` lists whole runs; a one-run ``eval.json`` holds the curve
+    at its top; a many-run ``eval.json`` names its runs' folders, whose own ``eval.json``
+    holds each curve.
+    """
+    if "robust_curve" in data:
+        return [data]
+    runs = data.get("runs", [])
+    if all(isinstance(r, str) for r in runs):
+        files = [os.path.join(folder, r, "eval.json") for r in runs]
+        runs = []
+        for run_file in filter(os.path.isfile, files):
+            with open(run_file) as f:
+                runs.append(json.load(f))
+    return [r for r in runs if isinstance(r, dict) and "robust_curve" in r]
+
+
+def curve_overlay(
+    methods: Sequence[Mapping[str, Any]], labels: Sequence[str], key: str = "robust_curve"
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """One accuracy-vs-eps curve per method, as the IMA paper's Fig. 6 overlays them.
+
+    Args:
+      methods: from :func:`load_method`.
+      labels: one label per method.
+      key: ``"robust_curve"`` (L-inf) or ``"robust_curve_l2"``.
+
+    Returns:
+      ``{label: (eps [E], mean accuracy over runs [E], std [E] or None)}`` for the methods
+      whose runs all hold the curve on one eps grid; the others are left out.
+    """
+    out = {}
+    for label, m in zip(labels, methods, strict=True):
+        runs = [r for r in m.get("curves", []) if key in r]
+        grids = {tuple(r[key]["eps"]) for r in runs}
+        if runs and len(runs) == len(m["per_run"]) and len(grids) == 1:
+            out[label] = curve_with_std(runs, key)
+    return out
 
 
 def default_labels(methods: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -167,11 +220,30 @@ def format_tables(result: Mapping[str, Any]) -> str:
     return text
 
 
-def write_comparison(result: Mapping[str, Any], out_dir: str) -> list[str]:
-    """Writes ``comparison.json``, ``comparison.md`` and ``comparison.png`` (bars)."""
+def write_comparison(
+    result: Mapping[str, Any],
+    out_dir: str,
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] | None = None,
+) -> list[str]:
+    """Writes ``comparison.json``, ``.md``, ``.png`` (bars) and ``accuracy_vs_eps.png``.
+
+    Args:
+      result: from :func:`compare_methods`.
+      out_dir: output folder (created).
+      curves: from :func:`curve_overlay`; when it holds at least one curve,
+        ``accuracy_vs_eps.png`` (one line per method) is written and ``comparison.json``
+        gains ``"curves": {label: {"eps", "accuracy", "std"}}``.
+
+    Returns:
+      the paths written.
+    """
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, f"comparison.{ext}") for ext in ("json", "md", "png")]
-    report_lib.write_json(paths[0], result)
+    overlay = {
+        label: {"eps": eps, "accuracy": acc, "std": std}
+        for label, (eps, acc, std) in (curves or {}).items()
+    }
+    report_lib.write_json(paths[0], {**result, "curves": overlay} if overlay else result)
     with open(paths[1], "w") as f:
         f.write(format_tables(result) + "\n")
     table = {
@@ -184,4 +256,9 @@ def write_comparison(result: Mapping[str, Any], out_dir: str) -> list[str]:
         title=f"{result['metric']}: standard, adversarial ({result['attack']}) and mean over runs",
         ylabel=f"{result['metric']} (%)",
     )
+    if curves:
+        paths.append(os.path.join(out_dir, "accuracy_vs_eps.png"))
+        report_lib.plot_accuracy_vs_eps(
+            curves, paths[-1], title="robust accuracy vs noise level, mean (std) over runs"
+        )
     return paths

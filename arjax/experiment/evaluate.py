@@ -24,7 +24,7 @@ import tqdm
 from jax.sharding import Mesh
 
 from arjax import data as data_lib
-from arjax import faults, parallel
+from arjax import faults, methods, parallel
 from arjax import margins as margin_table
 from arjax.config_lib import ConfigError
 from arjax.evaluation import report as report_lib
@@ -140,12 +140,12 @@ def evaluate_run(
     result.update(seed=seed, split=split, **(info or {}))
     if state.margins is not None:
         values = np.asarray(jax.device_get(state.margins))
-        kw = dict(delta=cfg.method.delta, eps_max=cfg.method.eps_max)
-        result["margins"] = margin_table.statistics(values, **kw)
+        floor, ceiling = methods.METHODS[cfg.method.name].table_range(cfg.method)
+        result["margins"] = margin_table.statistics(values, delta=floor, eps_max=ceiling)
         report_lib.plot_histogram(
             values,
             os.path.join(run_dir, "margin_histogram.png"),
-            title=f"IMA margins (median {result['margins']['median']:.3f})",
+            title=f"{cfg.method.name.upper()} margins (median {result['margins']['median']:.3f})",
             xlabel=f"margin ({cfg.method.norm})",
         )
     title = f"{cfg.get('name', '') or cfg.method.name}, seed {seed}, {split} split"

@@ -113,30 +113,73 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+# The IMA paper's comparison setting: "maximum noise level 0.3 for IMA, MMA and TRADES";
+# TRADES takes the iterations and step size of the 20-PGD (alpha 4), MMA 20 PGD iterations.
+IMA_MAX_NOISE = 0.3
+IMA_VARIANTS = (
+    "ce, ima, adv<eps> (e.g. adv0.1), rand<eps>, trades[<beta>] (e.g. trades1, trades6), "
+    "mma[<d_max>] (e.g. mma0.1, mma0.3)"
+)
+
+
+def _number_suffix(variant: str, prefix: str) -> float | None:
+    """The number after ``prefix`` in ``variant`` (None when it is not one)."""
+    try:
+        return float(variant[len(prefix) :])
+    except ValueError:
+        return None
+
+
 def ima_experiment_method(variant: str) -> ml_collections.ConfigDict:
     """The ``method`` section of an IMA-paper experiment variant.
 
     ``ce`` (clean training), ``adv<eps>`` (the paper's "adv eps": (CE(x) +
     CE(PGD-20(x))) / 2 with alpha 4, e.g. ``adv0.1``), ``rand<eps>`` (uniform
-    noise), ``ima`` (Alg. 1-3 with eps_max 0.3, beta 0.5).
+    noise), ``ima`` (Alg. 1-3 with eps_max 0.3, beta 0.5), and the baselines of
+    its Figs. 6-9: ``trades<beta>`` (TRADES at eps 0.3 with the 20-PGD's steps,
+    ``beta`` the weight of the KL term: the TRADES paper's ``1/lambda``, which it
+    reports at 1 and 6; bare ``trades`` is beta 6) and ``mma<d_max>`` (MMA with
+    hinge ``d_max``; bare ``mma`` is the paper's 0.3).
+
+    Raises:
+      ConfigError: an unknown variant, naming the valid ones.
     """
     if variant == "ce":
         return method_config("standard")
     if variant == "ima":
-        return method_config("ima", eps_max=0.3, beta=0.5)
-    for prefix, name in (("adv", "adversarial"), ("rand", "noise")):
-        if variant.startswith(prefix):
-            try:
-                eps = float(variant[len(prefix) :])
-            except ValueError:
-                break
-            if name == "noise":
-                return method_config(name, eps=eps)
-            return method_config(name, r=0.5, attack="pgd", eps=eps, num_steps=20, alpha=4.0)
+        return method_config("ima", eps_max=IMA_MAX_NOISE, beta=0.5)
+    for prefix in ("adv", "rand", "trades", "mma"):
+        if not variant.startswith(prefix):
+            continue
+        bare = variant == prefix and prefix in ("trades", "mma")
+        value = None if bare else _number_suffix(variant, prefix)
+        if value is None and not bare:
+            break
+        if prefix == "rand":
+            return method_config("noise", eps=value)
+        if prefix == "adv":
+            return method_config(
+                "adversarial", r=0.5, attack="pgd", eps=value, num_steps=20, alpha=4.0
+            )
+        if prefix == "trades":
+            beta = {} if bare else {"beta": value}
+            return method_config("trades", eps=IMA_MAX_NOISE, num_steps=20, alpha=4.0, **beta)
+        return method_config("mma", d_max=IMA_MAX_NOISE if bare else value, num_steps=20)
     raise ConfigError(
-        f"unknown variant {variant!r}; valid: ce, ima, adv<eps> (e.g. adv0.1), rand<eps>, "
-        "each optionally with ',smoke'; or 'smoke'"
+        f"unknown variant {variant!r}; valid: {IMA_VARIANTS}, each optionally with "
+        "',smoke'; or 'smoke'"
     )
+
+
+def smoke_attack_steps(method: ml_collections.ConfigDict, steps: int = 3) -> None:
+    """Cuts a method's training attack to ``steps`` PGD (and bisection) steps, in place.
+
+    For the seconds-long ``smoke`` variants of image configs, where every attack step
+    is another forward and backward pass of a ConvNet.
+    """
+    for field in ("num_steps", "num_bisections"):
+        if field in method:
+            method[field] = min(method[field], steps)
 
 
 def ima_image_config(arg: str, *, tfds_name: str, model_variant: str, image_shape: tuple):
@@ -201,9 +244,7 @@ def ima_image_config(arg: str, *, tfds_name: str, model_variant: str, image_shap
         config.eval.batch_size = 32
         config.eval.eps = (0.0, 0.1)
         config.eval.eps_l2 = (0.0, 1.0)
-        if config.method.name == "ima":
-            config.method.num_steps = 3
-            config.method.num_bisections = 3
+        smoke_attack_steps(config.method)
     elif modifier:
         raise ConfigError(f"unknown modifier {modifier!r}; valid: smoke")
     return config

@@ -143,7 +143,8 @@ def initial_state(
       num_epochs: the phase's length (default ``cfg.train.num_epochs``).
 
     Returns:
-      ``(state, tx)``; ``state.margins`` is IMA's table when the method uses one.
+      ``(state, tx)``; ``state.margins`` is the margin table when the method keeps one
+      (IMA, MMA), every entry at the table's floor.
     """
     method = cfg.method if method is None else method
     num_epochs = cfg.train.num_epochs if num_epochs is None else num_epochs
@@ -151,8 +152,9 @@ def initial_state(
     total = data_lib.steps_per_epoch(n_train, cfg.train.batch_size) * int(num_epochs)
     tx = optim.make_optimizer(cfg.optim, total, params)
     table = None
-    if methods.METHODS[method.name].uses_margins:
-        table = margin_table.init_margins(n_train, method.delta)
+    registered = methods.METHODS[method.name]
+    if registered.uses_margins:
+        table = margin_table.init_margins(n_train, registered.table_range(method)[0])
     state = create_train_state(params, batch_stats, tx, seed, margins=table)
     return parallel.put_replicated(state, mesh), tx
 

@@ -12,7 +12,7 @@ from typing import Protocol
 import ml_collections
 
 from arjax.config_lib import check_choice
-from arjax.methods import adversarial, arfl, ima, mart, standard, trades
+from arjax.methods import adversarial, arfl, ima, mart, mma, standard, trades
 from arjax.methods.context import MethodContext
 from arjax.models import ModelFns
 from arjax.types import Array, Batch, Metrics, PRNGKey, PyTree
@@ -60,8 +60,17 @@ class Method:
     validate: Callable[[ml_collections.ConfigDict], None]
     # Fills derived fields (e.g. IMA's delta from the epoch count) before validation.
     resolve: Callable[[ml_collections.ConfigDict], None] | None = None
-    # Keeps a per-example margin table in the TrainState (IMA).
+    # Keeps a per-example margin table in the TrainState (IMA, MMA).
     uses_margins: bool = False
+    # (floor, ceiling) of that table from the method section: the initial value and the
+    # clip range of its updates; None means IMA's (delta, eps_max).
+    margin_range: Callable[[ml_collections.ConfigDict], tuple[float, float]] | None = None
+
+    def table_range(self, method: ml_collections.ConfigDict) -> tuple[float, float]:
+        """``(floor, ceiling)`` of the margin table for the ``method`` section."""
+        if self.margin_range is not None:
+            return self.margin_range(method)
+        return float(method.delta), float(method.eps_max)
 
 
 METHODS: dict[str, Method] = {
@@ -72,6 +81,9 @@ METHODS: dict[str, Method] = {
     "ima": Method(ima.loss, ima.defaults, ima.validate, ima.resolve, uses_margins=True),
     "trades": Method(trades.loss, trades.defaults, trades.validate),
     "mart": Method(mart.loss, mart.defaults, mart.validate),
+    "mma": Method(
+        mma.loss, mma.defaults, mma.validate, uses_margins=True, margin_range=mma.margin_range
+    ),
 }
 
 

@@ -60,6 +60,49 @@ class MethodContext:
         f = attack_logits_fn(self.model, params, batch_stats, cfg.get("attack_train_mode", False))
         return attacks.run_attack(self.attack_spec(), f, x, y, key, bounds=self.bounds)
 
+    def boundary_search(
+        self,
+        params: PyTree,
+        batch_stats: PyTree,
+        x: Array,
+        y: Array,
+        key: PRNGKey,
+        eps: Array,
+        clean_logits: Array,
+        extend_to: float | None = None,
+    ) -> attacks.BoundaryResult:
+        """BPGD (:func:`arjax.attacks.bpgd`) inside the per-sample radii ``eps`` ``[B]``.
+
+        The search's fields are ``method.{num_steps, num_bisections, alpha, norm,
+        attack_loss, random_start, bracket, side}`` (IMA, MMA); the model runs in eval
+        mode unless ``method.attack_train_mode``. ``clean_logits`` ``[B, ...]`` are the
+        loss's train-mode logits at ``x``: BPGD reuses them to find the samples
+        misclassified at ``x`` (saving a forward pass) only where they are what the
+        attack's mode gives too (no batch statistics, or the attack in train mode).
+        ``extend_to`` is BPGD's AN-PGD ray extension (MMA).
+        """
+        cfg = self.cfg
+        f = attack_logits_fn(self.model, params, batch_stats, cfg.attack_train_mode)
+        same_mode = cfg.attack_train_mode or not jax.tree.leaves(batch_stats)
+        return attacks.bpgd(
+            f,
+            x,
+            y,
+            key,
+            eps=eps,
+            num_steps=cfg.num_steps,
+            num_bisections=cfg.num_bisections,
+            alpha=cfg.alpha,
+            norm=cfg.norm,
+            loss=cfg.attack_loss,
+            random_start=cfg.random_start,
+            bounds=self.bounds,
+            bracket=cfg.bracket,
+            side=cfg.side,
+            clean_logits=clean_logits if same_mode else None,
+            extend_to=extend_to,
+        )
+
     def attack_spec(self) -> attacks.AttackSpec:
         """The ``method.*`` attack fields as an :class:`arjax.attacks.AttackSpec`."""
         cfg = self.cfg

@@ -24,7 +24,7 @@ import ml_collections
 
 from arjax import attacks, losses, margins
 from arjax.config_lib import check_choice, check_range
-from arjax.methods.context import MethodContext, attack_logits_fn, validate_common
+from arjax.methods.context import MethodContext, validate_common
 
 
 def loss(ctx: MethodContext, params, batch_stats, batch, key):
@@ -50,28 +50,7 @@ def loss(ctx: MethodContext, params, batch_stats, batch, key):
     ce = ctx.cls_loss(logits, y)
     l0 = jnp.sum(jnp.where(correct, 0.0, ce))
     l1 = jnp.sum(jnp.where(correct, ce, 0.0))
-    f = attack_logits_fn(ctx.model, params, batch_stats, cfg.attack_train_mode)
-    # BPGD needs the clean predictions in the attack's mode. Without batch statistics (or
-    # when the attack runs in train mode too) they are this forward pass's: reuse them
-    # and save BPGD one forward pass at x.
-    same_mode = cfg.attack_train_mode or not jax.tree.leaves(batch_stats)
-    found = attacks.bpgd(
-        f,
-        x,
-        y,
-        key,
-        eps=eps,
-        num_steps=cfg.num_steps,
-        num_bisections=cfg.num_bisections,
-        alpha=cfg.alpha,
-        norm=cfg.norm,
-        loss=cfg.attack_loss,
-        random_start=cfg.random_start,
-        bounds=ctx.bounds,
-        bracket=cfg.bracket,
-        side=cfg.side,
-        clean_logits=logits if same_mode else None,
-    )
+    found = ctx.boundary_search(params, batch_stats, x, y, key, eps, logits)
     use = correct & found.crossed
     logits_n, _, stats = ctx.model.apply(params, stats, found.images, train=True)
     l2 = jnp.sum(jnp.where(use, ctx.cls_loss(logits_n, y), 0.0))
