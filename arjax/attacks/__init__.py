@@ -25,6 +25,7 @@ from arjax.attacks.geometry import (
     random_init,
     step_direction,
 )
+from arjax.attacks.noise import uniform_noise
 from arjax.attacks.objectives import (
     LOSSES,
     attack_objective,
@@ -74,6 +75,7 @@ __all__ = [
     "worst_label_margin",
     "square",
     "square_p",
+    "uniform_noise",
     "ATTACKS",
     "AttackDef",
     "AttackSpec",

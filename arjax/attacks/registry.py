@@ -291,10 +291,10 @@ def _run_pgd(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
 
     if spec.restarts == 1:
         return one(key)
-    return _worst_of_restarts(one, logits_fn, x, y, key, spec.restarts)
+    return worst_of_restarts(one, logits_fn, x, y, key, spec.restarts)
 
 
-def _worst_of_restarts(one: Callable, logits_fn: LogitsFn, x, y, key, restarts: int):
+def worst_of_restarts(one: Callable, logits_fn: LogitsFn, x, y, key, restarts: int):
     """Runs ``one(key_r)`` per restart and keeps, per sample, the first that fools the model."""
     best = one(jax.random.fold_in(key, 0))
     robust = predictions_correct(logits_fn(best), y)
