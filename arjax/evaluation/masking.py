@@ -20,6 +20,7 @@ warning that the robust accuracy may be an overestimate, not a proof of masking.
 """
 
 import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
@@ -48,6 +49,12 @@ class MaskingCheck:
     passed: bool
     detail: dict[str, float]
     description: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON fields: ``name``, ``passed``, ``detail`` (floats), ``description``."""
+        detail = {k: float(v) for k, v in self.detail.items()}
+        return {"name": self.name, "passed": bool(self.passed), "detail": detail,
+                "description": self.description}  # fmt: skip
 
 
 def _white_box(num_steps: int, restarts: int, num_targets: int) -> tuple[EnsembleMember, ...]:
@@ -177,3 +184,22 @@ def masking_warnings(checks: list[MaskingCheck]) -> list[str]:
         numbers = ", ".join(f"{k}={v:.4g}" for k, v in check.detail.items())
         lines.append(f"gradient masking? {check.name}: {check.description} ({numbers})")
     return lines
+
+
+def masking_section(checks: list[MaskingCheck], **context: Any) -> dict[str, Any]:
+    """The checks as a report section (what ``report.json`` / ``eval.json`` hold).
+
+    Args:
+      checks: from :func:`gradient_masking_checks`.
+      **context: fields saying what was checked (``norm``, ``eps``, ``num_examples``...).
+
+    Returns:
+      ``{**context, "passed": all passed, "checks": [MaskingCheck.to_dict()...],
+      "warnings": masking_warnings(checks)}``.
+    """
+    return {
+        **context,
+        "passed": all(c.passed for c in checks),
+        "checks": [c.to_dict() for c in checks],
+        "warnings": masking_warnings(checks),
+    }
