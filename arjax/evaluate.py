@@ -23,7 +23,7 @@ from absl import flags
 from arjax import cli
 from arjax.attacks import ATTACKS, NORMS
 from arjax.evaluation.attack_specs import attack_specs, cross_product
-from arjax.evaluation.suite import MASKING_MODES
+from arjax.evaluation.masking import MASKING_MODES
 from arjax.experiment.setup import CHECKPOINTS
 
 PROG = "arjax-evaluate"

@@ -42,17 +42,12 @@ from arjax.config_lib import ConfigError, check_choice, check_range
 from arjax.data import eval_batches, split_labels
 from arjax.evaluation import metrics
 from arjax.evaluation.attack_curve import attack_predictions
-from arjax.evaluation.attack_specs import AttackSpec, attack_specs
-from arjax.evaluation.masking import gradient_masking_checks, masking_section
+from arjax.evaluation.attack_specs import AUTOATTACK_FAMILY, AttackSpec, attack_specs
+from arjax.evaluation.masking import MASKING_MODES, masking_checks
 from arjax.evaluation.robustness import adversarial_examples, robust_accuracy
 from arjax.models import ModelFns
-from arjax.types import LogitsFn, PRNGKey, PyTree
+from arjax.types import PRNGKey, PyTree
 
-# The attacks a reviewer-grade robustness claim is made with (Croce & Hein 2020): their
-# rows get masking checks and drive the curves under eval.masking_checks / curve_attack
-# "auto".
-AUTOATTACK_FAMILY = ("apgd-ce", "apgd-dlr", "apgd-t", "autoattack", "autoattack-fast")
-MASKING_MODES = ("auto", "all", "off")
 MASKING_KEY_TAG = 0x3A5C
 AUC_FIELDS = ("auc", "auc_per_class", "auc_skipped_classes")
 AUC_OMITTED = (
@@ -288,49 +283,6 @@ def curve_spec(cfg: ml_collections.ConfigDict, specs: list[AttackSpec], norm: st
         )
     except SpecError as e:
         raise ConfigError(str(e)) from None
-
-
-def masking_checks(
-    logits_fn: LogitsFn,
-    x: np.ndarray,
-    y: np.ndarray,
-    key: PRNGKey,
-    specs: list[AttackSpec],
-    cfg: ml_collections.ConfigDict,
-    bounds: tuple[float, float] | None,
-) -> dict[str, dict]:
-    """Gradient-masking checks for the attacks ``eval.masking_checks`` selects.
-
-    Each (norm, eps > 0) is checked once, on the first ``eval.masking_examples``
-    examples with ``eval.masking_steps`` APGD iterations (:func:`gradient_masking_checks`
-    with its defaults otherwise); attacks at the same (norm, eps) share the result.
-
-    Returns:
-      ``{spec.name: masking_section(...)}`` (``norm``, ``eps``, ``num_examples``,
-      ``num_steps``, ``passed``, ``checks``, ``warnings``); empty when none is selected.
-    """
-    mode = cfg.get("masking_checks", "auto")
-    n = int(cfg.get("masking_examples", 256))
-    steps = int(cfg.get("masking_steps", 20))
-    chosen = [
-        s for s in specs if mode == "all" or (mode == "auto" and s.attack in AUTOATTACK_FAMILY)
-    ]
-    done: dict[tuple[str, float], dict] = {}
-    out = {}
-    for spec in chosen:
-        if spec.eps <= 0:
-            continue
-        where = (spec.norm, spec.eps)
-        if where not in done:
-            checks = gradient_masking_checks(
-                logits_fn, x[:n], y[:n], jax.random.fold_in(key, len(done)), norm=spec.norm,
-                eps=spec.eps, num_steps=steps, bounds=bounds,
-            )  # fmt: skip
-            done[where] = masking_section(
-                checks, norm=spec.norm, eps=spec.eps, num_examples=min(n, len(x)), num_steps=steps
-            )
-        out[spec.name] = done[where]
-    return out
 
 
 def evaluate(
