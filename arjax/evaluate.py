@@ -1,12 +1,14 @@
 """Command line: evaluate a trained workdir without retraining.
 
     arjax-evaluate --workdir runs/X [--attack fgsm,pgd --norm linf,l2
-        --eps 0.01,0.05 --steps 100 --split test --checkpoint auto --nocurves]
+        --eps 0.01,0.05 --steps 100 --split test --checkpoint auto --nocurves
+        --masking_checks auto|all|off --curve_attack auto|pgd|autoattack|...]
 
 Restores each run's best (else latest) checkpoint, evaluates clean data and
 every (attack, norm, eps) combination given (default: the config's
-``eval.attacks``), and writes ``<run>/eval.json``, ``roc_curves.png`` and the
-workdir's mean (std) ``eval.json``. Runs already evaluated with the same
+``eval.attacks``), runs the gradient-masking checks next to APGD / AutoAttack
+attacks (a ``WARNING`` line per failed check), and writes ``<run>/eval.json``,
+``roc_curves.png`` and the workdir's mean (std) ``eval.json``. Runs already evaluated with the same
 settings are skipped (``--force`` redoes them). Bad arguments exit with
 status 2 and a one-line message naming the flag and the valid choices. Flags
 are parsed as by every arjax command (:mod:`arjax.cli`); ``main(argv)`` runs
@@ -21,6 +23,7 @@ from absl import flags
 from arjax import cli
 from arjax.attacks import ATTACKS, NORMS
 from arjax.evaluation.attack_specs import attack_specs, cross_product
+from arjax.evaluation.masking import MASKING_MODES
 from arjax.experiment.setup import CHECKPOINTS
 
 PROG = "arjax-evaluate"
@@ -40,6 +43,16 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_integer("max_examples", None, "first N examples (0: all)", 0, flag_values=fv)
     flags.DEFINE_integer("batch_size", None, "evaluation batch size", 1, flag_values=fv)
     flags.DEFINE_enum("checkpoint", "auto", CHECKPOINTS, "checkpoint to evaluate", flag_values=fv)
+    flags.DEFINE_enum(
+        "masking_checks", None, MASKING_MODES,
+        "gradient-masking checks: for APGD/AutoAttack attacks (auto), all attacks, or off",
+        flag_values=fv,
+    )  # fmt: skip
+    flags.DEFINE_enum(
+        "curve_attack", None, ("auto", *sorted(ATTACKS)),
+        "attack of the robust curves (auto: the first APGD/AutoAttack attack, else PGD)",
+        flag_values=fv,
+    )  # fmt: skip
     flags.DEFINE_boolean("curves", True, "compute the robust-accuracy curves", flag_values=fv)
     flags.DEFINE_boolean("force", False, "re-evaluate up-to-date runs", flag_values=fv)
     flags.DEFINE_boolean("progress", True, "show progress bars", flag_values=fv)
@@ -72,7 +85,8 @@ def eval_overrides(fv: flags.FlagValues) -> dict:
     except SpecError as e:
         raise cli.UsageError(f"flag --eps: {e}") from None
     out = {}
-    for field in ("num_steps", "max_examples", "batch_size", "split"):
+    fields = ("num_steps", "max_examples", "batch_size", "split", "masking_checks", "curve_attack")
+    for field in fields:
         value = fv["steps" if field == "num_steps" else field].value
         if value is not None:
             out[field] = value

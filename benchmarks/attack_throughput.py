@@ -23,6 +23,18 @@ is loop overhead. (DESIGN §7 words the ratio the other way up, measured / ideal
 JSON holds only this one.) On tiny models such as the Moons MLP a pass timed alone
 includes one jit dispatch (~0.1-0.5 ms), which an attack pays once, so the ratio
 exceeds 1 there.
+
+AutoAttack group (``autoattack`` in the JSON; ``--skip-autoattack`` leaves it out), l-inf,
+timed interleaved with its own forward / forward+input_grad / PGD-k references:
+APGD-CE-k, the standard ensemble (APGD-CE, APGD-T over T = min(9, K - 1) targets, the
+APGD-T-margin substitute for FAB-T, Square with 50 k queries; every member on the whole
+batch, as the jitted registry attack runs it) and each member alone. Besides
+``limit_ratio`` (passes: APGD k + 1 gradients; APGD-T T (k + 1) gradients and one forward
+for the targets; Square 50 k + 1 forwards; the ensemble the sum of its members plus one
+forward at the clean input and one per member to keep the inputs it broke):
+
+    cost_vs_pgd   = t(attack) / t(PGD-k)              (APGD-CE-k: its price over PGD)
+    time_vs_parts = t(ensemble) / sum of t(member alone)   (1.0: composing is free)
 """
 
 import argparse
@@ -31,6 +43,9 @@ import sys
 
 import jax
 import workloads as wl
+
+from arjax.attacks.apgd import DEFAULT_TARGETS
+from arjax.attacks.ensemble import SQUARE_QUERIES_PER_STEP
 
 
 def passes(steps: int, bisections: int) -> dict[str, tuple[int, int]]:
@@ -41,6 +56,40 @@ def passes(steps: int, bisections: int) -> dict[str, tuple[int, int]]:
         f"pgd{steps}_l2": (steps, 0),
         f"bpgd{steps}+{bisections}": (steps, 2 + bisections),
     }
+
+
+def autoattack_passes(steps: int, num_classes: int) -> dict[str, tuple[int, int]]:
+    """(gradient passes, forward passes) of APGD-CE, the ensemble and its members."""
+    t, g = max(1, min(DEFAULT_TARGETS, num_classes - 1)), steps + 1
+    members = {
+        "apgd-ce": (g, 0),
+        "apgd-t": (t * g, 1),
+        "apgd-t-margin": (t * g, 1),
+        "square": (0, SQUARE_QUERIES_PER_STEP * steps + 1),
+    }
+    rows = {f"autoattack{steps}/{name}": p for name, p in members.items()}
+    n_grad = sum(p[0] for p in members.values())
+    n_fwd = sum(p[1] for p in members.values()) + 1 + len(members)
+    rows.update({f"apgd-ce{steps}_linf": (g, 0), f"autoattack{steps}_linf": (n_grad, n_fwd)})
+    rows[f"pgd{steps}_linf"] = (steps, 0)
+    return rows
+
+
+def _add_ratios(rows: dict[str, dict], table: dict[str, tuple[int, int]]) -> None:
+    """``ideal_s`` and ``limit_ratio`` of every row in ``table`` (passes) from the two units."""
+    unit, fwd = rows["forward+input_grad"]["step_s"], rows["forward"]["step_s"]
+    for row, (n_grad, n_fwd) in table.items():
+        rows[row]["ideal_s"] = n_grad * unit + n_fwd * fwd
+        rows[row]["limit_ratio"] = rows[row]["ideal_s"] / rows[row]["step_s"]
+
+
+def _autoattack_ratios(rows: dict[str, dict], steps: int, num_classes: int) -> None:
+    _add_ratios(rows, autoattack_passes(steps, num_classes))
+    pgd, aa = rows[f"pgd{steps}_linf"]["step_s"], rows[f"autoattack{steps}_linf"]
+    for name in (f"apgd-ce{steps}_linf", f"autoattack{steps}_linf"):
+        rows[name]["cost_vs_pgd"] = rows[name]["step_s"] / pgd
+    parts = sum(r["step_s"] for n, r in rows.items() if n.startswith(f"autoattack{steps}/"))
+    aa["parts_s"], aa["time_vs_parts"] = parts, aa["step_s"] / parts
 
 
 def _timed(s: wl.Setup, args, build) -> dict[str, dict]:
@@ -70,23 +119,25 @@ def run_model(name: str, args) -> list[dict]:
     k, nb = args.steps, args.bisections
     per_options = _timed(s, args, wl.attack_workloads)
     train = {} if args.skip_train else _timed(s, args, wl.train_workloads)
+    aa = {} if args.skip_autoattack else _timed(s, args, wl.autoattack_workloads)
     results = []
     for options, rows in per_options.items():
-        unit, fwd = rows["forward+input_grad"]["step_s"], rows["forward"]["step_s"]
-        for row, (n_grad, n_fwd) in passes(k, nb).items():
-            rows[row]["ideal_s"] = n_grad * unit + n_fwd * fwd
-            rows[row]["limit_ratio"] = rows[row]["ideal_s"] / rows[row]["step_s"]
+        _add_ratios(rows, passes(k, nb))
         rows[f"bpgd{k}+{nb}"]["cost_vs_pgd"] = (
             rows[f"bpgd{k}+{nb}"]["step_s"] / rows[f"pgd{k}_linf"]["step_s"]
         )
         rows.update(train.get(options, {}))
-        for r in rows.values():
+        groups = {"rows": rows}
+        if options in aa:
+            _autoattack_ratios(aa[options], k, s.num_classes)
+            groups["autoattack"] = aa[options]
+        for r in (r for g in groups.values() for r in g.values()):
             r["images_per_s"] = batch / r["step_s"]
             if not args.keep_times:
                 r.pop("times_s")
         results.append(
             {"model": name, "batch": batch, "conv_impl": args.conv_impl,
-             "xla_options": options, "rows": rows}
+             "xla_options": options, **groups}
         )  # fmt: skip
     return results
 
@@ -97,16 +148,29 @@ def print_table(result: dict) -> None:
         f"\n{result['model']}  batch {result['batch']}  conv_impl {result['conv_impl']}"
         f"  xla options {result['xla_options']}  ({jax.default_backend()})"
     )
+    _print_rows(result["rows"])
+    bp = next(r for n, r in result["rows"].items() if "cost_vs_pgd" in r)
+    print(f"BPGD / PGD time: {bp['cost_vs_pgd']:.2f}")
+    if "autoattack" in result:
+        rows = result["autoattack"]
+        print("AutoAttack group (l-inf, own references):")
+        _print_rows(rows)
+        for name, r in rows.items():
+            if "cost_vs_pgd" in r:
+                print(f"{name} / PGD time: {r['cost_vs_pgd']:.2f}")
+            if "time_vs_parts" in r:
+                print(f"{name} / sum of its members alone: {r['time_vs_parts']:.2f}")
+
+
+def _print_rows(rows: dict[str, dict]) -> None:
     print(f"{'workload':<28}{'compile s':>10}{'step ms':>11}{'img/s':>11}{'limit':>8}")
-    for name, r in result["rows"].items():
+    for name, r in rows.items():
         eff = f"{r['limit_ratio']:.2f}" if "limit_ratio" in r else ""
         name += " (recompiled!)" if r.get("recompiled") else ""
         print(
             f"{name:<28}{r['compile_s']:>10.2f}{1e3 * r['step_s']:>11.2f}"
             f"{r['images_per_s']:>11,.0f}{eff:>8}"
         )
-    bp = next(r for n, r in result["rows"].items() if "cost_vs_pgd" in r)
-    print(f"BPGD / PGD time: {bp['cost_vs_pgd']:.2f}")
 
 
 def main(argv=None):
@@ -123,6 +187,7 @@ def main(argv=None):
         "or both, timed interleaved",
     )  # fmt: skip
     parser.add_argument("--skip-train", action="store_true", help="attacks only")
+    parser.add_argument("--skip-autoattack", action="store_true", help="no APGD / AutoAttack group")
     parser.add_argument("--keep-times", action="store_true", help="every time in the JSON")
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)

@@ -173,6 +173,43 @@ def attack_workloads(s: Setup, steps: int, bisections: int) -> dict[str, tuple[C
     }
 
 
+def autoattack_workloads(
+    s: Setup, steps: int, bisections: int
+) -> dict[str, tuple[Callable, tuple]]:
+    """APGD-CE, the standard AutoAttack ensemble and each of its members alone (l-inf).
+
+    With the references the ratios need, timed in the same interleaved group: the two
+    model passes and PGD with as many steps. ``bisections`` is unused (the builders share
+    one signature). The members use the ensemble's keys (member i: ``fold_in(key, i)``).
+    """
+    del bisections
+    k, eps, bounds = steps, s.eps, s.bounds
+    base = attack_workloads(s, k, 1)
+    rows = {n: base[n] for n in ("forward", "forward+input_grad", f"pgd{k}_linf")}
+
+    def registry(text):
+        spec = arjax.attacks.parse_attack(text, default_steps=k)
+
+        def fn(p, st, x, y, key):
+            logits = s.model.logits_fn(p, st)
+            return arjax.attacks.run_attack(spec, logits, x, y, key, bounds=bounds)
+
+        return _jit(fn)
+
+    args = (s.params, s.stats, s.x, s.y, s.key)
+    rows[f"apgd-ce{k}_linf"] = (registry(f"apgd-ce:linf:{eps!r}:{k}"), args)
+    rows[f"autoattack{k}_linf"] = (registry(f"autoattack:linf:{eps!r}:{k}"), args)
+    for i, member in enumerate(arjax.attacks.autoattack_members("standard", num_steps=k)):
+
+        def part(p, st, x, y, key, i=i, member=member):
+            logits = s.model.logits_fn(p, st)
+            k_i = jax.random.fold_in(key, i)
+            return member.run(logits, x, y, k_i, eps=eps, norm="linf", bounds=bounds)
+
+        rows[f"autoattack{k}/{member.name}"] = (_jit(part), args)
+    return rows
+
+
 def method_configs(s: Setup, steps: int, bisections: int) -> dict[str, ml_collections.ConfigDict]:
     """One config per training method (PGD-10 for the adversarial ones)."""
     eps = s.eps

@@ -23,7 +23,8 @@ def test_attack_throughput_times_both_option_sets(attack_throughput, tmp_path):
     out = tmp_path / "at.json"
     attack_throughput.main(
         ["--model", "moons_mlp", "--batch", "16", "--steps", "2", "--bisections", "1",
-         "--repeats", "1", "--skip-train", "--xla-options", "both", "--json", str(out)]
+         "--repeats", "1", "--skip-train", "--skip-autoattack", "--xla-options", "both",
+         "--json", str(out)]
     )  # fmt: skip
     result = json.loads(out.read_text())
     assert [r["xla_options"] for r in result["results"]] == ["arjax", "default"]
@@ -35,3 +36,37 @@ def test_attack_throughput_times_both_option_sets(attack_throughput, tmp_path):
     import workloads
 
     workloads.use_xla_options("arjax")  # leave the module default as found
+
+
+def test_autoattack_rows_and_their_ratios(attack_throughput, tmp_path):
+    out = tmp_path / "aa.json"
+    attack_throughput.main(
+        ["--model", "moons_mlp", "--batch", "8", "--steps", "2", "--bisections", "1",
+         "--repeats", "1", "--skip-train", "--json", str(out)]
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["machine"]["cpu"] and result["machine"]["cores"] >= 1
+    (r,) = result["results"]
+    assert "apgd-ce2_linf" not in r["rows"]  # its own group, with its own references
+    rows = r["autoattack"]
+    members = ["apgd-ce", "apgd-t", "apgd-t-margin", "square"]
+    assert set(rows) == {"forward", "forward+input_grad", "pgd2_linf", "apgd-ce2_linf",
+                         "autoattack2_linf", *(f"autoattack2/{m}" for m in members)}  # fmt: skip
+    for name, row in rows.items():
+        assert row["step_s"] > 0 and row["compile_s"] > 0 and not row["recompiled"], name
+        assert row["images_per_s"] == pytest.approx(8 / row["step_s"])
+    aa = rows["autoattack2_linf"]
+    assert aa["parts_s"] == pytest.approx(sum(rows[f"autoattack2/{m}"]["step_s"] for m in members))
+    assert aa["time_vs_parts"] == pytest.approx(aa["step_s"] / aa["parts_s"])
+    for name in ("apgd-ce2_linf", "autoattack2_linf"):
+        assert rows[name]["cost_vs_pgd"] == pytest.approx(
+            rows[name]["step_s"] / rows["pgd2_linf"]["step_s"]
+        )
+    # two classes: one APGD-T target; the ensemble's passes are its members' plus five
+    # forwards (the clean input and one per member keeping what it broke)
+    passes = attack_throughput.autoattack_passes(2, 2)
+    assert passes["autoattack2/apgd-t"] == (3, 1) and passes["autoattack2/square"] == (0, 101)
+    assert passes["autoattack2_linf"] == (9, 103 + 5)
+    unit, fwd = rows["forward+input_grad"]["step_s"], rows["forward"]["step_s"]
+    assert aa["ideal_s"] == pytest.approx(9 * unit + 108 * fwd)
+    assert aa["limit_ratio"] == pytest.approx(aa["ideal_s"] / aa["step_s"])

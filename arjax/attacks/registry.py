@@ -128,6 +128,10 @@ class AttackDef:
       losses: objectives the attack accepts.
       fixed_steps: the step count when the attack has one (FGSM: 1), else None.
       gradient_free: True for score-based (black-box) attacks.
+      score_calibrated: False when the output is a per-example selection among attacks
+        (AutoAttack keeps the first input that flips the label, and the clean input where
+        none does): its scores are not made to degrade a ranking, so an AUC on them is
+        not an "AUC under attack" and evaluation reports leave it out.
       doc: one line for ``--help`` and error messages.
     """
 
@@ -135,6 +139,7 @@ class AttackDef:
     losses: tuple[str, ...]
     fixed_steps: int | None = None
     gradient_free: bool = False
+    score_calibrated: bool = True
     doc: str = ""
 
 
@@ -406,6 +411,7 @@ register_attack(
     AttackDef(
         _autoattack_runner("standard"),
         ("ensemble",),
+        score_calibrated=False,
         doc="AutoAttack: APGD-CE, APGD-T, APGD-T-margin (for FAB-T), Square",
     ),
 )
@@ -414,6 +420,7 @@ register_attack(
     AttackDef(
         _autoattack_runner("fast"),
         ("ensemble",),
+        score_calibrated=False,
         doc="APGD-CE then APGD-T over 3 targets (cheap, no Square)",
     ),
 )

@@ -19,7 +19,14 @@ from arjax.attacks.registry import DEFAULT_ALPHA, FORMAT, AttackSpec, SpecError
 from arjax.attacks.registry import parse_attack as _parse
 from arjax.config_lib import ConfigError
 
-__all__ = ["FORMAT", "AttackSpec", "attack_specs", "cross_product", "parse_attack"]
+__all__ = [
+    "AUTOATTACK_FAMILY", "FORMAT", "AttackSpec", "attack_specs", "cross_product", "parse_attack",
+]  # fmt: skip
+
+# The attacks a reviewer-grade robustness claim is made with (Croce & Hein 2020): their
+# rows get the gradient-masking checks and drive the robust curves when
+# eval.masking_checks / eval.curve_attack are "auto".
+AUTOATTACK_FAMILY = ("apgd-ce", "apgd-dlr", "apgd-t", "autoattack", "autoattack-fast")
 
 
 def parse_attack(

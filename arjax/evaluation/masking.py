@@ -17,19 +17,25 @@ AutoAttack) and the black-box Square attack:
 
 Each check allows a slack of ``tolerance`` (a fraction of the batch); a failed check is a
 warning that the robust accuracy may be an overestimate, not a proof of masking.
+:func:`masking_checks` runs them for the attacks an ``eval`` config selects
+(``eval.masking_checks``) and :func:`masking_section` is what the reports hold.
 """
 
 import dataclasses
+from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 from arjax.attacks.apgd import DEFAULT_TARGETS
 from arjax.attacks.ensemble import EnsembleMember
+from arjax.evaluation.attack_specs import AUTOATTACK_FAMILY, AttackSpec
 from arjax.evaluation.autoattack import autoattack
 from arjax.types import Array, LogitsFn, PRNGKey
 
 EPS_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+MASKING_MODES = ("auto", "all", "off")  # eval.masking_checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +54,12 @@ class MaskingCheck:
     passed: bool
     detail: dict[str, float]
     description: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON fields: ``name``, ``passed``, ``detail`` (floats), ``description``."""
+        detail = {k: float(v) for k, v in self.detail.items()}
+        return {"name": self.name, "passed": bool(self.passed), "detail": detail,
+                "description": self.description}  # fmt: skip
 
 
 def _white_box(num_steps: int, restarts: int, num_targets: int) -> tuple[EnsembleMember, ...]:
@@ -177,3 +189,68 @@ def masking_warnings(checks: list[MaskingCheck]) -> list[str]:
         numbers = ", ".join(f"{k}={v:.4g}" for k, v in check.detail.items())
         lines.append(f"gradient masking? {check.name}: {check.description} ({numbers})")
     return lines
+
+
+def masking_section(checks: list[MaskingCheck], **context: Any) -> dict[str, Any]:
+    """The checks as a report section (what ``report.json`` / ``eval.json`` hold).
+
+    Args:
+      checks: from :func:`gradient_masking_checks`.
+      **context: fields saying what was checked (``norm``, ``eps``, ``num_examples``...).
+
+    Returns:
+      ``{**context, "passed": all passed, "checks": [MaskingCheck.to_dict()...],
+      "warnings": masking_warnings(checks)}``.
+    """
+    return {
+        **context,
+        "passed": all(c.passed for c in checks),
+        "checks": [c.to_dict() for c in checks],
+        "warnings": masking_warnings(checks),
+    }
+
+
+def masking_checks(
+    logits_fn: LogitsFn,
+    x: np.ndarray,
+    y: np.ndarray,
+    key: PRNGKey,
+    specs: list[AttackSpec],
+    cfg: ml_collections.ConfigDict,
+    bounds: tuple[float, float] | None,
+) -> dict[str, dict]:
+    """Gradient-masking checks for the attacks ``eval.masking_checks`` (``cfg``) selects.
+
+    ``"auto"``: the APGD / AutoAttack attacks (``AUTOATTACK_FAMILY``); ``"all"``: every
+    attack; ``"off"``: none.
+
+    Each (norm, eps > 0) is checked once, on the first ``eval.masking_examples``
+    examples with ``eval.masking_steps`` APGD iterations (:func:`gradient_masking_checks`
+    with its defaults otherwise); attacks at the same (norm, eps) share the result.
+
+    Returns:
+      ``{spec.name: masking_section(...)}`` (``norm``, ``eps``, ``num_examples``,
+      ``num_steps``, ``passed``, ``checks``, ``warnings``); empty when none is selected.
+    """
+    mode = cfg.get("masking_checks", "auto")
+    n = int(cfg.get("masking_examples", 256))
+    steps = int(cfg.get("masking_steps", 20))
+    chosen = [
+        s for s in specs if mode == "all" or (mode == "auto" and s.attack in AUTOATTACK_FAMILY)
+    ]
+    done: dict[tuple[str, float], dict] = {}
+    out = {}
+    for spec in chosen:
+        if spec.eps <= 0:
+            continue
+        where = (spec.norm, spec.eps)
+        if where not in done:
+            checks = gradient_masking_checks(
+                logits_fn, x[:n], y[:n], jax.random.fold_in(key, len(done)), norm=spec.norm,
+                eps=spec.eps, num_steps=steps, bounds=bounds,
+            )  # fmt: skip
+            done[where] = masking_section(
+                checks, norm=spec.norm, eps=spec.eps, num_examples=min(n, len(x)), num_steps=steps
+            )
+        out[spec.name] = done[where]
+    return out

@@ -5,10 +5,29 @@ Used by the training loop's final report and by ``python -m arjax.evaluate``
 metrics; metrics on adversarial data for every attack of ``eval.attacks``
 (ARFL's "adversarial accuracy / AUC", Hao et al. §4.2; the first attack is the
 report's ``adversarial`` section); sensitivity / specificity at an operating
-point chosen on validation data; and the IMA paper's robust-accuracy-vs-eps
-curve (PGD with each of ``eval.losses``, worst case per sample).
+point chosen on validation data; the robust-accuracy-vs-eps curve; and the
+gradient-masking sanity checks next to APGD / AutoAttack rows.
+
+Curves (``eval.curve_attack``): ``"pgd"`` is the IMA paper's curve (PGD with each
+of ``eval.losses``, worst case per sample); a registered attack name runs that
+attack at every radius (:mod:`arjax.evaluation.attack_curve`, monotone in eps);
+``"auto"`` (the default) uses the first APGD / AutoAttack attack of
+``eval.attacks`` (its steps and restarts, the curve's norm) when there is one,
+else PGD.
+
+Masking checks (``eval.masking_checks``, Carlini et al. 2019; see
+:mod:`arjax.evaluation.masking`): ``"auto"`` runs them for every APGD /
+AutoAttack attack, ``"all"`` for every attack, ``"off"`` never; on the first
+``eval.masking_examples`` examples with ``eval.masking_steps`` APGD iterations,
+once per (norm, eps). Results go to ``report["masking_checks"][attack name]``.
+
+AUC under AutoAttack is left out (``auc_omitted`` says why): the ensemble keeps,
+per example, the first input that flips the label and the clean input where none
+does, so its scores are not an attack on the ranking and the AUC of them is not an
+"AUC under attack" (see ``AttackDef.score_calibrated``).
 """
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -18,14 +37,23 @@ import numpy as np
 from jax.sharding import Mesh
 
 from arjax import compilation, losses, parallel
-from arjax.attacks.registry import ATTACKS
+from arjax.attacks.registry import ATTACKS, SpecError, make_spec
 from arjax.config_lib import ConfigError, check_choice, check_range
 from arjax.data import eval_batches, split_labels
 from arjax.evaluation import metrics
-from arjax.evaluation.attack_specs import AttackSpec, attack_specs
+from arjax.evaluation.attack_curve import attack_predictions
+from arjax.evaluation.attack_specs import AUTOATTACK_FAMILY, AttackSpec, attack_specs
+from arjax.evaluation.masking import MASKING_MODES, masking_checks
 from arjax.evaluation.robustness import adversarial_examples, robust_accuracy
 from arjax.models import ModelFns
 from arjax.types import PRNGKey, PyTree
+
+MASKING_KEY_TAG = 0x3A5C
+AUC_FIELDS = ("auc", "auc_per_class", "auc_skipped_classes")
+AUC_OMITTED = (
+    "AUC omitted: the attack keeps per example the first input that flips the label (else "
+    "the clean one), which does not attack the ranking; report its accuracy"
+)
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
@@ -48,7 +76,15 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         for i, eps in enumerate(cfg.eval.get(field, ())):
             if not isinstance(eps, int | float) or eps < 0:
                 raise ConfigError(f"eval.{field}[{i}]={eps!r} is out of range; valid: [0, inf)")
-    attack_specs(cfg.eval)
+    specs = attack_specs(cfg.eval)
+    if "curve_attack" in cfg.eval:
+        check_choice(cfg, "eval.curve_attack", ("auto", *ATTACKS))
+        for norm in ("linf", "l2"):
+            curve_spec(cfg.eval, specs, norm)
+    if "masking_checks" in cfg.eval:
+        check_choice(cfg, "eval.masking_checks", MASKING_MODES)
+        check_range(cfg, "eval.masking_examples", 1, integer=True)
+        check_range(cfg, "eval.masking_steps", 1, integer=True)
     split = cfg.eval.get("threshold_split", "val")
     if not isinstance(split, str):
         raise ConfigError(f"eval.threshold_split={split!r} must be a split name such as 'val'")
@@ -223,6 +259,32 @@ def attacked_logits(
     return out
 
 
+def curve_spec(cfg: ml_collections.ConfigDict, specs: list[AttackSpec], norm: str):
+    """The attack of a robust curve in ``norm``: an :class:`AttackSpec`, or None for PGD.
+
+    None means the IMA curve (PGD with each of ``eval.losses``); see the module
+    docstring for ``eval.curve_attack``.
+
+    Raises:
+      ConfigError: ``eval.curve_attack`` names an attack the registry rejects.
+    """
+    choice = cfg.get("curve_attack", "auto")
+    if choice == "pgd":
+        return None
+    if choice == "auto":
+        strong = [s for s in specs if s.attack in AUTOATTACK_FAMILY]
+        if not strong:
+            return None
+        base = next((s for s in strong if s.norm == norm), strong[0])
+        return dataclasses.replace(base, norm=norm, eps=0.0)
+    try:
+        return make_spec(
+            choice, norm, 0.0, cfg.num_steps, where="eval.curve_attack", alpha=cfg.alpha
+        )
+    except SpecError as e:
+        raise ConfigError(str(e)) from None
+
+
 def evaluate(
     model: ModelFns,
     params: PyTree,
@@ -255,7 +317,8 @@ def evaluate(
       ``(report, logits)``: report ``{"clean": {...}, "attacks": {name: {...}},
       "adversarial": {...first attack...}, "robust_curve": {...}}`` (plus
       ``"robust_curve_l2"`` when ``eval.eps_l2`` is set), and ``{"clean": [N, ...],
-      name: [N, ...]}`` logits for ROC plots.
+      name: [N, ...]}`` logits for ROC plots (not for attacks whose AUC is omitted);
+      ``"masking_checks"`` when any attack was checked (see :func:`masking_checks`).
     """
     x, y = arrays["image"], arrays["label"]
     specs = attack_specs(cfg)
@@ -279,6 +342,11 @@ def evaluate(
     report = {"clean": classification_metrics(logits["clean"], y, threshold), "attacks": {}}
     for spec in specs:
         m = classification_metrics(logits[spec.name], y, threshold)
+        if not ATTACKS[spec.attack].score_calibrated:
+            m = {k: v for k, v in m.items() if k not in AUC_FIELDS}
+            if "auc" in report["clean"]:
+                m["auc_omitted"] = AUC_OMITTED
+            del logits[spec.name]  # no ROC curve for it either
         report["attacks"][spec.name] = {**spec.to_dict(), **m}
     report["adversarial"] = report["attacks"][specs[0].name]
     curve_specs = [("robust_curve", cfg.norm, cfg.eps)] if curves else []
@@ -286,18 +354,23 @@ def evaluate(
         curve_specs.append(("robust_curve_l2", "l2", cfg.eps_l2))
     logits_fn = model.logits_fn(params, batch_stats)
     for name, norm, eps in curve_specs:
-        curve = robust_accuracy(
-            logits_fn,
-            x,
-            y,
-            jax.random.fold_in(k_curve, len(name)),
-            eps=tuple(eps),
-            num_steps=cfg.num_steps,
-            norm=norm,
-            losses=tuple(cfg.losses),
-            alpha=cfg.alpha,
-            bounds=bounds,
-            batch_size=cfg.batch_size,
-        )
-        report[name] = {**curve.to_dict(), "area": curve.area()}
+        k = jax.random.fold_in(k_curve, len(name))
+        spec = curve_spec(cfg, specs, norm)
+        if spec is None:
+            curve = robust_accuracy(
+                logits_fn, x, y, k, eps=tuple(eps), num_steps=cfg.num_steps, norm=norm,
+                losses=tuple(cfg.losses), alpha=cfg.alpha, bounds=bounds,
+                batch_size=cfg.batch_size,
+            )  # fmt: skip
+            report[name] = {**curve.to_dict(), "area": curve.area()}
+            continue
+        curve = attack_predictions(
+            logits_fn, x, y, k, spec, eps=tuple(eps), bounds=bounds, batch_size=cfg.batch_size
+        ).curve()
+        attack = {f: v for f, v in spec.to_dict().items() if f not in ("name", "eps")}
+        report[name] = {**curve.to_dict(), "area": curve.area(), "attack": attack}
+    k_mask = jax.random.fold_in(key, MASKING_KEY_TAG)
+    checks = masking_checks(logits_fn, x, y, k_mask, specs, cfg, bounds)
+    if checks:
+        report["masking_checks"] = checks
     return report, logits

@@ -30,9 +30,9 @@ from arjax.config_lib import ConfigError
 from arjax.evaluation import report as report_lib
 from arjax.evaluation import suite
 from arjax.evaluation.metrics import aggregate
-from arjax.experiment import plots, setup
+from arjax.experiment import plots, presets, setup
 from arjax.experiment import workdir as workdir_lib
-from arjax.experiment.summary import run_scalars
+from arjax.experiment.summary import masking_warnings, run_scalars
 from arjax.models import ModelFns
 from arjax.training.state import TrainState
 
@@ -138,6 +138,9 @@ def evaluate_run(
     faults.point("evaluate")
     result["threshold"] = threshold
     result.update(seed=seed, split=split, **(info or {}))
+    for attack, section in result.get("masking_checks", {}).items():
+        for line in section["warnings"]:
+            log.warning("%s, %s: %s", run_dir, attack, line)
     if state.margins is not None:
         values = np.asarray(jax.device_get(state.margins))
         floor, ceiling = methods.METHODS[cfg.method.name].table_range(cfg.method)
@@ -199,6 +202,9 @@ def evaluate_workdir(
         raise ConfigError(f"workdir {workdir!r} does not exist")
     cfg = workdir_lib.load_config(workdir)
     with cfg.unlocked():
+        for key, value in presets.base_config().eval.items():
+            if key not in cfg.eval:  # a workdir trained before the field existed
+                cfg.eval[key] = value
         for key, value in (overrides or {}).items():
             if key not in cfg.eval:
                 valid = ", ".join(sorted(cfg.eval))
@@ -246,4 +252,5 @@ def summarize(cfg: ml_collections.ConfigDict, results: list[dict]) -> dict:
         "runs": [r.get("run", "") for r in results],
         "per_run": per_run,
         "summary": aggregate(per_run),
+        "masking_warnings": masking_warnings(results),
     }

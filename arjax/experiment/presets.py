@@ -30,8 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
     ``patience`` evaluations, see ``arjax.training.schedule``), ``eval`` (final
     evaluation: clean metrics, metrics under each attack of ``attacks`` (or
     the one at ``adv_eps``) for "adversarial accuracy / AUC", sensitivity and
-    specificity at a threshold chosen on ``threshold_split``, and the
-    robust-accuracy-vs-eps curve).
+    specificity at a threshold chosen on ``threshold_split``, the
+    robust-accuracy-vs-eps curve with ``curve_attack``, and the gradient-masking
+    checks of ``masking_checks``; see ``arjax.evaluation.suite``).
     """
     c = ml_collections.ConfigDict()
     c.name = ""
@@ -109,6 +110,15 @@ def base_config() -> ml_collections.ConfigDict:
         # CAM localisation against the split's boxes (Khakzar §3.3) when it has
         # boxes and the network a GAP + linear head
         localization=True,
+        # attack of the robust curves: "auto" (the first APGD / AutoAttack attack of
+        # `attacks`, else PGD), "pgd" (IMA: PGD with each of `losses`) or any attack name
+        curve_attack="auto",
+        # gradient-masking sanity checks (Carlini et al. 2019) in the report: "auto"
+        # (for APGD / AutoAttack attacks), "all" (every attack) or "off"; on the first
+        # masking_examples examples, with masking_steps APGD iterations
+        masking_checks="auto",
+        masking_examples=256,
+        masking_steps=20,
     )
     return c
 

@@ -56,8 +56,26 @@ def curve_with_std(
     return (eps, accs.mean(0), std)
 
 
+def masking_warnings(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``"<run> <attack>: gradient masking? ..."``, one per failed check of every run.
+
+    Reads each result's ``masking_checks`` (see :func:`arjax.evaluation.suite.masking_checks`).
+    """
+    lines = []
+    for r in results:
+        run = r.get("run") or f"seed {r.get('seed', '?')}"
+        if "fold" in r:
+            run += f" fold {r['fold']}"
+        for attack, section in r.get("masking_checks", {}).items():
+            lines += [f"{run} {attack}: {w}" for w in section["warnings"]]
+    return lines
+
+
 def experiment_report(cfg: ml_collections.ConfigDict, results: list[dict]) -> dict:
-    """The experiment report: per-run results and mean (std) over all folds and seeds."""
+    """The experiment report: per-run results and mean (std) over all folds and seeds.
+
+    ``masking_warnings`` lists every failed gradient-masking check of every run.
+    """
     summary = aggregate([run_scalars(r) for r in results])
     clean = summary.get("clean/accuracy", {}).get("mean", math.nan)
     adv = summary.get("adversarial/accuracy", {}).get("mean", math.nan)
@@ -68,6 +86,7 @@ def experiment_report(cfg: ml_collections.ConfigDict, results: list[dict]) -> di
         "folds": list(dict.fromkeys(r["fold"] for r in results if "fold" in r)),
         "summary": summary,
         "mean_accuracy": (clean + adv) / 2,
+        "masking_warnings": masking_warnings(results),
         "runs": results,
     }
 
@@ -128,7 +147,13 @@ def format_report(report: Mapping[str, Any]) -> str:
         if not (first and key.startswith(f"{first}/"))
     ]
     rows.append(["mean of clean/adv accuracy", f"{100 * report['mean_accuracy']:.1f} %"])
-    return format_table(["metric", "mean (std)"], rows, title=title)
+    return _with_warnings(format_table(["metric", "mean (std)"], rows, title=title), report)
+
+
+def _with_warnings(table: str, report: Mapping[str, Any]) -> str:
+    """The table, then a ``WARNING`` line per failed gradient-masking check."""
+    lines = [f"WARNING {w}" for w in report.get("masking_warnings", ())]
+    return "\n".join([table, *lines])
 
 
 def format_eval(summary: Mapping[str, Any]) -> str:
@@ -147,7 +172,7 @@ def format_eval(summary: Mapping[str, Any]) -> str:
         if any(f"{n}/{c}" in stats for c in columns)
     ]  # fmt: skip
     title = f"{summary['name'] or summary['method']}: {len(summary['runs'])} run(s), % mean (std)"
-    return format_table(["condition", *columns], rows, title=title)
+    return _with_warnings(format_table(["condition", *columns], rows, title=title), summary)
 
 
 def diverged(losses: list[float], what: str) -> bool:
