@@ -103,7 +103,7 @@ def launch(*args, timeout=300):
     [
         (
             "--config.method.name=madry",
-            "valid choices: adversarial, arfl, ima, mart, noise, standard, trades",
+            "valid choices: adversarial, arfl, dsbn, ima, mart, mirst, noise, standard, trades",
         ),
         (
             "--config.model.name=resnet",

@@ -12,7 +12,7 @@ from typing import Protocol
 import ml_collections
 
 from arjax.config_lib import check_choice
-from arjax.methods import adversarial, arfl, ima, mart, standard, trades
+from arjax.methods import adversarial, arfl, dsbn, ima, mart, mirst, standard, trades
 from arjax.methods.context import MethodContext
 from arjax.models import ModelFns
 from arjax.types import Array, Batch, Metrics, PRNGKey, PyTree
@@ -72,6 +72,8 @@ METHODS: dict[str, Method] = {
     "ima": Method(ima.loss, ima.defaults, ima.validate, ima.resolve, uses_margins=True),
     "trades": Method(trades.loss, trades.defaults, trades.validate),
     "mart": Method(mart.loss, mart.defaults, mart.validate),
+    "dsbn": Method(dsbn.loss, dsbn.defaults, dsbn.validate),
+    "mirst": Method(mirst.loss, mirst.defaults, mirst.validate),
 }
 
 

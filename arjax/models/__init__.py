@@ -3,7 +3,7 @@
 Registered ``model.name`` values:
 
 * ``"mlp"``: ``MLP`` (fields ``hidden``, ``activation``, ``layer_norm``,
-  ``num_outputs``).
+  ``batch_norm``, ``num_outputs``).
 * ``"cam_cnn"``: ``CamCNN``, a small conv + GAP + linear network for CAM tests
   and demos (fields ``widths``, ``input_norm``, ``num_outputs``, ``binary_head``).
 * ``"ima_cnn"``: the IMA paper's image CNNs, ``model.variant`` picks
@@ -33,6 +33,12 @@ Every model takes ``model.conv_impl`` (optional, default ``"auto"``): the
 implementation of all its ``Conv`` layers, ``"auto"`` (patches-based input
 gradient on the CPU backend, XLA's convolution elsewhere), ``"xla"`` or
 ``"patches"``; see ``arjax.models.layers.conv2d``.
+
+Every model takes ``model.dual_batch_norm`` (optional, default False): replace
+each batch norm by a clean/adversarial pair (DSBN, ``arjax.models.dual_norm``;
+the ``dsbn`` method needs it). The model must have batch norms: the ResNets
+with ``norm="batch"``, the DenseNets, an MLP with ``batch_norm=True``; not VGG16
+(torchvision's ``vgg16`` has none) nor the instance-norm networks.
 """
 
 import logging
@@ -48,6 +54,7 @@ from arjax.models.camnet import CamCNN, build_cam_cnn
 from arjax.models.cnn import ARCHITECTURES, ConvSpec, ImaCNN, feature_map_shape, ima_cnn
 from arjax.models.convolution import CONV_IMPLS, conv2d, conv_impl_scope
 from arjax.models.densenet import DenseNet, TruncatedDenseNet, densenet
+from arjax.models.dual_norm import BRANCHES, DualBatchNorm, branch_model, dualize
 from arjax.models.functional import ModelFns, split_model
 from arjax.models.layers import (
     INPUT_NORMS,
@@ -85,6 +92,7 @@ def _build_mlp(cfg: ml_collections.ConfigDict, input_shape, num_classes: int, rn
         num_outputs=num_outputs,
         activation=cfg.get("activation", "relu"),
         layer_norm=_bool_or_tuple(cfg.get("layer_norm", False)),
+        batch_norm=bool(cfg.get("batch_norm", False)),
         rngs=rngs,
     )
 
@@ -193,7 +201,8 @@ def build_model(
       ``(ModelFns, params, batch_stats)``.
 
     Raises:
-      ConfigError: for an unknown ``model.conv_impl`` (naming the valid choices).
+      ConfigError: for an unknown ``model.conv_impl`` (naming the valid choices), or
+        ``model.dual_batch_norm`` on a model without batch norm.
     """
     if cfg.name not in MODELS:
         raise ValueError(f"unknown model.name {cfg.name!r}; valid: {sorted(MODELS)}")
@@ -204,12 +213,18 @@ def build_model(
         )
     with conv_impl_scope(conv_impl):
         module = MODELS[cfg.name](cfg, tuple(input_shape), num_classes, nnx.Rngs(params=seed))
+    if cfg.get("dual_batch_norm", False):
+        try:
+            dualize(module)
+        except ValueError as e:
+            raise ConfigError(f"model.dual_batch_norm=True for model {cfg.name!r}: {e}") from None
     return split_model(module)
 
 
 __all__ = [
     "ACTIVATIONS",
     "ARCHITECTURES",
+    "BRANCHES",
     "CONV_IMPLS",
     "INPUT_NORMS",
     "MLP",
@@ -223,6 +238,7 @@ __all__ = [
     "Conv",
     "ConvSpec",
     "DenseNet",
+    "DualBatchNorm",
     "ImaCNN",
     "ImportReport",
     "ModelFns",
@@ -231,10 +247,12 @@ __all__ = [
     "abstract_module",
     "adaptive_avg_pool",
     "batch_norm",
+    "branch_model",
     "build_model",
     "conv2d",
     "conv_impl_scope",
     "densenet",
+    "dualize",
     "export_torchvision",
     "feature_map_shape",
     "ima_cnn",
