@@ -27,11 +27,12 @@ PGD-7 eps_1 = 0.01, alpha 2.5, r = 0.5 where a mix applies):
     G dsbn     dual batch norm, clean and adversarial branches (separate statistics
                and affine parameters), PGD-7 through the adversarial branch, the
                clean branch at test. torchvision's VGG16 has no batch norm, so the
-               nearest faithful form is used: ResNet-18 from ImageNet weights
-               (--config.model.pretrained=/path/resnet18.safetensors) with every
-               BatchNorm made dual, fine-tuning its last block and head
-               (optim.trainable = fc, layer4/1), as the VGG rows fine-tune
-               their last convolution and classifier.
+               nearest faithful form is used: VGG16 with batch norm (torchvision's
+               vgg16_bn, --config.model.pretrained=/path/vgg16_bn.safetensors) with
+               every BatchNorm made dual, fine-tuning the classifier and the last
+               convolution with its (dual) batch norm (optim.trainable = classifier,
+               features/40, features/41); the frozen layers' running statistics
+               still follow each branch's own data.
     H trades   TRADES, beta = 6, PGD-7 on the KL.
     I mirst    MIRST, PGD-7 instances at eps_1 * (1/3, 2/3, 1), self-training beta = 1.
 Expected AUC % (standard / adversarial, mean), Institution A (Table 2): A 69.2/58.8
@@ -119,17 +120,16 @@ def get_config(arg="dual_arfl"):
     config.eval.adv_eps = 0.01
     config.eval.num_steps = 7
     config.eval.eps = (0.0, 0.005, 0.01, 0.02)
-    if variant == "dsbn":  # VGG16 has no batch norm: ResNet-18 (see the docstring)
-        config.model = dict(
-            name="resnet18", pretrained="", num_outputs=1, conv_impl="auto", dual_batch_norm=True
-        )
-        config.optim.trainable = ("fc", "layer4/1")
+    if variant == "dsbn":  # torchvision's vgg16_bn, every batch norm dual (see the docstring)
+        config.model.update(batch_norm=True, dual_batch_norm=True)
+        config.optim.trainable = ("classifier", "features/40", "features/41")
     if modifier == "smoke":
         lesion_smoke(config)
         config.folds = 0  # one fold: seconds (the five-fold run is 5x this)
-        if config.model.name == "vgg16":
-            config.model.hidden = 64  # a small classifier: seconds, not minutes, on CPU
+        config.model.hidden = 64  # a small classifier: seconds, not minutes, on CPU
         config.method.num_steps = 2
+        if config.method.name == "mirst":  # two instance levels: fewer batch shapes to compile
+            config.method.levels = (0.5, 1.0)
     elif modifier:
         raise ValueError(f"unknown modifier {modifier!r}; valid: smoke")
     return config

@@ -323,3 +323,24 @@ def test_dual_resnet18_has_both_branches_everywhere():
     bn = params["layer1"][0]["bn1"]["norms"]
     np.testing.assert_array_equal(bn["clean"]["scale"][...], bn["adversarial"]["scale"][...])
     assert bn["clean"]["scale"][...] is not bn["adversarial"]["scale"][...]
+
+
+def test_vgg16_batch_norm_is_torchvisions_vgg16_bn_layout():
+    from arjax.models import export_torchvision, import_torchvision, vgg16
+
+    model = vgg16(1, 3, hidden=8, batch_norm=True, seed=0)
+    convs = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]  # torchvision's vgg16_bn
+    state = export_torchvision(model)
+    assert sorted({int(k.split(".")[1]) for k in state if k.startswith("features.")}) == sorted(
+        convs + [c + 1 for c in convs]
+    )
+    assert state["features.41.running_var"].shape == (512,)
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 32, 32, 3)), jnp.float32)
+    fns, params, stats = split_model(model)
+    want, features, _ = fns.apply(params, stats, x, train=True)
+    assert features.shape == (2, 2, 2, 512)
+    other = vgg16(1, 3, hidden=8, batch_norm=True, seed=1)
+    report = import_torchvision(other, state)
+    assert len(report.dropped) == 13  # the num_batches_tracked counters
+    got = split_model(other)
+    np.testing.assert_allclose(got[0].apply(*got[1:], x, train=True)[0], want, rtol=1e-5)

@@ -23,7 +23,7 @@ the adversarial forward only the adversarial ones.
 At test time the model normalises with the clean branch: the model's default
 branch, so evaluation, test-time attacks and saliency need no DSBN-specific code.
 The model must be built with ``model.dual_batch_norm=True`` (and so have batch
-norms: ResNet-18 with ``norm="batch"``, or the MLP with ``batch_norm=True``).
+norms: ResNet-18 with ``norm="batch"``, VGG16 or the MLP with ``batch_norm=True``).
 """
 
 import dataclasses
@@ -83,6 +83,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     validate_attack(cfg)
     if not cfg.get("model", {}).get("dual_batch_norm", False):
         raise ConfigError(
-            "method dsbn needs model.dual_batch_norm=True (a model with batch norms, e.g. "
-            "resnet18 with norm='batch' or mlp with batch_norm=True)"
+            "method dsbn needs model.dual_batch_norm=True (a model with batch norms: "
+            "resnet18 with norm='batch', or vgg16 / mlp with batch_norm=True)"
         )

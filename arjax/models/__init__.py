@@ -19,6 +19,7 @@ Registered ``model.name`` values:
     binary logit, ``[B]``) when ``num_classes == 2`` and ``binary_head`` is True.
     Multi-label data: ``num_classes`` labels, sigmoid outputs.
   - ``binary_head``: see ``num_outputs`` (default False: 2-way softmax).
+  - ``batch_norm``: VGG16 only: torchvision's ``vgg16_bn`` layout (default False).
   - ``input_norm``: standardisation inside the model of the ``[0, 1]`` images:
     ``"imagenet"`` (default; torchvision's mean/std), ``"half"`` ((x-0.5)/0.5,
     IMA's code) or ``"none"``.
@@ -37,8 +38,9 @@ gradient on the CPU backend, XLA's convolution elsewhere), ``"xla"`` or
 Every model takes ``model.dual_batch_norm`` (optional, default False): replace
 each batch norm by a clean/adversarial pair (DSBN, ``arjax.models.dual_norm``;
 the ``dsbn`` method needs it). The model must have batch norms: the ResNets
-with ``norm="batch"``, the DenseNets, an MLP with ``batch_norm=True``; not VGG16
-(torchvision's ``vgg16`` has none) nor the instance-norm networks.
+with ``norm="batch"``, the DenseNets, an MLP or VGG16 with ``batch_norm=True``
+(VGG16: torchvision's ``vgg16_bn``); not plain VGG16 (torchvision's ``vgg16`` has
+none) nor the instance-norm networks.
 """
 
 import logging
@@ -161,7 +163,9 @@ def _build_torchvision(
     elif name.startswith("densenet"):
         model = densenet(name, num_outputs, channels, **kwargs)
     else:
-        model = vgg16(num_outputs, channels, hidden=int(cfg.get("hidden", 4096)), **kwargs)
+        hidden = int(cfg.get("hidden", 4096))
+        bn = bool(cfg.get("batch_norm", False))
+        model = vgg16(num_outputs, channels, hidden=hidden, batch_norm=bn, **kwargs)
     if path:
         report = load_pretrained(model, path, head=head)
         _log.info(
