@@ -308,11 +308,23 @@ def test_models_without_batch_norm_refuse_dual_batch_norm(model, expect):
         build_model(ml_collections.ConfigDict(model), shape, 2, seed=0)
 
 
-def test_dual_resnet18_has_both_branches_everywhere():
+def test_dual_resnet18_has_both_branches_everywhere_and_trains_each():
     cfg = ml_collections.ConfigDict(
         dict(name="resnet18", num_outputs=1, input_norm="none", dual_batch_norm=True)
     )
     fns, params, stats = build_model(cfg, (32, 32, 3), 2, seed=0)
+    method = methods.method_config("dsbn", eps=0.03, num_steps=1)
+    loss_fn = jax.jit(methods.make_loss(method, fns, (0.0, 1.0)))
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 32, 32, 3)), jnp.float32)
+    batch = {"image": x, "label": jnp.asarray([0, 1, 0, 1])}
+    value, (_, new_stats) = loss_fn(params, stats, batch, KEY)
+    assert np.isfinite(float(value))
+    moved = {
+        b: np.abs(new_stats["bn1"]["norms"][b]["mean"][...] - stats["bn1"]["norms"][b]["mean"][...])
+        for b in ("clean", "adversarial")
+    }
+    assert moved["clean"].max() > 0 and moved["adversarial"].max() > 0
+    assert not np.allclose(moved["clean"], moved["adversarial"])
     flat = [p for p, _ in jax.tree_util.tree_flatten_with_path(stats)[0]]
     paths = ["/".join(str(getattr(k, "key", k)) for k in p) for p in flat]
     assert len(paths) == 2 * 2 * 20  # 20 batch norms x 2 branches x (mean, var)
