@@ -300,10 +300,11 @@ def test_dsbn_needs_a_dual_batch_norm_model():
         (dict(name="mlp", hidden=(4,), dual_batch_norm=True), "model.dual_batch_norm=True"),
         (dict(name="vgg16", hidden=8, dual_batch_norm=True), "VGG has no batch-norm layer"),
         (dict(name="mlp", hidden=(4,), batch_norm=True, layer_norm=True), "exclusive"),
+        (dict(name="resnet18", batch_norm=True), "model.batch_norm is a vgg16 / mlp field"),
     ],
 )
 def test_models_without_batch_norm_refuse_dual_batch_norm(model, expect):
-    shape = (32, 32, 3) if model["name"] == "vgg16" else (2,)
+    shape = (2,) if model["name"] == "mlp" else (32, 32, 3)
     with pytest.raises(ValueError, match=expect):
         build_model(ml_collections.ConfigDict(model), shape, 2, seed=0)
 

@@ -153,6 +153,8 @@ def _build_torchvision(
             raise ValueError(f"unknown model.norm {norm!r}; valid: {list(NORMS)}")
     elif norm != "batch":
         raise ValueError(f"model.norm={norm!r}: only the ResNets have a norm choice")
+    if cfg.get("batch_norm", False) and name != "vgg16":
+        raise ValueError(f"model.batch_norm is a vgg16 / mlp field; {name!r} has its own norms")
     path = cfg.get("pretrained", None)
     head = cfg.get("pretrained_head", "auto")
     # Host-side init seed derived from the params stream (same seed -> same model).
