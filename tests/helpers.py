@@ -80,3 +80,60 @@ def scan_body_sizes(jaxpr) -> list[int]:
         for sub in jaxprs_in_params(eqn.params):
             sizes += scan_body_sizes(sub)
     return sizes
+
+
+# The moons MLP of the compiled-step tests (test_training, test_dsbn_mirst).
+STEP_MODEL = dict(
+    name="mlp", hidden=(16, 16), activation="leaky_relu", layer_norm=(True, True), num_outputs=2
+)
+
+
+def compiled_step_setup(method, num_devices, k=3, model=None):
+    """A compiled ``k``-step train step of ``method`` on 256 moons points over a mesh.
+
+    Args:
+      method: a ``method`` config section.
+      num_devices: mesh size.
+      k: steps per compiled call.
+      model: a ``model`` config section (default ``STEP_MODEL``).
+
+    Returns:
+      ``(state, step, batches, calls)``: ``batches(start)`` stacks ``k`` sharded batches;
+      ``calls["traces"]`` counts the traces of the loss.
+    """
+    import jax
+    import numpy as np
+    import optax
+
+    from arjax import margins, methods, parallel
+    from arjax.data import moons_splits, train_dataset
+    from arjax.models import build_model
+    from arjax.training.state import create_train_state
+    from arjax.training.step import compile_multi_step
+
+    data = moons_splits({"train": 256}, 0.2, 0)["train"]
+    model_cfg = ml_collections.ConfigDict(model or STEP_MODEL)
+    fns, params, stats = build_model(model_cfg, (2,), 2, seed=0)
+    tx = optax.adam(1e-2)
+    mesh = parallel.make_mesh(num_devices)
+    registered = methods.METHODS[method.name]
+    floor = registered.table_range(method)[0] if registered.uses_margins else None
+    table = None if floor is None else margins.init_margins(256, floor)
+    state = create_train_state(params, stats, tx, seed=0, margins=table)
+    state = parallel.put_replicated(state, mesh)
+    calls = {"traces": 0}
+    loss = methods.make_loss(method, fns, None)
+
+    def counting_loss(*args):
+        calls["traces"] += 1
+        return loss(*args)
+
+    step = compile_multi_step(counting_loss, tx, mesh)
+    ds = train_dataset(data, batch_size=64, seed=0)
+    sharding = parallel.batch_sharding(mesh, leading_axes=2)
+
+    def batches(start):
+        host = [ds[s] for s in range(start, start + k)]
+        return parallel.put_batch(jax.tree.map(lambda *a: np.stack(a), *host), sharding)
+
+    return state, step, batches, calls

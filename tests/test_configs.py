@@ -18,6 +18,13 @@ SMOKE = [
     "chestxray14_khakzar.py:smoke",
     "covid_ct_ima.py:smoke",
     "mammo_arfl.py:smoke",
+    "moons_arfl.py:smoke",
+    "moons_arfl.py:trades,smoke",
+    "moons_arfl.py:mirst,smoke",
+    "moons_arfl.py:dsbn,smoke",
+    "mammo_arfl.py:trades,smoke",
+    "mammo_arfl.py:mirst,smoke",
+    "mammo_arfl.py:dsbn,smoke",
 ]
 
 
@@ -55,6 +62,8 @@ def test_smoke_variant_runs_and_resumes(spec, tmp_path):
         ("svhn_ima.py:trades_6", r"unknown variant 'trades_6'.*trades\[<beta>\].*mma\[<d_max>\]"),
         ("chestxray14_khakzar.py:fgsm0.2", "unknown eps 0.2"),
         ("mammo_arfl.py:r0.3", "unknown variant 'r0.3'"),
+        ("mammo_arfl.py:mma", "valid: standard, .*, dsbn, trades, mirst"),
+        ("moons_arfl.py:dsbn,tiny", "unknown modifier 'tiny'"),
     ],
 )
 def test_unknown_variants_list_the_valid_ones(spec, expect):

@@ -103,7 +103,8 @@ def launch(*args, timeout=300):
     [
         (
             "--config.method.name=madry",
-            "valid choices: adversarial, arfl, ima, mart, mma, noise, standard, trades",
+            "valid choices: adversarial, arfl, dsbn, ima, mart, mirst, mma, noise, standard, "
+            "trades",
         ),
         (
             "--config.model.name=resnet",

@@ -130,7 +130,8 @@ def test_method_losses_are_differentiable_and_jittable():
         (
             "name",
             "madry",
-            "valid choices: adversarial, arfl, ima, mart, mma, noise, standard, trades",
+            "valid choices: adversarial, arfl, dsbn, ima, mart, mirst, mma, noise, standard, "
+            "trades",
         ),
         ("r", 1.5, "method.r=1.5 is out of range; valid: [0.0, 1.0]"),
         ("attack", "cw", "valid choices: fgsm, pgd"),

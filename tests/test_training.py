@@ -6,47 +6,15 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from helpers import STEP_MODEL
+from helpers import compiled_step_setup as setup
 
-from arjax import margins, methods, parallel
-from arjax.data import moons_splits, train_dataset
+from arjax import methods, parallel
 from arjax.models import build_model
 from arjax.training.state import create_train_state
 from arjax.training.step import compile_multi_step
 
-MODEL = ml_collections.ConfigDict(
-    dict(
-        name="mlp", hidden=(16, 16), activation="leaky_relu", layer_norm=(True, True), num_outputs=2
-    )
-)
-
-
-def setup(method, num_devices, k=3):
-    data = moons_splits({"train": 256}, 0.2, 0)["train"]
-    model, params, stats = build_model(MODEL, (2,), 2, seed=0)
-    tx = optax.adam(1e-2)
-    mesh = parallel.make_mesh(num_devices)
-    registered = methods.METHODS[method.name]
-    floor = registered.table_range(method)[0] if registered.uses_margins else None
-    table = None if floor is None else margins.init_margins(256, floor)
-    state = create_train_state(params, stats, tx, seed=0, margins=table)
-    state = parallel.put_replicated(state, mesh)
-    calls = {"traces": 0}
-    loss = methods.make_loss(method, model, None)
-
-    def counting_loss(*args):
-        calls["traces"] += 1
-        return loss(*args)
-
-    step = compile_multi_step(counting_loss, tx, mesh)
-    ds = train_dataset(data, batch_size=64, seed=0)
-    sharding = parallel.batch_sharding(mesh, leading_axes=2)
-
-    def batches(start):
-        host = [ds[s] for s in range(start, start + k)]
-        return parallel.put_batch(jax.tree.map(lambda *a: np.stack(a), *host), sharding)
-
-    return state, step, batches, calls
-
+MODEL = ml_collections.ConfigDict(STEP_MODEL)
 
 PGD = methods.method_config("adversarial", r=0.5, attack="pgd", eps=0.1, num_steps=5)
 IMA = methods.method_config("ima", eps_max=0.3, delta=0.01, num_steps=5, num_bisections=4)

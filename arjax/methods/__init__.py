@@ -12,7 +12,7 @@ from typing import Protocol
 import ml_collections
 
 from arjax.config_lib import check_choice
-from arjax.methods import adversarial, arfl, ima, mart, mma, standard, trades
+from arjax.methods import adversarial, arfl, dsbn, ima, mart, mirst, mma, standard, trades
 from arjax.methods.context import MethodContext
 from arjax.models import ModelFns
 from arjax.types import Array, Batch, Metrics, PRNGKey, PyTree
@@ -81,6 +81,8 @@ METHODS: dict[str, Method] = {
     "ima": Method(ima.loss, ima.defaults, ima.validate, ima.resolve, uses_margins=True),
     "trades": Method(trades.loss, trades.defaults, trades.validate),
     "mart": Method(mart.loss, mart.defaults, mart.validate),
+    "dsbn": Method(dsbn.loss, dsbn.defaults, dsbn.validate),
+    "mirst": Method(mirst.loss, mirst.defaults, mirst.validate),
     "mma": Method(
         mma.loss, mma.defaults, mma.validate, uses_margins=True, margin_range=mma.margin_range
     ),

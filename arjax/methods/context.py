@@ -47,7 +47,13 @@ class MethodContext:
         return CLS_LOSSES[self.cfg.get("cls_loss", "ce")](logits, labels)
 
     def attack(
-        self, params: PyTree, batch_stats: PyTree, x: Array, y: Array, key: PRNGKey
+        self,
+        params: PyTree,
+        batch_stats: PyTree,
+        x: Array,
+        y: Array,
+        key: PRNGKey,
+        eps: Array | float | None = None,
     ) -> Array:
         """Adversarial inputs for ``x`` from the configured attack (gradients stopped).
 
@@ -55,10 +61,11 @@ class MethodContext:
         steps once by ``eps``; PGD uses ``method.step_size`` when set, else the registry's
         rule ``alpha * eps / num_steps`` (IMA's alpha = 4; Madry's 2.5 is ``alpha=2.5``).
         The model runs in eval mode unless ``method.attack_train_mode`` is set.
+        ``eps`` (a float or per-sample ``[B]``) overrides ``method.eps``.
         """
         cfg = self.cfg
         f = attack_logits_fn(self.model, params, batch_stats, cfg.get("attack_train_mode", False))
-        return attacks.run_attack(self.attack_spec(), f, x, y, key, bounds=self.bounds)
+        return attacks.run_attack(self.attack_spec(), f, x, y, key, eps=eps, bounds=self.bounds)
 
     def boundary_search(
         self,

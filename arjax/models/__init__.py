@@ -3,7 +3,7 @@
 Registered ``model.name`` values:
 
 * ``"mlp"``: ``MLP`` (fields ``hidden``, ``activation``, ``layer_norm``,
-  ``num_outputs``).
+  ``batch_norm``, ``num_outputs``).
 * ``"cam_cnn"``: ``CamCNN``, a small conv + GAP + linear network for CAM tests
   and demos (fields ``widths``, ``input_norm``, ``num_outputs``, ``binary_head``).
 * ``"ima_cnn"``: the IMA paper's image CNNs, ``model.variant`` picks
@@ -19,6 +19,7 @@ Registered ``model.name`` values:
     binary logit, ``[B]``) when ``num_classes == 2`` and ``binary_head`` is True.
     Multi-label data: ``num_classes`` labels, sigmoid outputs.
   - ``binary_head``: see ``num_outputs`` (default False: 2-way softmax).
+  - ``batch_norm``: VGG16 only: torchvision's ``vgg16_bn`` layout (default False).
   - ``input_norm``: standardisation inside the model of the ``[0, 1]`` images:
     ``"imagenet"`` (default; torchvision's mean/std), ``"half"`` ((x-0.5)/0.5,
     IMA's code) or ``"none"``.
@@ -33,6 +34,13 @@ Every model takes ``model.conv_impl`` (optional, default ``"auto"``): the
 implementation of all its ``Conv`` layers, ``"auto"`` (patches-based input
 gradient on the CPU backend, XLA's convolution elsewhere), ``"xla"`` or
 ``"patches"``; see ``arjax.models.layers.conv2d``.
+
+Every model takes ``model.dual_batch_norm`` (optional, default False): replace
+each batch norm by a clean/adversarial pair (DSBN, ``arjax.models.dual_norm``;
+the ``dsbn`` method needs it). The model must have batch norms: the ResNets
+with ``norm="batch"``, the DenseNets, an MLP or VGG16 with ``batch_norm=True``
+(VGG16: torchvision's ``vgg16_bn``); not plain VGG16 (torchvision's ``vgg16`` has
+none) nor the instance-norm networks.
 """
 
 import logging
@@ -48,6 +56,7 @@ from arjax.models.camnet import CamCNN, build_cam_cnn
 from arjax.models.cnn import ARCHITECTURES, ConvSpec, ImaCNN, feature_map_shape, ima_cnn
 from arjax.models.convolution import CONV_IMPLS, conv2d, conv_impl_scope
 from arjax.models.densenet import DenseNet, TruncatedDenseNet, densenet
+from arjax.models.dual_norm import BRANCHES, DualBatchNorm, branch_model, dualize
 from arjax.models.functional import ModelFns, split_model
 from arjax.models.layers import (
     INPUT_NORMS,
@@ -85,6 +94,7 @@ def _build_mlp(cfg: ml_collections.ConfigDict, input_shape, num_classes: int, rn
         num_outputs=num_outputs,
         activation=cfg.get("activation", "relu"),
         layer_norm=_bool_or_tuple(cfg.get("layer_norm", False)),
+        batch_norm=bool(cfg.get("batch_norm", False)),
         rngs=rngs,
     )
 
@@ -143,6 +153,8 @@ def _build_torchvision(
             raise ValueError(f"unknown model.norm {norm!r}; valid: {list(NORMS)}")
     elif norm != "batch":
         raise ValueError(f"model.norm={norm!r}: only the ResNets have a norm choice")
+    if cfg.get("batch_norm", False) and name != "vgg16":
+        raise ValueError(f"model.batch_norm is a vgg16 / mlp field; {name!r} has its own norms")
     path = cfg.get("pretrained", None)
     head = cfg.get("pretrained_head", "auto")
     # Host-side init seed derived from the params stream (same seed -> same model).
@@ -153,7 +165,9 @@ def _build_torchvision(
     elif name.startswith("densenet"):
         model = densenet(name, num_outputs, channels, **kwargs)
     else:
-        model = vgg16(num_outputs, channels, hidden=int(cfg.get("hidden", 4096)), **kwargs)
+        hidden = int(cfg.get("hidden", 4096))
+        bn = bool(cfg.get("batch_norm", False))
+        model = vgg16(num_outputs, channels, hidden=hidden, batch_norm=bn, **kwargs)
     if path:
         report = load_pretrained(model, path, head=head)
         _log.info(
@@ -193,7 +207,8 @@ def build_model(
       ``(ModelFns, params, batch_stats)``.
 
     Raises:
-      ConfigError: for an unknown ``model.conv_impl`` (naming the valid choices).
+      ConfigError: for an unknown ``model.conv_impl`` (naming the valid choices), or
+        ``model.dual_batch_norm`` on a model without batch norm.
     """
     if cfg.name not in MODELS:
         raise ValueError(f"unknown model.name {cfg.name!r}; valid: {sorted(MODELS)}")
@@ -204,12 +219,18 @@ def build_model(
         )
     with conv_impl_scope(conv_impl):
         module = MODELS[cfg.name](cfg, tuple(input_shape), num_classes, nnx.Rngs(params=seed))
+    if cfg.get("dual_batch_norm", False):
+        try:
+            dualize(module)
+        except ValueError as e:
+            raise ConfigError(f"model.dual_batch_norm=True for model {cfg.name!r}: {e}") from None
     return split_model(module)
 
 
 __all__ = [
     "ACTIVATIONS",
     "ARCHITECTURES",
+    "BRANCHES",
     "CONV_IMPLS",
     "INPUT_NORMS",
     "MLP",
@@ -223,6 +244,7 @@ __all__ = [
     "Conv",
     "ConvSpec",
     "DenseNet",
+    "DualBatchNorm",
     "ImaCNN",
     "ImportReport",
     "ModelFns",
@@ -231,10 +253,12 @@ __all__ = [
     "abstract_module",
     "adaptive_avg_pool",
     "batch_norm",
+    "branch_model",
     "build_model",
     "conv2d",
     "conv_impl_scope",
     "densenet",
+    "dualize",
     "export_torchvision",
     "feature_map_shape",
     "ima_cnn",

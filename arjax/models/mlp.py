@@ -6,6 +6,10 @@ Used by the two-moons experiments of both papers:
   is computed on the penultimate layer.
 * IMA (Ma et al., Moons experiment): 2-32-64-128-2 with LayerNorm and
   LeakyReLU, softmax over two classes.
+
+``batch_norm=True`` puts a ``torch.nn.BatchNorm1d``-like layer after every hidden
+Linear instead: not in either paper's MLP; it exists so that DSBN (dual batch
+norm, ``model.dual_batch_norm``) has batch norms to split on the two-moons data.
 """
 
 from collections.abc import Sequence
@@ -13,6 +17,7 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
+from arjax.models.layers import batch_norm as torch_batch_norm
 from arjax.types import Array
 
 ACTIVATIONS = {
@@ -26,7 +31,7 @@ ACTIVATIONS = {
 class MLP(nnx.Module):
     """Fully connected network ``in -> hidden... -> outputs``.
 
-    Each hidden layer is ``Linear -> [LayerNorm] -> activation``. The output
+    Each hidden layer is ``Linear -> [LayerNorm | BatchNorm] -> activation``. The output
     of the last hidden layer is the feature vector (the "penultimate layer"
     that ARFL regularises).
 
@@ -38,6 +43,8 @@ class MLP(nnx.Module):
       activation: one of ``ACTIVATIONS``.
       layer_norm: put a LayerNorm after every hidden Linear (True), or per hidden
         layer (a tuple of bools; IMA's Moons net has none after the first).
+      batch_norm: put a BatchNorm (PyTorch's defaults, ``layers.batch_norm``) after
+        every hidden Linear, which then has no bias; exclusive with ``layer_norm``.
       rngs: parameter initialisation streams.
     """
 
@@ -48,6 +55,7 @@ class MLP(nnx.Module):
         num_outputs: int = 1,
         activation: str = "relu",
         layer_norm: bool | Sequence[bool] = False,
+        batch_norm: bool = False,
         *,
         rngs: nnx.Rngs,
     ):
@@ -56,17 +64,27 @@ class MLP(nnx.Module):
                 f"unknown model.activation {activation!r}; valid: {sorted(ACTIVATIONS)}"
             )
         widths = (in_features, *hidden)
+        # Before a batch norm a bias is redundant (the norm removes it) and its gradient is
+        # zero up to rounding, which Adam would amplify: bias-free, as the ResNets' convs.
         self.hidden = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+            [
+                nnx.Linear(a, b, use_bias=not batch_norm, rngs=rngs)
+                for a, b in zip(widths[:-1], widths[1:], strict=True)
+            ]
         )
         flags = (layer_norm,) * len(hidden) if isinstance(layer_norm, bool) else tuple(layer_norm)
         if len(flags) != len(hidden):
             raise ValueError(
                 f"model.layer_norm has {len(flags)} entries for {len(hidden)} hidden layers"
             )
-        self.norms = nnx.List(
-            [nnx.LayerNorm(w, rngs=rngs) if f else None for w, f in zip(hidden, flags, strict=True)]
-        )
+        if batch_norm and any(flags):
+            raise ValueError("model.batch_norm and model.layer_norm are exclusive; choose one")
+        if batch_norm:
+            norms = [torch_batch_norm(w, rngs=rngs) for w in hidden]
+        else:
+            pairs = zip(hidden, flags, strict=True)
+            norms = [nnx.LayerNorm(w, rngs=rngs) if f else None for w, f in pairs]
+        self.norms = nnx.List(norms)
         self.head = nnx.Linear(widths[-1], num_outputs, rngs=rngs)
         self.activation = activation
         self.num_outputs = num_outputs

@@ -13,6 +13,13 @@ read ``features/0`` ... ``features/28`` (the last convolution),
 layers and the last convolutional layer" are ``classifier/*`` and
 ``features/28``.
 
+``batch_norm=True`` (``model.batch_norm``) builds torchvision's ``vgg16_bn``
+instead: every convolution is followed by a ``BatchNorm2d`` at the next index
+(``conv - BN - ReLU`` take three indices), so the last convolution is
+``features/40``, its batch norm ``features/41``, and ``features`` is the ReLU at
+index 42; ``vgg16_bn`` ImageNet weights import by the same names. It is the VGG16
+for DSBN (``model.dual_batch_norm``), which needs batch norms to split.
+
 Differences from torchvision, both documented choices:
 
 * Dropout is not applied (a pure ``apply`` has no dropout RNG; Khakzar et
@@ -36,6 +43,7 @@ import numpy as np
 from flax import nnx
 
 from arjax.models.layers import Conv, input_norm_stats, linear, standardize
+from arjax.models.layers import batch_norm as torch_batch_norm
 from arjax.models.pretrained import abstract_module, torchvision_init
 from arjax.types import Array
 
@@ -76,7 +84,7 @@ def adaptive_avg_pool(x: Array, out: int = POOLED) -> Array:
 
 
 class VGG(nnx.Module):
-    """torchvision's VGG (no batch norm) returning ``(logits, features)``.
+    """torchvision's VGG (``vgg16``; ``vgg16_bn`` with batch norm): ``(logits, features)``.
 
     Args:
       config: conv widths and ``"M"`` pools (``VGG16_CONFIG``).
@@ -84,6 +92,7 @@ class VGG(nnx.Module):
       in_channels: input channels (3 RGB, 1 grayscale).
       hidden: width of the two hidden classifier layers (4096).
       input_norm: standardisation of ``[0, 1]`` inputs (``layers.INPUT_NORMS``).
+      batch_norm: a BatchNorm2d after every convolution (torchvision's ``vgg16_bn``).
       rngs: parameter streams.
     """
 
@@ -97,19 +106,22 @@ class VGG(nnx.Module):
         in_channels: int = 3,
         hidden: int = 4096,
         input_norm: str = "imagenet",
+        batch_norm: bool = False,
         *,
         rngs: nnx.Rngs,
     ):
         self.input_stats = input_norm_stats(input_norm, in_channels)
-        convs, index, c = {}, 0, in_channels
-        for item in config:
-            if item == "M":
-                index += 1
-            else:
-                convs[str(index)] = Conv(c, item, 3, 1, 1, rngs=rngs)
-                c = item
-                index += 2  # the conv and its ReLU
         self.config = tuple(config)
+        self.batch_norm = bool(batch_norm)
+        convs, c = {}, in_channels
+        widths = iter(item for item in self.config if item != "M")
+        for index, op in self._ops():
+            if op == "conv":
+                c_out = next(widths)
+                convs[str(index)] = Conv(c, c_out, 3, 1, 1, rngs=rngs)
+                c = c_out
+            elif op == "bn":
+                convs[str(index)] = torch_batch_norm(c, rngs=rngs)
         self.features = nnx.Dict(convs)
         self.classifier = nnx.Dict(
             {
@@ -121,16 +133,14 @@ class VGG(nnx.Module):
         self.num_outputs = num_outputs
 
     def _ops(self) -> list[tuple[int, str]]:
-        """Torchvision's ``features`` as ``(index, "conv" | "relu" | "pool")``."""
-        ops, index = [], 0
+        """Torchvision's ``features`` as ``(index, "conv" | "bn" | "relu" | "pool")``."""
+        ops = []
         for item in self.config:
             if item == "M":
-                ops.append((index, "pool"))
-                index += 1
+                ops.append("pool")
             else:
-                ops += [(index, "conv"), (index + 1, "relu")]
-                index += 2
-        return ops
+                ops += ["conv", "bn", "relu"] if self.batch_norm else ["conv", "relu"]
+        return list(enumerate(ops))
 
     def conv_features(self, x: Array, *, until: int | None = None) -> Array:
         """Runs ``features`` through torchvision index ``until`` (default: all but the last pool).
@@ -150,7 +160,7 @@ class VGG(nnx.Module):
         for index, op in ops:
             if index > stop:
                 break
-            if op == "conv":
+            if op in ("conv", "bn"):
                 h = self.features[str(index)](h)
             elif op == "relu":
                 h = jax.nn.relu(h)
@@ -187,9 +197,10 @@ def vgg16(
     *,
     hidden: int = 4096,
     input_norm: str = "imagenet",
+    batch_norm: bool = False,
     seed: int | Sequence[int] = 0,
 ) -> VGG:
-    """Builds VGG16 with torchvision's initialisation.
+    """Builds VGG16 (``vgg16_bn`` with ``batch_norm``) with torchvision's initialisation.
 
     Built abstractly and filled on the host by ``pretrained.torchvision_init``
     (kaiming-normal fan-out kernels and zero biases, linear ``N(0, 0.01)`` and
@@ -200,12 +211,15 @@ def vgg16(
       in_channels: input channels.
       hidden: hidden classifier width (4096; smaller only for tests).
       input_norm: input standardisation (``"imagenet"``, ``"half"``, ``"none"``).
+      batch_norm: torchvision's ``vgg16_bn`` layout (a BatchNorm2d after every conv).
       seed: initialisation seed (an int or ints for ``numpy.random.default_rng``).
 
     Returns:
       A ``VGG``.
     """
     model = abstract_module(
-        lambda rngs: VGG(VGG16_CONFIG, num_outputs, in_channels, hidden, input_norm, rngs=rngs)
+        lambda rngs: VGG(
+            VGG16_CONFIG, num_outputs, in_channels, hidden, input_norm, batch_norm, rngs=rngs
+        )
     )
     return torchvision_init(model, seed, conv_mode="fan_out", linear="normal", zero_biases=True)
