@@ -114,6 +114,8 @@ def test_method_losses_are_differentiable_and_jittable():
     model, params, stats = linear_model(W, B)
     batch = {**BATCH, "margin": jnp.full((4,), 0.1)}  # IMA reads the batch's margins
     for name in methods.METHODS:
+        if name == "dsbn":  # needs a dual-batch-norm model: tests/test_dsbn_mirst.py
+            continue
         cfg = methods.method_config(name)
         if name == "ima":
             cfg.delta = 0.01
