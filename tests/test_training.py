@@ -47,7 +47,9 @@ def setup(method, num_devices, k=3):
 
 
 PGD = methods.method_config("adversarial", r=0.5, attack="pgd", eps=0.1, num_steps=5)
-IMA = methods.method_config("ima", eps_max=0.3, delta=0.01, num_steps=5, num_bisections=4)
+IMA = methods.method_config(  # the per-batch update (the pass: tests/test_ima_margins.py)
+    "ima", eps_max=0.3, delta=0.01, num_steps=5, num_bisections=4, margin_update="batch"
+)
 
 
 @pytest.mark.parametrize("method", [PGD, IMA], ids=["pgd", "ima"])

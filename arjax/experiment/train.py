@@ -34,6 +34,7 @@ from arjax.experiment.evaluate import evaluate_run
 from arjax.models import CONV_IMPLS, MODELS, ModelFns
 from arjax.training import optim, schedule
 from arjax.training.checkpoint import BestCheckpoint, Checkpointer, PreemptionFlag
+from arjax.training.epoch_margins import EpochMargins
 from arjax.training.state import TrainState
 from arjax.training.step import compile_multi_step
 
@@ -261,6 +262,11 @@ class _PhaseLoop:
         if not self.finished():
             loss_fn = methods.make_loss(phase.method, self.model, self.dataset.bounds)
             multi_step = compile_multi_step(loss_fn, tx, self.mesh)
+            estimate = methods.make_margin_estimate(phase.method, self.model, self.dataset.bounds)
+            margin_pass = EpochMargins(
+                estimate, self.dataset.splits["train"], batch_size=tcfg.batch_size,
+                mesh=self.mesh, steps_per_epoch=self.spe,
+            )  # fmt: skip
             ds = data_lib.train_dataset(
                 self.dataset.splits["train"],
                 batch_size=tcfg.batch_size,
@@ -275,11 +281,13 @@ class _PhaseLoop:
             stop = min(
                 self.step + tcfg.steps_per_call,
                 *(_boundary(self.step, tcfg[f], self.total) for f in _INTERVALS),
+                margin_pass.next_boundary(self.step, self.total),
             )
             n = stop - self.step
             state, m = self._advance(multi_step, state, n)
             faults.point("step")
             self.step = stop
+            state = margin_pass.after_steps(state, stop)  # IMA's Alg. 2 after an epoch
             n_since += n
             bar.update(n)
             if _due(self.step, tcfg.log_every, self.total):
@@ -310,7 +318,7 @@ class _PhaseLoop:
             early_stopped=self.step < self.total,
             best_step=best.step,
             best_val_loss=best.value if best.step is not None else None,
-            diverged=_diverged(self.losses, f"{phase.name} (seed {self.seed})"),
+            diverged=schedule.diverged(self.losses, f"{phase.name} (seed {self.seed})"),
         )
         return state
 
@@ -355,23 +363,6 @@ def _validation_metrics(cfg, dataset, split, model, state, mesh) -> dict:
         model, state, dataset.splits[split], batch_size=cfg.eval.batch_size, mesh=mesh
     )
     return suite.classification_metrics(logits, labels)
-
-
-def _diverged(losses: list[float], what: str) -> bool:
-    """Warns when the logged loss ended far above where it started (finite, but diverged).
-
-    An Adam run at too high a learning rate can end at loss 1e27 and chance
-    accuracy without a NaN; "far above" is ten times the first logged loss and
-    more than one nat higher.
-    """
-    if len(losses) < 2 or not (losses[-1] > 10 * losses[0] and losses[-1] > losses[0] + 1):
-        return False
-    log.warning(
-        "%s: the training loss rose from %.4g to %.4g: the run diverged; lower "
-        "optim.learning_rate",
-        what, losses[0], losses[-1],
-    )  # fmt: skip
-    return True
 
 
 _INTERVALS = ("log_every", "eval_every", "checkpoint_every")

@@ -62,6 +62,8 @@ class Method:
     resolve: Callable[[ml_collections.ConfigDict], None] | None = None
     # Keeps a per-example margin table in the TrainState (IMA).
     uses_margins: bool = False
+    # Alg. 2 for one batch, for the pass after each epoch (IMA's margin_update="epoch").
+    estimate_margins: Callable | None = None
 
 
 METHODS: dict[str, Method] = {
@@ -69,7 +71,7 @@ METHODS: dict[str, Method] = {
     "adversarial": Method(adversarial.loss, adversarial.defaults, adversarial.validate),
     "noise": Method(adversarial.noise_loss, adversarial.noise_defaults, adversarial.validate_noise),
     "arfl": Method(arfl.loss, arfl.defaults, arfl.validate),
-    "ima": Method(ima.loss, ima.defaults, ima.validate, ima.resolve, uses_margins=True),
+    "ima": Method(ima.loss, ima.defaults, ima.validate, ima.resolve, True, ima.estimate_margins),
     "trades": Method(trades.loss, trades.defaults, trades.validate),
     "mart": Method(mart.loss, mart.defaults, mart.validate),
 }
@@ -114,6 +116,21 @@ def make_loss(
     return functools.partial(METHODS[cfg.name].loss, ctx)
 
 
+def make_margin_estimate(
+    cfg: ml_collections.ConfigDict, model: ModelFns, bounds: tuple[float, float] | None
+) -> Callable | None:
+    """The method's margin estimate for the pass after each epoch, with its context bound.
+
+    Returns:
+      ``estimate(params, batch_stats, batch, key) -> margins [B]``, or None when the
+      method keeps no margins or updates them per batch (``margin_update="batch"``).
+    """
+    estimate = METHODS[cfg.name].estimate_margins
+    if estimate is None or cfg.get("margin_update", "batch") != "epoch":
+        return None
+    return functools.partial(estimate, MethodContext(model=model, cfg=cfg, bounds=bounds))
+
+
 __all__ = [
     "BoundLoss",
     "MethodLoss",
@@ -121,6 +138,7 @@ __all__ = [
     "Method",
     "MethodContext",
     "make_loss",
+    "make_margin_estimate",
     "method_config",
     "resolve",
     "validate",

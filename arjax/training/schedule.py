@@ -37,6 +37,7 @@ checkpoint; a finished phase 1 is never retrained.
 
 import dataclasses
 import json
+import logging
 import os
 
 import ml_collections
@@ -44,6 +45,8 @@ import ml_collections
 from arjax.config_lib import ConfigError, check_choice, check_range
 from arjax.methods import METHODS, method_config
 from arjax.training.checkpoint import Checkpointer
+
+log = logging.getLogger("arjax")
 
 SCHEDULES = ("single", "two_phase")
 SUMMARY_FILE = "schedule.json"
@@ -162,6 +165,23 @@ def should_stop(step: int, best_step: int | None, patience: int, eval_every: int
     if patience <= 0 or eval_every <= 0 or best_step is None:
         return False
     return step - best_step >= patience * eval_every
+
+
+def diverged(losses: list[float], what: str) -> bool:
+    """Warns when the logged loss ended far above where it started (finite, but diverged).
+
+    An Adam run at too high a learning rate can end at loss 1e27 and chance
+    accuracy without a NaN; "far above" is ten times the first logged loss and
+    more than one nat higher.
+    """
+    if len(losses) < 2 or not (losses[-1] > 10 * losses[0] and losses[-1] > losses[0] + 1):
+        return False
+    log.warning(
+        "%s: the training loss rose from %.4g to %.4g: the run diverged; lower "
+        "optim.learning_rate",
+        what, losses[0], losses[-1],
+    )  # fmt: skip
+    return True
 
 
 def record(phase: Phase, summary: dict) -> dict:
