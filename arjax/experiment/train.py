@@ -265,7 +265,7 @@ class _PhaseLoop:
             estimate = methods.make_margin_estimate(phase.method, self.model, self.dataset.bounds)
             margin_pass = EpochMargins(
                 estimate, self.dataset.splits["train"], batch_size=tcfg.batch_size,
-                mesh=self.mesh, steps_per_epoch=self.spe,
+                mesh=self.mesh, steps_per_epoch=self.spe, batches_per_call=tcfg.steps_per_call,
             )  # fmt: skip
             ds = data_lib.train_dataset(
                 self.dataset.splits["train"],

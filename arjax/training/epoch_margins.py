@@ -7,8 +7,9 @@ the others from a BPGD search inside their margins. ``method.margin_update="epoc
 selects this timing; with ``"batch"`` the training step updates the batch's margins
 from its own BPGD result instead (no pass).
 
-The pass is one compiled, data-parallel call per batch (batch sharded over the mesh,
-the state replicated and donated) over the training split in its stored order. It
+The pass is compiled and data-parallel (batches sharded over the mesh, the state
+replicated and donated), ``train.steps_per_call`` batches per call, over the training
+split in its stored order. It
 changes only ``state.margins``; its randomness (BPGD's random start) is
 ``fold_in(fold_in(step_key(state), PASS_TAG), batch_number)``, a pure function of the
 state, so a run resumed from a checkpoint repeats it exactly.
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from arjax import compilation, parallel
@@ -58,6 +60,27 @@ def make_pass_step(estimate: MarginEstimate) -> Callable[[TrainState, Batch, Arr
     return pass_step
 
 
+def make_pass_call(estimate: MarginEstimate) -> Callable[[TrainState, Batch, Array], TrainState]:
+    """``k`` batches of the pass in one call: ``(state, batches [k, B, ...], numbers [k])``.
+
+    One ``lax.scan`` over :func:`make_pass_step` (no loop for ``k = 1``: XLA:CPU runs
+    convolutions much slower inside a while loop, see ``arjax.training.step``), so that
+    tiny models are not bound by one Python dispatch per batch.
+    """
+    pass_step = make_pass_step(estimate)
+
+    def pass_call(state: TrainState, batches: Batch, numbers: Array) -> TrainState:
+        if numbers.shape[0] == 1:
+            return pass_step(state, jax.tree.map(lambda a: a[0], batches), numbers[0])
+
+        def body(state, inputs):
+            return pass_step(state, *inputs), None
+
+        return jax.lax.scan(body, state, (batches, numbers))[0]
+
+    return pass_call
+
+
 class EpochMargins:
     """The host side of the pass: when it is due and the loop over the training split.
 
@@ -68,7 +91,11 @@ class EpochMargins:
       batch_size: the pass's global batch size (the training one: same memory as a step).
       mesh: the ``('data',)`` device mesh.
       steps_per_epoch: optimiser steps per epoch; the pass follows every multiple.
+      batches_per_call: batches per compiled call (``train.steps_per_call``); the last
+        call is filled up with all-padding batches, which change nothing.
     """
+
+    _FIELDS = ("image", "label", "index", "mask")
 
     def __init__(
         self,
@@ -78,15 +105,16 @@ class EpochMargins:
         batch_size: int,
         mesh: Mesh,
         steps_per_epoch: int,
+        batches_per_call: int = 1,
     ):
         self.enabled = estimate is not None
         self.split, self.batch_size, self.mesh = train_split, batch_size, mesh
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.batches_per_call = steps_per_epoch, batches_per_call
         if self.enabled:
             repl = parallel.replicated(mesh)
-            self._step = compilation.jit(
-                make_pass_step(estimate),
-                in_shardings=(repl, parallel.batch_sharding(mesh), repl),
+            self._call = compilation.jit(
+                make_pass_call(estimate),
+                in_shardings=(repl, parallel.batch_sharding(mesh, leading_axes=2), repl),
                 out_shardings=repl,
                 donate_argnums=0,
             )
@@ -105,10 +133,18 @@ class EpochMargins:
 
     def run(self, state: TrainState) -> TrainState:
         """One pass of Algorithm 2 over the whole training split with ``state``'s model."""
-        sharding = parallel.batch_sharding(self.mesh)
-        fields = ("image", "label", "index", "mask")
-        batches = eval_batches(self.split, batch_size=self.batch_size, multiple_of=self.mesh.size)
-        for number, batch in enumerate(batches):
-            batch = parallel.put_batch({k: batch[k] for k in fields}, sharding)
-            state = self._step(state, batch, jnp.int32(number))
+        k = self.batches_per_call
+        batches = [
+            {f: b[f] for f in self._FIELDS}
+            for b in eval_batches(
+                self.split, batch_size=self.batch_size, multiple_of=self.mesh.size
+            )
+        ]
+        empty = {**batches[-1], "mask": np.zeros_like(batches[-1]["mask"])}
+        batches += [empty] * (-len(batches) % k)
+        sharding = parallel.batch_sharding(self.mesh, leading_axes=2)
+        for start in range(0, len(batches), k):
+            stacked = jax.tree.map(lambda *a: np.stack(a), *batches[start : start + k])
+            numbers = jnp.arange(start, start + k, dtype=jnp.int32)
+            state = self._call(state, parallel.put_batch(stacked, sharding), numbers)
         return state
