@@ -177,6 +177,52 @@ def test_bracket_is_the_first_crossing(norm, loss):
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_default_bracket_is_clean_to_the_last_misclassified_iterate(norm):
+    """Without bisection the default bracket's ends are x and the last wrong PGD iterate."""
+    x, y = _mlp_data()
+    n = 5
+    eps = np.linspace(0.02, 0.3 if norm == "linf" else 0.8, B).astype(np.float32)
+    kw = dict(step_size=(4.0 * eps / n).astype(np.float32), norm=norm, random_start=False)
+
+    @jax.jit
+    def run(x, y, eps):
+        seq = [attacks.pgd(_mlp, x, y, eps=eps, num_steps=t, **kw) for t in range(n + 1)]
+        sides = [
+            attacks.bpgd(_mlp, x, y, eps=eps, num_steps=n, num_bisections=0, side=side, **kw)
+            for side in ("correct", "wrong")
+        ]
+        return jnp.stack(seq), sides
+
+    seq, (a, b) = jax.tree.map(np.asarray, run(x, y, eps))
+    wrong = ~np.stack([np.asarray(_mlp_correct(s, y)) for s in seq])
+    crossed = wrong.any(axis=0)
+    np.testing.assert_array_equal(b.crossed, crossed)
+    assert 3 < crossed.sum() < B - 3
+    last = n - np.argmax(wrong[::-1], axis=0)
+    for i in np.flatnonzero(crossed)[3:]:  # rows 0..2: misclassified at x, [x, x]
+        np.testing.assert_allclose(b.images[i], seq[last[i], i], atol=1e-6)
+    np.testing.assert_array_equal(a.images, x)  # the correct end is x itself
+    np.testing.assert_array_equal(b.images[:3], x[:3])
+
+
+def test_a_crossing_pgd_wandered_back_from_still_counts():
+    # logit 0.5 + cos(6 v) (class 1 where > 0), x = 0.3: PGD steps of 0.35 jump to 0.65
+    # (misclassified) and back to 0.3, so the last iterate is correct again. The default
+    # bracket keeps the crossing (Alg. 3: some iterate is misclassified) and bisects on
+    # [0.3, 0.65] onto the boundary cos(6 v) = -0.5 at v = pi / 9; clean_to_last drops it.
+    def f(v):
+        return 0.5 + jnp.cos(6.0 * v[:, 0])
+
+    x, y = jnp.array([[0.3]]), jnp.array([1])
+    kw = dict(eps=2.0, num_steps=6, step_size=0.35, random_start=False, bounds=None)
+    found = attacks.bpgd(f, x, y, **kw)
+    assert bool(found.crossed[0])
+    assert float(found.images[0, 0]) == pytest.approx(np.pi / 9, abs=1e-3)
+    assert float(found.distance[0]) == pytest.approx(np.pi / 9 - 0.3, abs=1e-3)
+    assert not bool(attacks.bpgd(f, x, y, bracket="clean_to_last", **kw).crossed[0])
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_sides_bisection_ball_and_bounds(norm):
     x, y = _mlp_data()
     nb = 10
