@@ -1,9 +1,11 @@
 """IMA per-sample margin table (Ma et al., Algorithm 2), as pure array functions.
 
 The table is a float32 ``[N_train]`` array in the ``TrainState``, indexed by
-each example's stable ``index``. A training step gathers the batch's margins,
-the IMA loss runs BPGD inside them, and the step scatters the updated values
-back; only the batch's indices change.
+each example's stable ``index``. A training step gathers the batch's margins and
+the IMA loss runs BPGD inside them. With ``method.margin_update="batch"`` the step
+scatters the updated values back (only the batch's indices change); with
+``"epoch"`` (the paper) a pass after each epoch (``arjax.training.epoch_margins``)
+updates every entry with the updated model.
 
 Update rules (paper, Alg. 2), with ``delta`` = Δε = ε_max / number of
 adversarial epochs:
@@ -38,12 +40,15 @@ def gather(margins: Array, index: Array) -> Array:
     return margins[index]
 
 
-def scatter(margins: Array, index: Array, values: Array) -> Array:
+def scatter(margins: Array, index: Array, values: Array, valid: Array | None = None) -> Array:
     """A new table with ``values`` ``[B]`` written at ``index`` ``[B]``; other entries unchanged.
 
-    Indices within one batch are distinct (batches are slices of a permutation).
+    Indices within one batch are distinct (batches are slices of a permutation), except
+    padding rows, which ``valid`` (bool ``[B]``, None: all rows real) drops.
     """
-    return margins.at[index].set(values.astype(margins.dtype))
+    if valid is not None:
+        index = jnp.where(valid, index, margins.shape[0])  # out of range: dropped
+    return margins.at[index].set(values.astype(margins.dtype), mode="drop")
 
 
 def update(

@@ -51,7 +51,14 @@ def _bpgd(f, x, y, eps, key=KEY, **static):
 
 
 @pytest.mark.parametrize(
-    ("norm", "bracket"), [("linf", "recorded"), ("l2", "recorded"), ("linf", "clean_to_last")]
+    ("norm", "bracket"),
+    [
+        ("linf", "clean_to_last_wrong"),
+        ("l2", "clean_to_last_wrong"),
+        ("linf", "recorded"),
+        ("l2", "recorded"),
+        ("linf", "clean_to_last"),
+    ],
 )
 def test_linear_distance_is_analytic(norm, bracket):
     dist = _analytic(norm)
@@ -94,9 +101,9 @@ def test_random_start_lands_on_boundary(norm):
     assert r.crossed.all()
     # on the boundary hyperplane, whatever the path: |w.p + c| tiny against |w.x + c|.
     assert np.max(np.abs(r.images @ W_DIFF + C_DIFF) / np.abs(MARGIN)) < 2e-3
-    # never closer than the nearest boundary point, never outside the ball; the random
-    # start makes the path bend, so the distance is not the analytic minimum.
-    assert np.all(r.distance >= dist * (1 - 1e-4))
+    # never closer than the nearest boundary point (up to the midpoint's half of the last
+    # bracket, eps / 2^11 on the segment from x), never outside the ball.
+    assert np.all(r.distance >= dist - eps / 2**11 - 1e-6)
     assert np.all(r.distance <= eps * (1 + 1e-5))
 
 
@@ -139,7 +146,17 @@ def test_bracket_is_the_first_crossing(norm, loss):
     def run(x, y, eps):
         seq = [attacks.pgd(_mlp, x, y, eps=eps, num_steps=t, **kw) for t in range(n + 1)]
         sides = [
-            attacks.bpgd(_mlp, x, y, eps=eps, num_steps=n, num_bisections=0, side=side, **kw)
+            attacks.bpgd(
+                _mlp,
+                x,
+                y,
+                eps=eps,
+                num_steps=n,
+                num_bisections=0,
+                side=side,
+                bracket="recorded",
+                **kw,
+            )
             for side in ("correct", "wrong")
         ]
         return jnp.stack(seq), sides
@@ -160,6 +177,52 @@ def test_bracket_is_the_first_crossing(norm, loss):
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_default_bracket_is_clean_to_the_last_misclassified_iterate(norm):
+    """Without bisection the default bracket's ends are x and the last wrong PGD iterate."""
+    x, y = _mlp_data()
+    n = 5
+    eps = np.linspace(0.02, 0.3 if norm == "linf" else 0.8, B).astype(np.float32)
+    kw = dict(step_size=(4.0 * eps / n).astype(np.float32), norm=norm, random_start=False)
+
+    @jax.jit
+    def run(x, y, eps):
+        seq = [attacks.pgd(_mlp, x, y, eps=eps, num_steps=t, **kw) for t in range(n + 1)]
+        sides = [
+            attacks.bpgd(_mlp, x, y, eps=eps, num_steps=n, num_bisections=0, side=side, **kw)
+            for side in ("correct", "wrong")
+        ]
+        return jnp.stack(seq), sides
+
+    seq, (a, b) = jax.tree.map(np.asarray, run(x, y, eps))
+    wrong = ~np.stack([np.asarray(_mlp_correct(s, y)) for s in seq])
+    crossed = wrong.any(axis=0)
+    np.testing.assert_array_equal(b.crossed, crossed)
+    assert 3 < crossed.sum() < B - 3
+    last = n - np.argmax(wrong[::-1], axis=0)
+    for i in np.flatnonzero(crossed)[3:]:  # rows 0..2: misclassified at x, [x, x]
+        np.testing.assert_allclose(b.images[i], seq[last[i], i], atol=1e-6)
+    np.testing.assert_array_equal(a.images, x)  # the correct end is x itself
+    np.testing.assert_array_equal(b.images[:3], x[:3])
+
+
+def test_a_crossing_pgd_wandered_back_from_still_counts():
+    # logit 0.5 + cos(6 v) (class 1 where > 0), x = 0.3: PGD steps of 0.35 jump to 0.65
+    # (misclassified) and back to 0.3, so the last iterate is correct again. The default
+    # bracket keeps the crossing (Alg. 3: some iterate is misclassified) and bisects on
+    # [0.3, 0.65] onto the boundary cos(6 v) = -0.5 at v = pi / 9; clean_to_last drops it.
+    def f(v):
+        return 0.5 + jnp.cos(6.0 * v[:, 0])
+
+    x, y = jnp.array([[0.3]]), jnp.array([1])
+    kw = dict(eps=2.0, num_steps=6, step_size=0.35, random_start=False, bounds=None)
+    found = attacks.bpgd(f, x, y, **kw)
+    assert bool(found.crossed[0])
+    assert float(found.images[0, 0]) == pytest.approx(np.pi / 9, abs=1e-3)
+    assert float(found.distance[0]) == pytest.approx(np.pi / 9 - 0.3, abs=1e-3)
+    assert not bool(attacks.bpgd(f, x, y, bracket="clean_to_last", **kw).crossed[0])
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_sides_bisection_ball_and_bounds(norm):
     x, y = _mlp_data()
     nb = 10
@@ -169,7 +232,7 @@ def test_sides_bisection_ball_and_bounds(norm):
     def run(x, y, key, eps):
         kw = dict(eps=eps, num_bisections=nb, norm=norm)
         sides = [
-            attacks.bpgd(_mlp, x, y, random_start=False, side=side, **kw)
+            attacks.bpgd(_mlp, x, y, random_start=False, side=side, bracket="recorded", **kw)
             for side in ("correct", "wrong", "middle")
         ]
         return sides, attacks.bpgd(_mlp, x, y, key, **kw)  # and one with a random start
@@ -216,7 +279,7 @@ def test_jit_traces_once_and_no_nan_at_extremes():
 
 
 def test_argument_errors():
-    with pytest.raises(ValueError, match="recorded, clean_to_last"):
+    with pytest.raises(ValueError, match="clean_to_last_wrong, recorded, clean_to_last"):
         attacks.bpgd(_softmax_fn, X, Y, KEY, eps=0.1, bracket="last")
     with pytest.raises(ValueError, match="middle, correct, wrong"):
         attacks.bpgd(_softmax_fn, X, Y, KEY, eps=0.1, side="left")

@@ -31,7 +31,13 @@ def bce(z, y):
 def ima_loss(eps, beta=0.5, **fields):
     model, params, stats = linear_model(W, B)
     cfg = methods.method_config(
-        "ima", beta=beta, eps_max=1.0, delta=0.01, random_start=False, **fields
+        "ima",
+        beta=beta,
+        eps_max=1.0,
+        delta=0.01,
+        random_start=False,
+        margin_update="batch",
+        **fields,
     )
     loss_fn = methods.make_loss(cfg, model, None)
     batch = {"image": jnp.asarray(X), "label": jnp.asarray(Y), "margin": jnp.asarray(eps)}

@@ -34,6 +34,7 @@ from arjax.experiment.evaluate import evaluate_run
 from arjax.models import CONV_IMPLS, MODELS, ModelFns
 from arjax.training import optim, schedule
 from arjax.training.checkpoint import BestCheckpoint, Checkpointer, PreemptionFlag
+from arjax.training.epoch_margins import EpochMargins
 from arjax.training.state import TrainState
 from arjax.training.step import compile_multi_step
 
@@ -261,6 +262,11 @@ class _PhaseLoop:
         if not self.finished():
             loss_fn = methods.make_loss(phase.method, self.model, self.dataset.bounds)
             multi_step = compile_multi_step(loss_fn, tx, self.mesh)
+            estimate = methods.make_margin_estimate(phase.method, self.model, self.dataset.bounds)
+            margin_pass = EpochMargins(
+                estimate, self.dataset.splits["train"], batch_size=tcfg.batch_size,
+                mesh=self.mesh, steps_per_epoch=self.spe, batches_per_call=tcfg.steps_per_call,
+            )  # fmt: skip
             ds = data_lib.train_dataset(
                 self.dataset.splits["train"],
                 batch_size=tcfg.batch_size,
@@ -275,11 +281,13 @@ class _PhaseLoop:
             stop = min(
                 self.step + tcfg.steps_per_call,
                 *(_boundary(self.step, tcfg[f], self.total) for f in _INTERVALS),
+                margin_pass.next_boundary(self.step, self.total),
             )
             n = stop - self.step
             state, m = self._advance(multi_step, state, n)
             faults.point("step")
             self.step = stop
+            state = margin_pass.after_steps(state, stop)  # IMA's Alg. 2 after an epoch
             n_since += n
             bar.update(n)
             if _due(self.step, tcfg.log_every, self.total):

@@ -72,13 +72,16 @@ class Method:
             return self.margin_range(method)
         return float(method.delta), float(method.eps_max)
 
+    # Alg. 2 for one batch, for the pass after each epoch (IMA's margin_update="epoch").
+    estimate_margins: Callable | None = None
+
 
 METHODS: dict[str, Method] = {
     "standard": Method(standard.loss, standard.defaults, standard.validate),
     "adversarial": Method(adversarial.loss, adversarial.defaults, adversarial.validate),
     "noise": Method(adversarial.noise_loss, adversarial.noise_defaults, adversarial.validate_noise),
     "arfl": Method(arfl.loss, arfl.defaults, arfl.validate),
-    "ima": Method(ima.loss, ima.defaults, ima.validate, ima.resolve, uses_margins=True),
+    "ima": Method(ima.loss, ima.defaults, ima.validate, ima.resolve, True, ima.estimate_margins),
     "trades": Method(trades.loss, trades.defaults, trades.validate),
     "mart": Method(mart.loss, mart.defaults, mart.validate),
     "dsbn": Method(dsbn.loss, dsbn.defaults, dsbn.validate),
@@ -128,6 +131,21 @@ def make_loss(
     return functools.partial(METHODS[cfg.name].loss, ctx)
 
 
+def make_margin_estimate(
+    cfg: ml_collections.ConfigDict, model: ModelFns, bounds: tuple[float, float] | None
+) -> Callable | None:
+    """The method's margin estimate for the pass after each epoch, with its context bound.
+
+    Returns:
+      ``estimate(params, batch_stats, batch, key) -> margins [B]``, or None when the
+      method keeps no margins or updates them per batch (``margin_update="batch"``).
+    """
+    estimate = METHODS[cfg.name].estimate_margins
+    if estimate is None or cfg.get("margin_update", "batch") != "epoch":
+        return None
+    return functools.partial(estimate, MethodContext(model=model, cfg=cfg, bounds=bounds))
+
+
 __all__ = [
     "BoundLoss",
     "MethodLoss",
@@ -135,6 +153,7 @@ __all__ = [
     "Method",
     "MethodContext",
     "make_loss",
+    "make_margin_estimate",
     "method_config",
     "resolve",
     "validate",

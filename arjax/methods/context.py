@@ -77,6 +77,7 @@ class MethodContext:
         eps: Array,
         clean_logits: Array,
         extend_to: float | None = None,
+        logits_in_attack_mode: bool = False,
     ) -> attacks.BoundaryResult:
         """BPGD (:func:`arjax.attacks.bpgd`) inside the per-sample radii ``eps`` ``[B]``.
 
@@ -86,11 +87,14 @@ class MethodContext:
         loss's train-mode logits at ``x``: BPGD reuses them to find the samples
         misclassified at ``x`` (saving a forward pass) only where they are what the
         attack's mode gives too (no batch statistics, or the attack in train mode).
-        ``extend_to`` is BPGD's AN-PGD ray extension (MMA).
+        ``logits_in_attack_mode`` says they were computed in the attack's mode already
+        (IMA's epoch pass). ``extend_to`` is BPGD's AN-PGD ray extension (MMA).
         """
         cfg = self.cfg
         f = attack_logits_fn(self.model, params, batch_stats, cfg.attack_train_mode)
-        same_mode = cfg.attack_train_mode or not jax.tree.leaves(batch_stats)
+        same_mode = (
+            logits_in_attack_mode or cfg.attack_train_mode or not jax.tree.leaves(batch_stats)
+        )
         return attacks.bpgd(
             f,
             x,
