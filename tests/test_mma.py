@@ -131,7 +131,10 @@ def test_table_starts_at_the_floor():
         ({"eps_min": 0.5}, "method.eps_min=0.5 is out of range; valid: [0.0, 0.3]"),
         ({"search_scale": 0.9}, "method.search_scale=0.9 is out of range"),
         ({"attack_loss": "kl"}, "unknown method.attack_loss 'kl'; valid choices: ce, margin"),
-        ({"bracket": "last"}, "method.bracket 'last'; valid choices: clean_to_last, recorded"),
+        (
+            {"bracket": "last"},
+            "method.bracket 'last'; valid choices: clean_to_last, clean_to_last_wrong, recorded",
+        ),
     ],
 )
 def test_bad_fields_fail_naming_them(fields, expect):

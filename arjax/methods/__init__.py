@@ -65,6 +65,8 @@ class Method:
     # (floor, ceiling) of that table from the method section: the initial value and the
     # clip range of its updates; None means IMA's (delta, eps_max).
     margin_range: Callable[[ml_collections.ConfigDict], tuple[float, float]] | None = None
+    # Alg. 2 for one batch, for the pass after each epoch (IMA's margin_update="epoch").
+    estimate_margins: Callable | None = None
 
     def table_range(self, method: ml_collections.ConfigDict) -> tuple[float, float]:
         """``(floor, ceiling)`` of the margin table for the ``method`` section."""
@@ -72,16 +74,20 @@ class Method:
             return self.margin_range(method)
         return float(method.delta), float(method.eps_max)
 
-    # Alg. 2 for one batch, for the pass after each epoch (IMA's margin_update="epoch").
-    estimate_margins: Callable | None = None
-
 
 METHODS: dict[str, Method] = {
     "standard": Method(standard.loss, standard.defaults, standard.validate),
     "adversarial": Method(adversarial.loss, adversarial.defaults, adversarial.validate),
     "noise": Method(adversarial.noise_loss, adversarial.noise_defaults, adversarial.validate_noise),
     "arfl": Method(arfl.loss, arfl.defaults, arfl.validate),
-    "ima": Method(ima.loss, ima.defaults, ima.validate, ima.resolve, True, ima.estimate_margins),
+    "ima": Method(
+        ima.loss,
+        ima.defaults,
+        ima.validate,
+        ima.resolve,
+        uses_margins=True,
+        estimate_margins=ima.estimate_margins,
+    ),
     "trades": Method(trades.loss, trades.defaults, trades.validate),
     "mart": Method(mart.loss, mart.defaults, mart.validate),
     "dsbn": Method(dsbn.loss, dsbn.defaults, dsbn.validate),
