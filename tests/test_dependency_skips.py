@@ -65,3 +65,13 @@ def test_collection_skip_becomes_a_failure():
     )
     assert enforce(report, extra_requirements("dev"))
     assert report.failed
+
+
+def test_ci_runs_the_readme_test_command_with_the_policy_on():
+    root = PYPROJECT.parent
+    readme_command = "python -m pytest -n 2 tests"
+    assert f"pip install -e '.[dev]' && {readme_command}" in (root / "README.md").read_text()
+    lines = [ln.strip() for ln in (root / ".ci" / "run").read_text().splitlines()]
+    commands = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert commands[-1] == readme_command
+    assert "export ARJAX_NO_SKIPS=1" in commands[: commands.index(readme_command)]

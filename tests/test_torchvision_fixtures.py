@@ -125,3 +125,8 @@ def test_fixtures_stay_small():
     sizes = {p.name: p.stat().st_size for p in FIXTURES.iterdir() if p.is_file()}
     assert {f"{n}.safetensors" for n in NARROW} | {"torch_reference.npz"} <= set(sizes)
     assert sum(sizes.values()) < 1_000_000, sizes
+
+
+def test_resnet_widths_need_four_stages():
+    with pytest.raises(ValueError, match="4 stages"):
+        abstract_module(lambda r: ResNet("basic", (2, 2, 2, 2), widths=(4, 8, 16), rngs=r))
