@@ -6,7 +6,8 @@ reduced widths: every name and layer rule is torchvision's), their eval-mode
 logits and features on a fixed input, and the names and shapes of the
 full-size ``resnet18``, ``resnet50``, ``vgg16``, ``vgg16_bn`` and
 ``densenet121`` state dicts. Here arjax imports those files and must
-reproduce torchvision's numbers (``tests/test_pretrained.py`` holds the
+reproduce torchvision's numbers, Khakzar's truncated DenseNet included
+(``tests/test_pretrained.py`` holds the
 checks that need PyTorch itself: full-width forward passes, ``.pth`` files).
 """
 
@@ -19,8 +20,8 @@ import pytest
 
 from arjax.models import load_pretrained, load_state_dict, split_model
 from arjax.models import pretrained as pretrained_lib
-from arjax.models.densenet import DenseNet
-from arjax.models.pretrained import abstract_module
+from arjax.models.densenet import DenseNet, TruncatedDenseNet
+from arjax.models.pretrained import abstract_module, torchvision_init
 from arjax.models.resnet import ResNet
 from arjax.models.vgg import VGG, adaptive_pool_matrix
 
@@ -77,6 +78,30 @@ def test_imported_net_reproduces_torchvision(name, reference):
     assert want.shape == (2, 5) and np.ptp(want) > 1e-3  # a non-degenerate reference
     _close(np.asarray(features), reference[f"{name}/features"])
     _close(np.asarray(logits), want)
+
+
+class _NarrowTruncatedDenseNet(DenseNet):
+    """Khakzar's truncation (blocks after the second removed) of the narrow fixture DenseNet."""
+
+    torchvision_renames = TruncatedDenseNet.torchvision_renames
+    torchvision_dropped = TruncatedDenseNet.torchvision_dropped
+
+
+def test_truncated_densenet_ends_with_torchvision_transition2_norm(reference):
+    model = abstract_module(
+        lambda r: _NarrowTruncatedDenseNet(
+            (2, 3), 5, growth=4, num_init_features=8, bn_size=2, input_norm="none", rngs=r
+        )
+    )
+    torchvision_init(model, 0, conv_mode="fan_in")  # the head is not in the file: it keeps these
+    report = load_pretrained(model, FIXTURES / "densenet_narrow.safetensors")
+    assert "features.denseblock3.denselayer1.conv1.weight" in report.dropped
+    assert set(report.skipped_head) == {"classifier.weight", "classifier.bias"}  # 18 vs 20 wide
+    fns, params, stats = split_model(model)
+    _, features, _ = jax.jit(fns.apply)(params, stats, reference["x"])
+    want = reference["densenet_narrow/transition2_features"]
+    assert want.shape == (2, 8, 8, 20)
+    _close(np.asarray(features), want)
 
 
 def test_a_layout_error_would_be_caught(reference):
