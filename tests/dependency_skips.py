@@ -18,13 +18,15 @@ from pathlib import Path
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 ENV_VAR = "ARJAX_NO_SKIPS"
 
-# How a skip names a module that is not installed: pytest.importorskip's reason
-# ("could not import 'X': No module named 'X'"), ImportError's text, and the
-# "X not installed" reasons written by hand in skipif marks.
+# How a skip names a module that is not installed (or older than required):
+# pytest.importorskip's reasons ("could not import 'X': No module named 'X'",
+# "module 'X' has __version__ ..."), ImportError's text, and the "X not
+# installed" reasons written by hand in skipif marks.
 _MISSING = (
     re.compile(r"could not import '([\w.]+)'"),
     re.compile(r"No module named '([\w.]+)'"),
     re.compile(r"\b([A-Za-z_][\w.-]*) (?:is )?not installed"),
+    re.compile(r"module '([\w.]+)' has __version__"),  # importorskip(minversion=...): too old
 )
 
 

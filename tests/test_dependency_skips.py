@@ -25,6 +25,7 @@ def test_dev_extra_is_read_from_pyproject():
         ("pydicom not installed (extra arjax[medical])", "pydicom"),
         ("hypothesis is not installed", "hypothesis"),
         ("No module named 'xdist.plugin'", "xdist.plugin"),
+        ("module 'pydicom' has __version__ '2.4.4', required is: '3.0'", "pydicom"),
     ],
 )
 def test_missing_module_is_read_from_the_reason(reason, module):

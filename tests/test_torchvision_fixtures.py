@@ -7,8 +7,8 @@ logits and features on a fixed input, and the names and shapes of the
 full-size ``resnet18``, ``resnet50``, ``vgg16``, ``vgg16_bn`` and
 ``densenet121`` state dicts. Here arjax imports those files and must
 reproduce torchvision's numbers, Khakzar's truncated DenseNet included
-(``tests/test_pretrained.py`` holds the
-checks that need PyTorch itself: full-width forward passes, ``.pth`` files).
+(``tests/test_pretrained.py`` holds the checks that need PyTorch itself:
+full-width forward passes, ``.pth`` files).
 """
 
 import json
