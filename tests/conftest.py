@@ -14,3 +14,25 @@ if "xla_force_host_platform_device_count" not in _flags:
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+import pytest  # noqa: E402
+from dependency_skips import ENV_VAR, enforce, extra_requirements  # noqa: E402
+
+_NO_SKIPS = os.environ.get(ENV_VAR) == "1"
+_DEV = extra_requirements("dev") if _NO_SKIPS else set()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With ``ARJAX_NO_SKIPS=1``, a test skipped for a missing ``[dev]`` module fails."""
+    outcome = yield
+    if _NO_SKIPS:
+        enforce(outcome.get_result(), _DEV)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped at import (``pytest.importorskip`` at the top)."""
+    outcome = yield
+    if _NO_SKIPS:
+        enforce(outcome.get_result(), _DEV)

@@ -6,8 +6,8 @@
 * ``verify_images``: a cheap look at every image file a dataset lists (its
   header and last bytes, no pixel decoding): the file exists, is a PNG /
   JPEG / DICOM (or another Pillow format), is not a truncated PNG or JPEG, a
-  DICOM's transfer syntax has a decoder installed; NIfTI volumes are refused
-  (``decode_image`` reads 2-D images only). One log line counts the inputs
+  DICOM's transfer syntax has a decoder installed; multi-frame DICOM and NIfTI
+  volumes are refused (``decode_image`` reads 2-D images only). One log line counts the inputs
   that reading will convert (colour to grey, alpha dropped, more than 8 bits
   per sample, non-square or resized).
 
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from PIL import Image
 
 from arjax.config_lib import ConfigError
-from arjax.data.images import DICOM_HINT, dicom_decoder_problem, is_dicom
+from arjax.data.images import DICOM_HINT, dicom_decoder_problem, dicom_frames_problem, is_dicom
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,9 @@ def _inspect_dicom(path: str) -> ImageInfo:
     problem = dicom_decoder_problem(ds)
     if problem:
         raise ImageProblem(f"DICOM {problem}")
+    problem = dicom_frames_problem(ds)
+    if problem:
+        raise ImageProblem(problem)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     return ImageInfo(

@@ -4,7 +4,8 @@
 (bilinear resize with Pillow, antialiased when shrinking; RGB/RGBA -> luma
 for one channel, grey replicated for three; 16-bit PNGs scaled by 1/65535;
 DICOM through its modality and VOI look-up tables, then min-max scaled, with
-MONOCHROME1 inverted; PALETTE COLOR through its palette to RGB). A DICOM file
+MONOCHROME1 inverted; PALETTE COLOR through its palette to RGB; multi-frame
+DICOM refused, naming its frame count). A DICOM file
 is recognised by its ``.dcm`` / ``.dicom`` suffix or, for any other suffix
 that is not a Pillow image's, by the ``DICM`` marker at byte 128. Aspect
 ratios are not kept: every image is stretched to ``S x S`` (COVID-CT slices
@@ -120,6 +121,21 @@ def dicom_decoder_problem(ds) -> str | None:
     return None
 
 
+def dicom_frames_problem(ds) -> str | None:
+    """Why a DICOM dataset is not one 2-D image: ``NumberOfFrames`` above 1, else None.
+
+    A multi-frame file (a CT or dose volume, a cine loop) is refused rather
+    than silently cut to one frame: which frame is the image is the user's call.
+    """
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        return (
+            f"multi-frame DICOM ({frames} frames): arjax reads 2-D images; "
+            "export the frames to single-frame files (one per manifest row)"
+        )
+    return None
+
+
 def _read_dicom(path: str) -> np.ndarray:
     """DICOM pixels as float32 ``[H, W]`` or ``[H, W, 3]`` in [0, 1]."""
     pydicom = _import_pydicom(path)
@@ -133,9 +149,10 @@ def _read_dicom(path: str) -> np.ndarray:
         )
 
     ds = pydicom.dcmread(path, force=True)
+    problem = dicom_frames_problem(ds)
+    if problem:
+        raise ValueError(problem)
     pixels = ds.pixel_array
-    if pixels.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1:
-        pixels = pixels[0]  # multi-frame: the first frame
     if ds.get("PhotometricInterpretation", "") == "PALETTE COLOR":
         # Palette indices -> RGB entries (8 or 16 bits, as the LUT stores them).
         rgb = apply_color_lut(pixels, ds)

@@ -141,6 +141,8 @@ class ResNet(nnx.Module):
       input_norm: standardisation applied to ``[0, 1]`` inputs first (a key of
         ``layers.INPUT_NORMS``: ``"imagenet"``, ``"half"``, ``"none"``).
       rngs: parameter streams.
+      widths: ``planes`` of the four stages (torchvision: 64, 128, 256, 512;
+        ``conv1`` has ``widths[0]`` channels); narrower nets keep every name.
     """
 
     # torchvision state-dict names (arjax.models.pretrained).
@@ -157,19 +159,20 @@ class ResNet(nnx.Module):
         input_norm: str = "imagenet",
         *,
         rngs: nnx.Rngs,
+        widths: Sequence[int] = (64, 128, 256, 512),
     ):
         if block not in BLOCKS:
             raise ValueError(f"unknown ResNet block {block!r}; valid: {sorted(BLOCKS)}")
         if norm not in NORMS:
             raise ValueError(f"unknown model.norm {norm!r}; valid: {list(NORMS)}")
-        if len(layers) != 4:
-            raise ValueError(f"ResNet needs 4 stages, got layers={tuple(layers)}")
+        if len(layers) != 4 or len(widths) != 4:
+            raise ValueError(f"ResNet needs 4 stages, got {tuple(layers)=}, {tuple(widths)=}")
         block_cls = BLOCKS[block]
         self.input_stats = input_norm_stats(input_norm, in_channels)
-        self.conv1 = _conv(in_channels, 64, 7, 2, rngs)
-        self.bn1 = _norm(norm, 64, rngs)
-        cin = 64
-        for stage, (planes, depth) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+        self.conv1 = _conv(in_channels, widths[0], 7, 2, rngs)
+        self.bn1 = _norm(norm, widths[0], rngs)
+        cin = widths[0]
+        for stage, (planes, depth) in enumerate(zip(widths, layers, strict=True)):
             blocks = []
             for i in range(depth):
                 stride = 2 if stage > 0 and i == 0 else 1
@@ -181,7 +184,7 @@ class ResNet(nnx.Module):
         self.num_features = cin
 
     def stem(self, x: Array) -> Array:
-        """Standardise, then ``conv1 - norm - ReLU - maxpool``: ``[B, H/4, W/4, 64]``."""
+        """Standardise, then ``conv1 - norm - ReLU - maxpool``: ``[B, H/4, W/4, widths[0]]``."""
         h = jax.nn.relu(self.bn1(self.conv1(standardize(x, self.input_stats))))
         return nnx.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
