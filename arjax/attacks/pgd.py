@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from flax import errors as flax_errors
 from jax import lax
 
 from arjax.attacks.geometry import (
@@ -53,6 +54,28 @@ def check_attack_args(
         raise ValueError(f"{name} with random_start=True needs a PRNG key.")
 
 
+def call_logits_fn(logits_fn: LogitsFn, x: Array) -> Array:
+    """``logits_fn(x)``, with flax's trace-level error on a train-mode module made plain.
+
+    An NNX module left in train mode (NNX's default) updates its ``BatchStat`` in place
+    on every call, which is impossible inside the attack's ``jax.grad`` trace; flax then
+    raises ``TraceContextError``. Attacks must see the running statistics (DESIGN §3.6).
+
+    Raises:
+      ValueError: on that error, saying to call ``model.eval()`` or use
+        ``arjax.models.adapt``.
+    """
+    try:
+        return logits_fn(x)
+    except flax_errors.TraceContextError as e:
+        raise ValueError(
+            "the attacked model mutates its state inside the attack's trace (an NNX module "
+            "with BatchNorm left in train mode, NNX's default): call model.eval() before "
+            "attacking it, or attack fns.logits_fn(params, batch_stats) of "
+            "`fns, params, batch_stats = arjax.models.adapt(model)` (eval statistics)"
+        ) from e
+
+
 def objective_grad_fn(
     logits_fn: LogitsFn,
     y: Array,
@@ -85,7 +108,7 @@ def objective_grad_fn(
         clean_logits = jax.lax.stop_gradient(clean_logits)
 
     def total_objective(x_adv: Array) -> tuple[Array, Array]:
-        logits = logits_fn(x_adv)
+        logits = call_logits_fn(logits_fn, x_adv)
         values = attack_objective(loss, logits, y, clean_logits)
         return sign * jnp.sum(values), logits
 
