@@ -65,8 +65,16 @@ def _batch(x, y):
 def test_pgd_on_train_mode_module_names_model_eval():
     model = UserNet()  # NNX's default: train mode, batch statistics updated in place
     x, y = _data()
+    key = jax.random.key(0)
     with pytest.raises(ValueError, match=r"model\.eval\(\)"):
-        arjax.attacks.pgd(model, x, y, jax.random.key(0), eps=0.1, num_steps=2)
+        arjax.attacks.pgd(model, x, y, key, eps=0.1, num_steps=2)
+    with pytest.raises(ValueError, match=r"model\.eval\(\)"):  # inside jit, via a lambda
+        jax.jit(lambda a: arjax.attacks.pgd(lambda v: model(v), a, y, key, eps=0.1))(x)
+    with pytest.raises(ValueError, match=r"model\.eval\(\)"):
+        jax.jit(lambda a: arjax.attacks.bpgd(model, a, y, key, eps=jnp.full(16, 0.1)).images)(x)
+    model.eval()  # what the message asks: then the module attacks as is
+    x_adv = arjax.attacks.pgd(model, x, y, key, eps=0.1, num_steps=2)
+    assert float(jnp.max(jnp.abs(x_adv - x))) <= 0.1 + 1e-6
 
 
 def test_adapted_model_attacks_with_running_statistics():

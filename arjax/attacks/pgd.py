@@ -7,6 +7,7 @@ the caller built (eval-mode statistics by default, DESIGN §3.6), use a static n
 steps in a ``lax.fori_loop``, and are jittable as a whole with the radius traced.
 """
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -56,6 +57,8 @@ def check_attack_args(
 
 def call_logits_fn(logits_fn: LogitsFn, x: Array) -> Array:
     """``logits_fn(x)``, with flax's trace-level error on a train-mode module made plain.
+
+    :func:`pgd` and :func:`arjax.attacks.bpgd` call their ``logits_fn`` through this.
 
     An NNX module left in train mode (NNX's default) updates its ``BatchStat`` in place
     on every call, which is impossible inside the attack's ``jax.grad`` trace; flax then
@@ -108,7 +111,7 @@ def objective_grad_fn(
         clean_logits = jax.lax.stop_gradient(clean_logits)
 
     def total_objective(x_adv: Array) -> tuple[Array, Array]:
-        logits = call_logits_fn(logits_fn, x_adv)
+        logits = logits_fn(x_adv)
         values = attack_objective(loss, logits, y, clean_logits)
         return sign * jnp.sum(values), logits
 
@@ -229,6 +232,7 @@ def pgd(
         or non-integer ``num_steps``, or badly shaped ``eps`` / ``step_size``.
     """
     check_attack_args(norm, loss, num_steps, random_start, key, name="pgd")
+    logits_fn = functools.partial(call_logits_fn, logits_fn)
     x = jax.lax.stop_gradient(jnp.asarray(x))
     eps_b = per_sample(eps, x)
     if step_size is None:
