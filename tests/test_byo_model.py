@@ -197,6 +197,12 @@ def test_penultimate_features_are_the_head_input():
     robust = -jnp.mean(jax.nn.sigmoid(jnp.abs(expected)))
     np.testing.assert_allclose(metrics["robust_clean"], robust, rtol=1e-5)
     assert np.isfinite(float(value))
+    # with batch norm and dropout in train mode the taps leave the state's structure as is
+    fns, params, stats = adapt(UserNet(dropout=0.2), features="penultimate")
+    _, feats, new_stats = fns.apply(params, stats, x, train=True)
+    assert feats.shape == (16, 16)
+    assert jax.tree.structure(new_stats) == jax.tree.structure(stats)
+    assert _dropout_count(new_stats) == 1
 
 
 def test_adapt_plain_apply_function():
@@ -249,3 +255,17 @@ def test_robust_accuracy_refuses_per_sample_looking_eps():
         f, x, y, jax.random.key(0), eps=tuple(np.linspace(0.0, 0.3, 8)), num_steps=1
     )
     assert len(as_tuple.accuracy) == 8
+
+
+def test_cams_of_plain_logits_model_ask_for_the_feature_map():
+    class ConvNet(nnx.Module):
+        def __init__(self):
+            self.conv = nnx.Conv(1, 4, (3, 3), rngs=nnx.Rngs(0))
+            self.head = nnx.Linear(4, 2, rngs=nnx.Rngs(1))
+
+        def __call__(self, x):
+            return self.head(jnp.mean(jax.nn.relu(self.conv(x)), axis=(1, 2)))
+
+    fns, params, stats = adapt(ConvNet())
+    with pytest.raises(ValueError, match="feature map"):
+        arjax.evaluation.class_activation_maps(fns, params, stats, jnp.ones((2, 8, 8, 1)))
