@@ -12,13 +12,20 @@ margins are) also from a random start; the literal adjacent-iterates bracket is
 ``bracket="recorded"`` (see :func:`bpgd`).
 """
 
+import functools
 from typing import NamedTuple
 
 import jax.numpy as jnp
 from jax import lax
 
 from arjax.attacks.geometry import clip_to_bounds, lp_norm, per_sample
-from arjax.attacks.pgd import ascent_step, check_attack_args, objective_grad_fn, start_delta
+from arjax.attacks.pgd import (
+    ascent_step,
+    call_logits_fn,
+    check_attack_args,
+    objective_grad_fn,
+    start_delta,
+)
 from arjax.losses.classification import predictions_correct
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
@@ -197,6 +204,7 @@ def bpgd(
         counts, or badly shaped ``eps`` / ``step_size``.
     """
     check_attack_args(norm, loss, num_steps, random_start, key, name="bpgd")
+    logits_fn = functools.partial(call_logits_fn, logits_fn)
     _check_choice("bpgd loss", loss, BPGD_LOSSES)
     _check_choice("bracket", bracket, BRACKETS)
     _check_choice("side", side, SIDES)

@@ -7,10 +7,12 @@ the caller built (eval-mode statistics by default, DESIGN §3.6), use a static n
 steps in a ``lax.fori_loop``, and are jittable as a whole with the radius traced.
 """
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from flax import errors as flax_errors
 from jax import lax
 
 from arjax.attacks.geometry import (
@@ -51,6 +53,30 @@ def check_attack_args(
         raise ValueError(f"num_steps must be a python int >= 0; got {num_steps!r}.")
     if random_start and key is None:
         raise ValueError(f"{name} with random_start=True needs a PRNG key.")
+
+
+def call_logits_fn(logits_fn: LogitsFn, x: Array) -> Array:
+    """``logits_fn(x)``, with flax's trace-level error on a train-mode module made plain.
+
+    :func:`pgd` and :func:`arjax.attacks.bpgd` call their ``logits_fn`` through this.
+
+    An NNX module left in train mode (NNX's default) updates its ``BatchStat`` in place
+    on every call, which is impossible inside the attack's ``jax.grad`` trace; flax then
+    raises ``TraceContextError``. Attacks must see the running statistics (DESIGN §3.6).
+
+    Raises:
+      ValueError: on that error, saying to call ``model.eval()`` or use
+        ``arjax.models.adapt``.
+    """
+    try:
+        return logits_fn(x)
+    except flax_errors.TraceContextError as e:
+        raise ValueError(
+            "the attacked model mutates its state inside the attack's trace (an NNX module "
+            "with BatchNorm left in train mode, NNX's default): call model.eval() before "
+            "attacking it, or attack fns.logits_fn(params, batch_stats) of "
+            "`fns, params, batch_stats = arjax.models.adapt(model)` (eval statistics)"
+        ) from e
 
 
 def objective_grad_fn(
@@ -206,6 +232,7 @@ def pgd(
         or non-integer ``num_steps``, or badly shaped ``eps`` / ``step_size``.
     """
     check_attack_args(norm, loss, num_steps, random_start, key, name="pgd")
+    logits_fn = functools.partial(call_logits_fn, logits_fn)
     x = jax.lax.stop_gradient(jnp.asarray(x))
     eps_b = per_sample(eps, x)
     if step_size is None:

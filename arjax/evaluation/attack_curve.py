@@ -35,6 +35,7 @@ from arjax.evaluation.robustness import (
     _chunks,
     _gather,
     _jitted,
+    curve_radii,
 )
 from arjax.types import LogitsFn, PRNGKey
 
@@ -59,7 +60,8 @@ def attack_predictions(
       y: labels ``[N]`` or multi-hot ``[N, C]``.
       key: PRNG key.
       spec: the attack (its ``eps`` is ignored: every radius of ``eps`` is run).
-      eps: radii ``E`` (>= 0) in ``spec.norm``, any order; 0 means no attack.
+      eps: radii ``E`` (>= 0) in ``spec.norm``, any order; 0 means no attack. An ``[N]``
+        array reads as per-sample radii and is refused (see ``robustness.curve_radii``).
       bounds: data range or None.
       batch_size: chunk size.
 
@@ -69,7 +71,7 @@ def attack_predictions(
       independent per-radius result (clean-correct and not flipped at that radius).
     """
     n = _check(x, y, spec.norm, batch_size, spec.num_steps)
-    eps = tuple(float(e) for e in eps)
+    eps = curve_radii(eps, n)
     if not eps or min(eps) < 0:
         raise ValueError(f"eps must be a non-empty sequence of radii >= 0; got {eps}.")
     jitted = _jitted(logits_fn)

@@ -179,6 +179,11 @@ def cam_head(module: nnx.Module) -> nnx.Linear:
 @functools.partial(compilation.jit, static_argnums=0)
 def _cams(model: ModelFns, params: PyTree, batch_stats: PyTree, x: Array) -> tuple[Array, Array]:
     logits, features, _ = model.apply(params, batch_stats, x, train=False)
+    if features is None:
+        raise ValueError(
+            "class activation maps need the model's last convolutional feature map, but the "
+            "model returns plain logits: return (logits, feature_map) from it"
+        )
     head = cam_head(nnx.merge(model.graphdef, params, batch_stats, copy=True))
     cams = jnp.einsum("bhwc,ck->bhwk", features, head.kernel[...].astype(features.dtype))
     return cams, logits

@@ -207,6 +207,31 @@ class RobustPredictions:
         )
 
 
+def curve_radii(eps: Any, n: int) -> tuple[float, ...]:
+    """The curve's radii ``E`` from ``eps``, refusing values that read as per-sample radii.
+
+    ``eps`` lists the radii of the accuracy curve (one PGD run per radius over all
+    samples), never one radius per sample. An array whose length equals the number of
+    samples ``n`` (or any array of more than one dimension) is ambiguous and refused; a
+    tuple or list is always read as curve radii.
+
+    Raises:
+      ValueError: a scalar, an array shaped ``[n]`` or ``[n, ...]`` (n > 1), or ndim > 1.
+    """
+    if np.ndim(eps) == 0:
+        raise ValueError(f"eps must be a sequence of curve radii, e.g. (0.0, {float(eps)}).")
+    if not isinstance(eps, tuple | list):
+        shape = np.shape(eps)
+        if len(shape) > 1 or (n > 1 and shape[0] == n):
+            raise ValueError(
+                f"eps is an array shaped {shape} for {n} samples: robust_accuracy reads eps as "
+                "the curve's radii (each applied to every sample), not per-sample radii. Pass "
+                "tuple(eps) if you mean those radii; for per-sample radii [N] attack with "
+                "arjax.attacks.pgd(..., eps=radii) or adversarial_examples(..., eps=radii)."
+            )
+    return tuple(float(e) for e in np.ravel(np.asarray(eps, dtype=np.float64)))
+
+
 def robust_predictions(
     logits_fn: LogitsFn,
     x: Any,
@@ -237,7 +262,9 @@ def robust_predictions(
       x: float ``[N, ...]`` inputs (numpy or jax, possibly sharded).
       y: int ``[N]`` labels.
       key: PRNG key for the random starts.
-      eps: radii ``E`` (>= 0), in the ``norm``.
+      eps: the curve's radii ``E`` (>= 0), in the ``norm``, each applied to every sample;
+        a tuple/list, or an array whose length is not ``N`` (an ``[N]`` array reads as
+        per-sample radii and is refused; pass ``tuple(eps)`` to mean curve radii).
       num_steps: PGD steps (100 in IMA's "100-PGD").
       norm: ``"linf"`` or ``"l2"``.
       losses: attack objectives, each from ``arjax.attacks.LOSSES``.
@@ -256,7 +283,7 @@ def robust_predictions(
     bad = [name for name in losses if name not in LOSSES]
     if not losses or bad:
         raise ValueError(f"losses must be a non-empty subset of {LOSSES}; got {losses}.")
-    eps = tuple(float(e) for e in eps)
+    eps = curve_radii(eps, n)
     if not eps or min(eps) < 0:
         raise ValueError(f"eps must be a non-empty sequence of radii >= 0; got {eps}.")
     if num_restarts < 1:

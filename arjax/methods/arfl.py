@@ -52,6 +52,13 @@ def loss(ctx: MethodContext, params, batch_stats, batch, key):
     lam, r = cfg.lam, cfg.r
     y_pm1 = _pm1(y)
     logits, feats, stats = ctx.model.apply(params, batch_stats, x, train=True)
+    if feats is None:
+        raise ValueError(
+            "method 'arfl' needs the model's features (L_robust, Hao et al. Eq. 1, is computed "
+            "on the penultimate layer / last convolutional map), but the model returns plain "
+            "logits: adapt it with arjax.models.adapt(model, features='penultimate') or "
+            "return (logits, features) from it"
+        )
     cls_clean = mean(ctx.cls_loss(logits, y))
     rob_clean = mean(losses.arfl_robust(feats, y_pm1))
     overall = cls_clean + lam * rob_clean

@@ -41,6 +41,9 @@ the ``dsbn`` method needs it). The model must have batch norms: the ResNets
 with ``norm="batch"``, the DenseNets, an MLP or VGG16 with ``batch_norm=True``
 (VGG16: torchvision's ``vgg16_bn``); not plain VGG16 (torchvision's ``vgg16`` has
 none) nor the instance-norm networks.
+
+A user's own NNX module or ``apply_fn(params, x)`` (plain logits are fine) becomes
+``(ModelFns, params, batch_stats)`` through :func:`adapt` (``arjax.models.adapter``).
 """
 
 import logging
@@ -52,6 +55,7 @@ import numpy as np
 from flax import nnx
 
 from arjax.config_lib import ConfigError
+from arjax.models.adapter import FunctionModel, adapt
 from arjax.models.camnet import CamCNN, build_cam_cnn
 from arjax.models.cnn import ARCHITECTURES, ConvSpec, ImaCNN, feature_map_shape, ima_cnn
 from arjax.models.convolution import CONV_IMPLS, conv2d, conv_impl_scope
@@ -68,6 +72,7 @@ from arjax.models.layers import (
     torchvision_num_outputs,
 )
 from arjax.models.mlp import ACTIVATIONS, MLP
+from arjax.models.outputs import FEATURES
 from arjax.models.pretrained import (
     ImportReport,
     abstract_module,
@@ -241,6 +246,8 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "CamCNN",
+    "FEATURES",
+    "FunctionModel",
     "Conv",
     "ConvSpec",
     "DenseNet",
@@ -251,6 +258,7 @@ __all__ = [
     "ResNet",
     "TruncatedDenseNet",
     "abstract_module",
+    "adapt",
     "adaptive_avg_pool",
     "batch_norm",
     "branch_model",

@@ -25,10 +25,13 @@ Parameter paths gain the branch: a ResNet's ``bn1/scale`` becomes
 from the wrapped layer's values (its initialisation or imported ImageNet weights).
 """
 
+import dataclasses
+
 import jax.numpy as jnp
 from flax import nnx
 
 from arjax.models.functional import ModelFns
+from arjax.models.surgery import wrap_layers
 from arjax.types import Array, PyTree
 
 # Branch names: the first is the default (evaluation) branch.
@@ -78,28 +81,9 @@ def dualize(module: nnx.Module, branches=BRANCHES) -> nnx.Module:
     Raises:
       ValueError: when ``module`` holds no batch norm (nothing to make dual).
     """
-    paths = [p for p, node in nnx.iter_graph(module) if isinstance(node, nnx.BatchNorm)]
-    if not paths:
+    if not wrap_layers(module, nnx.BatchNorm, lambda bn: DualBatchNorm(bn, branches)):
         raise ValueError(f"model {type(module).__name__} has no batch-norm layer to make dual")
-    for path in paths:
-        parent = module
-        for key in path[:-1]:
-            parent = _child(parent, key)
-        _set_child(parent, path[-1], DualBatchNorm(_child(parent, path[-1]), branches))
     return module
-
-
-def _child(node, key):
-    """``node[key]`` for ``nnx.List`` / ``nnx.Dict``, else the attribute ``key``."""
-    return node[key] if isinstance(node, nnx.List | nnx.Dict) else getattr(node, key)
-
-
-def _set_child(node, key, value) -> None:
-    """Sets what :func:`_child` reads."""
-    if isinstance(node, nnx.List | nnx.Dict):
-        node[key] = value
-    else:
-        setattr(node, key, value)
 
 
 def branch_model(model: ModelFns, params: PyTree, batch_stats: PyTree, branch: str) -> ModelFns:
@@ -129,4 +113,4 @@ def branch_model(model: ModelFns, params: PyTree, batch_stats: PyTree, branch: s
             valid = ", ".join(norm.branches)
             raise ValueError(f"unknown batch-norm branch {branch!r}; valid: {valid}")
         norm.branch = branch
-    return ModelFns(nnx.graphdef(module))
+    return dataclasses.replace(model, graphdef=nnx.graphdef(module))

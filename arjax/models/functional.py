@@ -1,10 +1,14 @@
 """The jit boundary between Flax NNX modules and pure functions (DESIGN §3.2).
 
 A model is built once, split into its static graph definition and two state
-pytrees (``params``: trainable ``nnx.Param``; ``batch_stats``: running
-statistics ``nnx.BatchStat``, empty for models without batch norm). Traced
-code rebuilds the module with ``nnx.merge`` and calls it; the mode (train or
-eval statistics) is chosen explicitly per call, never flipped globally.
+pytrees (``params``: trainable ``nnx.Param``; ``batch_stats``: the non-trainable
+state a forward pass may update: running statistics ``nnx.BatchStat`` and the
+dropout streams' ``nnx.RngState`` (key and counter), empty for models with
+neither). Traced code rebuilds the module with ``nnx.merge`` and calls it; the
+mode is chosen explicitly per call, never flipped globally: eval mode (running
+statistics, dropout off) for attacks and evaluation, train mode (batch
+statistics, dropout masks drawn from the threaded rng state) in training.
+The module's own mode (NNX builds modules in train mode) does not matter.
 """
 
 import dataclasses
@@ -12,7 +16,11 @@ import dataclasses
 import jax
 from flax import nnx
 
+from arjax.models.outputs import call_model, check_features
 from arjax.types import Array, LogitsFn, PyTree
+
+# The non-trainable state a forward pass updates (the ``batch_stats`` pytree).
+MODEL_STATE = (nnx.BatchStat, nnx.RngState)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,9 +29,14 @@ class ModelFns:
 
     Attributes:
       graphdef: the static structure from ``nnx.split`` (hashable).
+      features: how the features are read from the module's output, one of
+        ``arjax.models.outputs.FEATURES``: ``"auto"`` (a returned pair is
+        ``(logits, features)``, plain logits give None), ``"penultimate"`` (the input
+        of the last ``nnx.Linear`` called) or None.
     """
 
     graphdef: nnx.GraphDef
+    features: str | None = "auto"
 
     def apply(
         self, params: PyTree, batch_stats: PyTree, x: Array, *, train: bool = False
@@ -32,14 +45,18 @@ class ModelFns:
 
         Args:
           params: ``nnx.State`` of parameters.
-          batch_stats: ``nnx.State`` of batch statistics (may be empty).
+          batch_stats: ``nnx.State`` of batch statistics and dropout rng state (may
+            be empty).
           x: inputs ``[B, ...]``.
-          train: use and update batch statistics (True) or the running
-            averages (False, the default and what attacks use).
+          train: use and update batch statistics and draw dropout masks (True), or
+            use the running averages with dropout off (False, the default and what
+            attacks use).
 
         Returns:
-          ``(logits, features, new_batch_stats)``; ``new_batch_stats`` equals
-          ``batch_stats`` when ``train`` is False.
+          ``(logits, features, new_batch_stats)``; ``features`` is None for a model
+          returning plain logits (``features="auto"``); ``new_batch_stats`` equals
+          ``batch_stats`` when ``train`` is False, else carries the updated statistics
+          and the advanced dropout counters (so the next call draws new masks).
         """
         # copy=True: fresh Variables owned by the current trace. Without it a
         # BatchStat created at an outer trace level (jit) cannot be updated
@@ -49,8 +66,8 @@ class ModelFns:
             model.train()
         else:
             model.eval()
-        logits, features = model(x)
-        new_stats = nnx.state(model, nnx.BatchStat) if train else batch_stats
+        logits, features = call_model(model, x, self.features)
+        new_stats = nnx.state(model, MODEL_STATE) if train else batch_stats
         return logits, features, new_stats
 
     def logits_fn(self, params: PyTree, batch_stats: PyTree, *, train: bool = False) -> LogitsFn:
@@ -72,18 +89,30 @@ class ModelFns:
         return f
 
 
-def split_model(model: nnx.Module) -> tuple[ModelFns, PyTree, PyTree]:
+def split_model(
+    model: nnx.Module, *, features: str | None = "auto"
+) -> tuple[ModelFns, PyTree, PyTree]:
     """Splits a built module into ``(ModelFns, params, batch_stats)``.
 
+    ``batch_stats`` holds the ``nnx.BatchStat`` and ``nnx.RngState`` variables (dropout
+    streams created with ``nnx.Dropout(rate, rngs=...)``): training threads them through
+    the state, so each train-mode call draws fresh masks; eval mode turns dropout off.
+
+    Args:
+      model: an NNX module returning logits or ``(logits, features)``, in any mode.
+      features: see :class:`ModelFns`.
+
     Raises:
-      ValueError: when the module holds state other than ``Param`` and
-        ``BatchStat`` (e.g. RNG streams for dropout), which the pure training
-        step would silently drop.
+      ValueError: an unknown ``features``, or the module holds state other than
+        ``Param``, ``BatchStat`` and ``RngState`` (e.g. ``nnx.Intermediate`` from ``sow``),
+        which the pure training step would silently drop; the message names the paths.
     """
-    graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    check_features(features)
+    graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, MODEL_STATE, ...)
     if jax.tree.leaves(rest):
+        paths = [".".join(map(str, path)) for path, _ in nnx.to_flat_state(rest)]
         raise ValueError(
-            f"model {type(model).__name__} holds state other than Param/BatchStat: "
-            f"{list(nnx.to_flat_state(rest).keys())[:5]}"
+            f"model {type(model).__name__} holds state other than Param/BatchStat/RngState, "
+            f"which arjax's pure steps would drop: {paths[:5]}"
         )
-    return ModelFns(graphdef), params, batch_stats
+    return ModelFns(graphdef, features), params, batch_stats
