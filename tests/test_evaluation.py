@@ -554,6 +554,24 @@ def test_comparison_table_and_mann_whitney_match_scipy(tmp_path):
         assert json.load(f)["pvalues"][1]["b"] == "C"
 
 
+def test_report_plots_leave_pyplot_and_its_backend_alone(tmp_path):
+    # A notebook's inline backend must survive importing arjax, and report plots must not
+    # open pyplot figures (they used to force matplotlib.use("Agg") at import time).
+    import subprocess
+    import sys
+
+    import matplotlib.pyplot as plt
+
+    code = "import matplotlib, arjax.evaluation.report; print(matplotlib.get_backend())"
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().lower() == "svg"
+    before = plt.get_fignums()
+    assert _is_png(plot_histogram(np.arange(10.0), tmp_path / "h.png", bins=5))
+    assert plt.get_fignums() == before
+
+
 def test_roc_plot_writes_png_with_a_single_valued_panel(tmp_path):
     rng = np.random.default_rng(5)
     y = rng.integers(0, 2, size=40)

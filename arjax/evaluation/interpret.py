@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from matplotlib.patches import Rectangle
 
 from arjax import compilation
-from arjax.evaluation.report import PathLike, _save, plt
+from arjax.evaluation.report import PathLike, _save, subplots
 from arjax.losses import classification_loss
 from arjax.models.densenet import DenseNet
 from arjax.models.functional import ModelFns
@@ -296,7 +297,7 @@ def save_grid(
             panels.append((name, maps))
     if boxes is not None and len(boxes) != n:
         raise ValueError(f"save_grid: {len(boxes)} box lists for {n} images")
-    fig, axes = plt.subplots(n, len(panels), figsize=(2.4 * len(panels), 2.4 * n), squeeze=False)
+    fig, axes = subplots(n, len(panels), figsize=(2.4 * len(panels), 2.4 * n), squeeze=False)
     gray = dict(cmap="gray", vmin=0.0, vmax=1.0)
     for i in range(n):
         for j, (name, maps) in enumerate(panels):
@@ -308,7 +309,7 @@ def save_grid(
                 if maps is not None:
                     ax.imshow(maps[i], cmap="jet", alpha=alpha)
             for k, x, y, w, h in _box_list(boxes[i] if boxes is not None else None):
-                ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ec="deepskyblue"))
+                ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ec="deepskyblue"))
                 if k is not None and j == 0:
                     label = class_names[k] if k < len(class_names) else str(k)
                     ax.text(x, y - 1, label, color="deepskyblue", fontsize=7, va="bottom")

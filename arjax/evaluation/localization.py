@@ -42,7 +42,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from arjax import compilation
 from arjax.evaluation import interpret
-from arjax.evaluation.report import PathLike, _save, plt
+from arjax.evaluation.report import PathLike, _save, subplots
 from arjax.models.functional import ModelFns
 from arjax.types import Array, PyTree
 
@@ -380,7 +380,7 @@ def plot_localization(reports: Mapping[str, Any], path: PathLike) -> PathLike:
     panels = list(first["classes"]) + (["mean"] if len(first["classes"]) > 1 else [])
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
         for label, report in reports.items():
             entry = report["mean"] if panel == "mean" else report["classes"].get(panel)

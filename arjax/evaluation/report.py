@@ -1,4 +1,4 @@
-"""Report files: JSON/JSONL I/O and PNG plots (matplotlib, Agg backend).
+"""Report files: JSON/JSONL I/O and PNG plots (matplotlib figures, no pyplot state).
 
 This module holds the evaluation side effects (DESIGN §3.1, §6): the run's
 ``report.json``, reading ``metrics.jsonl`` back, and the plots the papers show
@@ -17,13 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from arjax.evaluation.robustness import RobustCurve  # noqa: E402
+from arjax.evaluation.robustness import RobustCurve
 
 PathLike = str | os.PathLike
 
@@ -135,13 +132,20 @@ def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def _save(fig: Any, path: PathLike) -> Path:
+def subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
+    """A figure and its axes (``Figure.subplots``), detached from pyplot.
+
+    Report plots never touch pyplot's global state or select a backend, so a notebook
+    that imports arjax keeps its inline figures, and nothing needs closing.
+    """
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def _save(fig: Figure, path: PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
 
 
@@ -190,7 +194,7 @@ def plot_decision_boundary(
 
     rng = np.random.default_rng(0)
     keep = np.sort(rng.permutation(x.shape[0])[:max_points])
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = subplots(figsize=(6, 5))
     filled = ax.contourf(xx, yy, prob, levels=np.linspace(0.0, 1.0, 21), cmap="RdBu_r", alpha=0.6)
     fig.colorbar(filled, ax=ax, label="p(class 1)")
     ax.contour(xx, yy, prob, levels=[0.5], colors="k", linewidths=1.5)
@@ -254,7 +258,7 @@ def plot_accuracy_vs_eps(
     Returns:
       The path written.
     """
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     for label, value in curves.items():
         eps, acc, std = _curve_arrays(value)
         if isinstance(value, RobustCurve):
@@ -305,7 +309,7 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: PathLike) -
                 steps.append(float(rec["step"]))
                 values.append(float(value))
     panels = [p for p in ("loss", "accuracy", "other") if any(_panel_of(k) == p for k in series)]
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 4))
+    fig, axes = subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 4))
     axes = np.atleast_1d(axes)
     for ax, panel in zip(axes, panels, strict=False):
         for key, (steps, values) in series.items():
@@ -334,7 +338,7 @@ def plot_histogram(
     Returns:
       The path written.
     """
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.hist(np.asarray(values, dtype=np.float64).reshape(-1), bins=bins, color="tab:blue")
     ax.set(xlabel=xlabel, ylabel="count", title=title)
     return _save(fig, path)
@@ -367,7 +371,7 @@ def plot_roc_curves(
     n = max(len(panels), 1)
     cols = min(n, 4)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(4 * cols, 3.8 * rows), squeeze=False)
     for ax in axes.ravel()[len(panels) :]:
         ax.axis("off")
     for ax, (panel, curves) in zip(axes.ravel(), panels.items(), strict=False):
@@ -417,7 +421,7 @@ def plot_metric_bars(
     methods = list(table)
     columns = list(next(iter(table.values()), {}))
     width = 0.8 / max(len(columns), 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(methods) * max(len(columns), 1) / 2), 4))
+    fig, ax = subplots(figsize=(max(5.0, 1.4 * len(methods) * max(len(columns), 1) / 2), 4))
     x = np.arange(len(methods))
     for j, column in enumerate(columns):
         mean = np.array([table[m][column][0] for m in methods], np.float64)
