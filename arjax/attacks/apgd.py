@@ -15,7 +15,7 @@ the AutoAttack ensemble in place of FAB-T).
 """
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -255,9 +255,36 @@ def apgd_result(
 ) -> APGDResult:
     """Auto-PGD with restarts (and targets), returning the per-example outcome.
 
-    See :func:`apgd` for the arguments. Runs ``restarts`` starts per target (one target
+    The algorithm is :func:`apgd`'s. Runs ``restarts`` starts per target (one target
     for untargeted losses) and keeps per example the first run that broke it, else the
     run with the highest objective.
+
+    Args:
+      logits_fn: images ``[B, ...]`` -> logits ``[B, K]``, ``[B]`` or ``[B, C]``.
+      x: float ``[B, ...]`` clean inputs, inside ``bounds``.
+      y: labels: int ``[B]`` (softmax), ``[B]`` in ``{0, 1}`` (one logit) or multi-hot
+        ``[B, C]``.
+      key: PRNG key for the random starts (required when ``random_start``).
+      eps: radius; python float, 0-d or per-sample ``[B]`` array (may be traced).
+      num_steps: iterations per run (static).
+      norm: ``"linf"`` or ``"l2"`` (static).
+      loss: one of ``APGD_LOSSES`` (static): ``"ce"`` (APGD-CE), ``"dlr"`` (APGD-DLR),
+        ``"dlr-t"`` (APGD-T), ``"margin"``, ``"margin-t"``. Heads with too few classes for
+        the DLR ratio use the margin fallbacks of
+        :func:`arjax.attacks.objectives.dlr_objective`.
+      restarts: random starts per target (static); each example keeps its worst.
+      targets: int ``[B]`` or ``[T, B]`` target classes for the targeted losses; default the
+        ``num_targets`` highest other classes at the clean input (:func:`top_k_targets`).
+        Ignored (one untargeted run) for single-logit and multi-label heads.
+      num_targets: static; capped at ``K - 1``.
+      random_start: start from a uniform random point of the ball (static).
+      bounds: data range ``(lo, hi)`` or None (static).
+      initial_step: the initial step size (python float or ``[B]``); default ``2 * eps``.
+      rho: condition-1 threshold (Sec. 3).
+      momentum: ``alpha`` of the momentum update.
+
+    Returns:
+      ``APGDResult(x_adv, broken [B], best_loss [B])``; ``x_adv`` as :func:`apgd` returns.
     """
     check_norm_name(norm)
     check_apgd_loss(loss)
@@ -314,23 +341,7 @@ def apgd_result(
 
 
 def apgd(
-    logits_fn: LogitsFn,
-    x: Array,
-    y: Array,
-    key: PRNGKey | None = None,
-    *,
-    eps: Radius,
-    num_steps: int = 100,
-    norm: str = "linf",
-    loss: str = "ce",
-    restarts: int = 1,
-    targets: Array | None = None,
-    num_targets: int = DEFAULT_TARGETS,
-    random_start: bool = True,
-    bounds: tuple[float, float] | None = (0.0, 1.0),
-    initial_step: Radius | None = None,
-    rho: float = RHO,
-    momentum: float = MOMENTUM,
+    logits_fn: LogitsFn, x: Array, y: Array, key: PRNGKey | None = None, **options: Any
 ) -> Array:
     """Auto-PGD (Croce & Hein 2020, arXiv 2003.01690, Algorithm 1), jittable and batched.
 
@@ -358,23 +369,9 @@ def apgd(
       y: labels: int ``[B]`` (softmax), ``[B]`` in ``{0, 1}`` (one logit) or multi-hot
         ``[B, C]``.
       key: PRNG key for the random starts (required when ``random_start``).
-      eps: radius; python float, 0-d or per-sample ``[B]`` array (may be traced).
-      num_steps: iterations per run (static).
-      norm: ``"linf"`` or ``"l2"`` (static).
-      loss: one of ``APGD_LOSSES`` (static): ``"ce"`` (APGD-CE), ``"dlr"`` (APGD-DLR),
-        ``"dlr-t"`` (APGD-T), ``"margin"``, ``"margin-t"``. Heads with too few classes for
-        the DLR ratio use the margin fallbacks of
-        :func:`arjax.attacks.objectives.dlr_objective`.
-      restarts: random starts per target (static); each example keeps its worst.
-      targets: int ``[B]`` or ``[T, B]`` target classes for the targeted losses; default the
-        ``num_targets`` highest other classes at the clean input (:func:`top_k_targets`).
-        Ignored (one untargeted run) for single-logit and multi-label heads.
-      num_targets: static; capped at ``K - 1``.
-      random_start: start from a uniform random point of the ball (static).
-      bounds: data range ``(lo, hi)`` or None (static).
-      initial_step: the initial step size (python float or ``[B]``); default ``2 * eps``.
-      rho: condition-1 threshold (Sec. 3).
-      momentum: ``alpha`` of the momentum update.
+      **options: the keyword-only arguments of :func:`apgd_result` (``eps`` required;
+        ``num_steps``, ``norm``, ``loss``, ``restarts``, ``targets``, ``num_targets``,
+        ``random_start``, ``bounds``, ``initial_step``, ``rho``, ``momentum``).
 
     Returns:
       ``x_adv`` shaped like ``x``, inside the ball and the bounds, gradients stopped: the
@@ -383,21 +380,4 @@ def apgd(
     Raises:
       ValueError: unknown norm or loss, non-integer counts, ``random_start`` without key.
     """
-    return apgd_result(
-        logits_fn,
-        x,
-        y,
-        key,
-        eps=eps,
-        num_steps=num_steps,
-        norm=norm,
-        loss=loss,
-        restarts=restarts,
-        targets=targets,
-        num_targets=num_targets,
-        random_start=random_start,
-        bounds=bounds,
-        initial_step=initial_step,
-        rho=rho,
-        momentum=momentum,
-    ).x_adv
+    return apgd_result(logits_fn, x, y, key, **options).x_adv

@@ -54,10 +54,13 @@ def margin_objective(logits: Array, labels: Array) -> Array:
         return z_other - z_label
     if kind == "binary":
         z = logits.reshape(logits.shape[0])
-        sign = 2.0 * jnp.reshape(labels, z.shape).astype(z.dtype) - 1.0
-        return -sign * z
-    sign = 2.0 * labels.astype(logits.dtype) - 1.0
-    return jnp.sum(-sign * logits, axis=-1)
+        return _binary_margins(z, jnp.reshape(labels, z.shape))
+    return jnp.sum(_binary_margins(logits, labels), axis=-1)
+
+
+def _binary_margins(logits: Array, labels: Array) -> Array:
+    """``-(2 y - 1) * z`` elementwise: each binary logit's margin, positive iff wrong."""
+    return -(2.0 * labels.astype(logits.dtype) - 1.0) * logits
 
 
 def _bernoulli_log_probs(logits: Array) -> Array:
@@ -147,8 +150,7 @@ def worst_label_margin(logits: Array, labels: Array) -> Array:
     labels = jnp.asarray(labels)
     if head_kind(logits, labels) != "multilabel":
         return margin_objective(logits, labels)
-    sign = 2.0 * labels.astype(logits.dtype) - 1.0
-    return jnp.max(-sign * logits, axis=-1)
+    return jnp.max(_binary_margins(logits, labels), axis=-1)
 
 
 def _label_and_top(logits: Array, labels: Array, k: int) -> tuple[Array, Array, Array]:

@@ -84,7 +84,7 @@ def check_radii(cfg: ml_collections.ConfigDict, dataset: data_lib.DatasetSplits)
 
     lo, hi = dataset.bounds
     dim = int(np.prod(dataset.input_shape))
-    limit = {"linf": hi - lo, "l2": (hi - lo) * dim**0.5, "l1": (hi - lo) * dim}
+    limit = {"linf": hi - lo, "l2": (hi - lo) * dim**0.5}
     radii = [
         (f"method.{f}", cfg.method[f], cfg.method.get("norm", "linf"))
         for f in ("eps", "eps_max")
@@ -97,8 +97,8 @@ def check_radii(cfg: ml_collections.ConfigDict, dataset: data_lib.DatasetSplits)
         for i, s in enumerate(attack_specs(cfg.eval))
     ]
     for field, eps, norm in radii:
-        top = limit.get(norm)
-        if top is not None and isinstance(eps, int | float) and eps > top * (1 + 1e-6):
+        top = limit[norm]
+        if isinstance(eps, int | float) and eps > top * (1 + 1e-6):
             raise ConfigError(
                 f"{field}={eps} is beyond the data range: inputs lie in [{lo:g}, {hi:g}]^{dim}, "
                 f"so a {norm} radius above {top:.4g} covers every input; valid: [0, {top:.4g}]"

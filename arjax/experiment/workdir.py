@@ -97,9 +97,7 @@ def read_only_report(workdir: str, cfg: ml_collections.ConfigDict) -> dict | Non
     report = os.path.join(workdir, "report.json")
     if not os.path.isfile(report) or os.access(workdir, os.W_OK):
         return None
-    with open(os.path.join(workdir, "config.json")) as f:
-        if f.read() != to_json(cfg):
-            raise ConfigError(f"{workdir}/config.json holds a run with a different config")
+    check_config(workdir, cfg)  # reads only: a finished run has its config.json
     log.info("%s is read-only: printing its finished report", workdir)
     with open(report) as f:
         return json.load(f)
