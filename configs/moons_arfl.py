@@ -80,6 +80,7 @@ def get_config(arg="dual_arfl"):
     config.data.sizes = dict(train=10000, test=1000)
     config.data.noise = 0.2
     config.model.hidden = (10, 10)
+    config.model.features_at = "post_activation"  # ARFL §3.1 reading (docs/fidelity.md)
     config.method = VARIANTS[variant]()
     config.optim.learning_rate = 1e-3
     config.train.batch_size = 500

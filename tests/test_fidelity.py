@@ -62,3 +62,51 @@ def test_noise_attack_flips_with_the_analytic_probability(restarts, expect):
         x1 = jnp.full((n, 1), 0.99)
         clipped = attacks.run_attack(spec, logits_fn, x1, y, jax.random.key(1), bounds=(0, 1))
         assert float(clipped.max()) <= 1.0
+
+
+def test_arfl_l_robust_over_the_logits_reads_the_logits_not_the_features():
+    """``method.robust_on="logits"`` (a Table 1 reading): L_robust = -mean sigmoid(|z|)."""
+    from helpers import linear_model
+
+    from arjax import methods
+
+    w, b = np.array([1.5, -2.0], np.float32), 0.25
+    x = np.array([[0.3, 0.1], [-0.4, 0.2], [0.9, -0.7]], np.float32)
+    batch = {"image": jnp.asarray(x), "label": jnp.asarray([1, 0, 1], jnp.int32)}
+    model, params, stats = linear_model(w, b)
+    robust = {}
+    for on in ("features", "logits"):
+        cfg = methods.method_config("arfl", r=1.0, lam=0.5, robust_on=on)
+        _, (metrics, _) = methods.make_loss(cfg, model, None)(params, stats, batch, None)
+        robust[on] = float(metrics["robust_clean"])
+    z = x @ w + b
+    sig = lambda v: 1 / (1 + np.exp(-np.abs(v)))  # noqa: E731
+    np.testing.assert_allclose(robust["logits"], -np.mean(sig(z)), rtol=1e-5)
+    np.testing.assert_allclose(robust["features"], -np.mean(sig(x)), rtol=1e-5)
+
+
+def test_mlp_features_before_the_activation_are_the_pre_relu_values():
+    from flax import nnx
+
+    from arjax.models.mlp import MLP
+
+    x = jax.random.normal(jax.random.key(1), (64, 2))
+    post = MLP(2, (10, 10), rngs=nnx.Rngs(0))
+    pre = MLP(2, (10, 10), features_at="pre_activation", rngs=nnx.Rngs(0))
+    (z_post, f_post), (z_pre, f_pre) = post(x), pre(x)
+    np.testing.assert_array_equal(z_post, z_pre)  # same network, same logits
+    assert float(jnp.min(f_pre)) < 0.0 <= float(jnp.min(f_post))
+    np.testing.assert_allclose(jax.nn.relu(f_pre), f_post, rtol=1e-6)
+    with pytest.raises(ValueError, match="features_at 'logit'.*post_activation"):
+        MLP(2, (4,), features_at="logit", rngs=nnx.Rngs(0))
+
+
+def test_arfl_rejects_an_unknown_robust_on_naming_the_choices():
+    from arjax import methods
+    from arjax.config_lib import ConfigError
+    from arjax.experiment.presets import base_config
+
+    cfg = base_config()
+    cfg.method = methods.method_config("arfl", robust_on="logit")
+    with pytest.raises(ConfigError, match=r"method\.robust_on 'logit'.*features, logits"):
+        methods.validate(cfg)

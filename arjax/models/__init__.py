@@ -3,7 +3,7 @@
 Registered ``model.name`` values:
 
 * ``"mlp"``: ``MLP`` (fields ``hidden``, ``activation``, ``layer_norm``,
-  ``batch_norm``, ``num_outputs``).
+  ``batch_norm``, ``num_outputs``, ``features_at``).
 * ``"cam_cnn"``: ``CamCNN``, a small conv + GAP + linear network for CAM tests
   and demos (fields ``widths``, ``input_norm``, ``num_outputs``, ``binary_head``).
 * ``"ima_cnn"``: the IMA paper's image CNNs, ``model.variant`` picks
@@ -100,6 +100,7 @@ def _build_mlp(cfg: ml_collections.ConfigDict, input_shape, num_classes: int, rn
         activation=cfg.get("activation", "relu"),
         layer_norm=_bool_or_tuple(cfg.get("layer_norm", False)),
         batch_norm=bool(cfg.get("batch_norm", False)),
+        features_at=cfg.get("features_at", "post_activation"),
         rngs=rngs,
     )
 

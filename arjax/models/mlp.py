@@ -28,6 +28,10 @@ ACTIVATIONS = {
 }
 
 
+# Readings of "the penultimate layer" (ARFL §3.1, §4.2): after or before its activation.
+FEATURES_AT = ("post_activation", "pre_activation")
+
+
 class MLP(nnx.Module):
     """Fully connected network ``in -> hidden... -> outputs``.
 
@@ -45,6 +49,10 @@ class MLP(nnx.Module):
         layer (a tuple of bools; IMA's Moons net has none after the first).
       batch_norm: put a BatchNorm (PyTorch's defaults, ``layers.batch_norm``) after
         every hidden Linear, which then has no bias; exclusive with ``layer_norm``.
+      features_at: which output of the last hidden layer is ``features``:
+        ``"post_activation"`` (default, ``act(norm(W h + b))``) or ``"pre_activation"``
+        (``norm(W h + b)``). ARFL's paper (§3.1) does not say which one ``L_robust``
+        sees; ``FEATURES_AT`` lists both readings (docs/fidelity.md).
       rngs: parameter initialisation streams.
     """
 
@@ -56,12 +64,17 @@ class MLP(nnx.Module):
         activation: str = "relu",
         layer_norm: bool | Sequence[bool] = False,
         batch_norm: bool = False,
+        features_at: str = "post_activation",
         *,
         rngs: nnx.Rngs,
     ):
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"unknown model.activation {activation!r}; valid: {sorted(ACTIVATIONS)}"
+            )
+        if features_at not in FEATURES_AT:
+            raise ValueError(
+                f"unknown model.features_at {features_at!r}; valid: {', '.join(FEATURES_AT)}"
             )
         widths = (in_features, *hidden)
         # Before a batch norm a bias is redundant (the norm removes it) and its gradient is
@@ -88,6 +101,7 @@ class MLP(nnx.Module):
         self.head = nnx.Linear(widths[-1], num_outputs, rngs=rngs)
         self.activation = activation
         self.num_outputs = num_outputs
+        self.features_at = features_at
 
     def __call__(self, x: Array) -> tuple[Array, Array]:
         """Forward pass.
@@ -97,7 +111,8 @@ class MLP(nnx.Module):
 
         Returns:
           ``(logits, features)``: logits ``[B]`` (one output) or ``[B, K]``;
-          features ``[B, hidden[-1]]``, the penultimate activations.
+          features ``[B, hidden[-1]]``, the penultimate layer (after or before its
+          activation, per ``features_at``).
         """
         act = ACTIVATIONS[self.activation]
         h = x.reshape(x.shape[0], -1)
@@ -105,8 +120,8 @@ class MLP(nnx.Module):
             h = layer(h)
             if self.norms[i] is not None:
                 h = self.norms[i](h)
-            h = act(h)
+            pre, h = h, act(h)
         logits = self.head(h)
         if self.num_outputs == 1:
             logits = logits[:, 0]
-        return logits, h
+        return logits, (pre if self.features_at == "pre_activation" else h)
