@@ -72,6 +72,10 @@ def test_pgd_on_train_mode_module_names_model_eval():
         jax.jit(lambda a: arjax.attacks.pgd(lambda v: model(v), a, y, key, eps=0.1))(x)
     with pytest.raises(ValueError, match=r"model\.eval\(\)"):
         jax.jit(lambda a: arjax.attacks.bpgd(model, a, y, key, eps=jnp.full(16, 0.1)).images)(x)
+    budgets = ((arjax.attacks.apgd, "num_steps"), (arjax.attacks.square, "num_queries"))
+    for attack, budget in budgets:  # attacks without a PGD core: the same message
+        with pytest.raises(ValueError, match=r"model\.eval\(\)"):
+            attack(model, x, y, key, eps=0.1, **{budget: 2})
     model.eval()  # what the message asks: then the module attacks as is
     x_adv = arjax.attacks.pgd(model, x, y, key, eps=0.1, num_steps=2)
     assert float(jnp.max(jnp.abs(x_adv - x))) <= 0.1 + 1e-6

@@ -36,6 +36,7 @@ from arjax.attacks.objectives import (
     targeted_dlr_objective,
     targeted_margin_objective,
 )
+from arjax.attacks.pgd import checked_logits_fn
 from arjax.losses.classification import head_kind, predictions_correct
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
@@ -288,6 +289,7 @@ def apgd_result(
     """
     check_norm_name(norm)
     check_apgd_loss(loss)
+    logits_fn = checked_logits_fn(logits_fn)
     for name, value, low in (("num_steps", num_steps, 0), ("restarts", restarts, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be a python int >= {low}; got {value!r}.")

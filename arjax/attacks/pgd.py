@@ -79,6 +79,11 @@ def call_logits_fn(logits_fn: LogitsFn, x: Array) -> Array:
         ) from e
 
 
+def checked_logits_fn(logits_fn: LogitsFn) -> LogitsFn:
+    """``logits_fn`` called through :func:`call_logits_fn` (for attacks without a PGD core)."""
+    return functools.partial(call_logits_fn, logits_fn)
+
+
 def objective_grad_fn(
     logits_fn: LogitsFn,
     y: Array,

@@ -21,6 +21,7 @@ from jax import lax
 
 from arjax.attacks.geometry import check_norm_name, clip_to_bounds, per_sample, project
 from arjax.attacks.objectives import worst_label_margin
+from arjax.attacks.pgd import checked_logits_fn
 from arjax.losses.classification import predictions_correct
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
@@ -267,6 +268,7 @@ def square(
     for name, value, low in (("num_queries", num_queries, 0), ("restarts", restarts, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be a python int >= {low}; got {value!r}.")
+    logits_fn = checked_logits_fn(logits_fn)
     x = lax.stop_gradient(jnp.asarray(x))
     y = jnp.asarray(y)
     shape = x.shape
