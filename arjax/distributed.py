@@ -25,6 +25,7 @@ lock) go through :func:`any_process` / :func:`agree`, so no process waits in a
 collective that another has left.
 """
 
+import itertools
 import logging
 import os
 
@@ -108,17 +109,45 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def any_process(flag: bool) -> bool:
-    """True on every process when ``flag`` is True on at least one (a collective).
+def _client():
+    """The coordination service's client of ``jax.distributed`` (None if unavailable)."""
+    try:
+        from jax._src import distributed as jax_distributed
+    except ImportError:  # a jax without the module: fall back to a device collective
+        return None
+    return getattr(jax_distributed.global_state, "client", None)
 
-    Every process must call it at the same point; one process returns ``flag``.
+
+_rounds = itertools.count(1)
+_WAIT_MS = 3_600_000  # the processes run the same steps; one hour covers a slow host
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when ``flag`` is True on at least one.
+
+    Every process must call it at the same point (it counts the calls). The vote
+    goes through the coordination service's key-value store, host to host, so it
+    does not queue behind the running device program (a device all-gather would
+    wait for it, and undo the host/device overlap once per call); without the
+    store it falls back to ``process_allgather``. One process returns ``flag``.
     """
     if jax.process_count() == 1:
         return bool(flag)
-    from jax.experimental import multihost_utils
+    client = _client()
+    if client is None:
+        from jax.experimental import multihost_utils
 
-    flags = multihost_utils.process_allgather(np.asarray([int(bool(flag))], np.int32))
-    return bool(np.asarray(flags).any())
+        flags = multihost_utils.process_allgather(np.asarray([int(bool(flag))], np.int32))
+        return bool(np.asarray(flags).any())
+    n, me = next(_rounds), jax.process_index()
+    client.key_value_set(f"arjax/any/{n}/{me}", "1" if flag else "0")
+    votes = [
+        client.blocking_key_value_get(f"arjax/any/{n}/{p}", _WAIT_MS)
+        for p in range(jax.process_count())
+    ]
+    if n > 2:  # every process has read round n - 2 before it voted in round n - 1
+        client.key_value_delete(f"arjax/any/{n - 2}/{me}")
+    return "1" in votes
 
 
 def agree(value: int) -> int:
