@@ -104,3 +104,16 @@ def test_only_the_primary_process_writes(tmp_path, monkeypatch):
     # orbax writes checkpoints from every process (each its own shards); nothing else
     assert [w for w in written if not w.startswith("checkpoints" + os.sep)] == []
     assert any(w.startswith("checkpoints") for w in written)
+
+
+def test_partial_multiprocess_flags_are_one_usage_error(tmp_path, capsys):
+    from arjax import launch
+
+    config = write_tiny_config(tmp_path / "tiny.py")
+    args = [f"--config={config}", f"--workdir={tmp_path / 'w'}", "--num_processes=2"]
+    with pytest.raises(SystemExit) as e:
+        launch.main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--coordinator_address, --num_processes and --process_id go together" in err
+    assert not (tmp_path / "w").exists()  # nothing ran
