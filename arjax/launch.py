@@ -6,6 +6,12 @@ saved as ``DIR/config.json``; an existing run in ``DIR`` is resumed. Without
 ``--workdir`` the run goes to ``runs/<config>[_<variant>]``. Flags are parsed as
 by every arjax command (:mod:`arjax.cli`); ``main(argv)`` runs in-process; bad
 flags and config errors exit with status 2 and a one-line message.
+
+Multi-process runs (:mod:`arjax.distributed`): the same command in every process,
+with ``--coordinator_address=host:port --num_processes=N --process_id=i``, or
+under SLURM / a Cloud TPU VM / ``launch/multiprocess.sh``, which set the
+environment :func:`arjax.distributed.initialize` reads. The processes train one
+model on the devices of all of them; process 0 writes the workdir's files.
 """
 
 import importlib.util
@@ -16,7 +22,7 @@ from collections.abc import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from arjax import cli
+from arjax import cli, distributed
 from arjax.config_lib import ConfigError
 
 PROG = "arjax-train"
@@ -36,6 +42,20 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
         "workdir", None, "Run directory (resumed when it holds a run).", flag_values=fv
     )
     flags.DEFINE_boolean("progress", True, "Show progress bars.", flag_values=fv)
+    flags.DEFINE_string(
+        "coordinator_address",
+        None,
+        "Multi-process run: host:port of process 0's coordinator (with the next two).",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "num_processes", None, "Multi-process run: number of processes.", lower_bound=1,
+        flag_values=fv,
+    )  # fmt: skip
+    flags.DEFINE_integer(
+        "process_id", None, "Multi-process run: this process's index.", lower_bound=0,
+        flag_values=fv,
+    )  # fmt: skip
     flags.mark_flag_as_required("config", flag_values=fv)
 
 
@@ -132,7 +152,13 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         except (OSError, AttributeError, KeyError, TypeError, ValueError) as e:
             msg = f"flag --config: cannot load {path!r}: {cli.exception_text(e)}"
             raise cli.UsageError(msg) from None
-        report = train.run(config, workdir, progress=fv.progress)
+        try:
+            distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
+        except ValueError as e:
+            raise cli.UsageError(str(e)) from None
+        report = train.run(config, workdir, progress=fv.progress and distributed.is_primary())
+        if not distributed.is_primary():
+            return report
         if report is None:
             print(f"preempted: checkpoint saved in {workdir}; rerun the same command to resume")
             return None

@@ -1,5 +1,7 @@
 """Small builders shared by tests."""
 
+import os
+
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
@@ -39,6 +41,14 @@ def tiny_config(**train) -> ml_collections.ConfigDict:
     c.eval.eps = (0.0, 0.1, 0.2)
     c.train.update(train)
     return c
+
+
+def write_tiny_config(path) -> str:
+    """Writes a config file whose ``get_config()`` is :func:`tiny_config`; returns its path."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    text = f"import sys\nsys.path.insert(0, {tests!r})\nfrom helpers import tiny_config\n\n"
+    path.write_text(text + "\ndef get_config():\n    return tiny_config()\n")
+    return str(path)
 
 
 def preempt_after_save(monkeypatch, directory: str | None = None) -> None:

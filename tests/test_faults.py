@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import tiny_config
+from helpers import tiny_config, write_tiny_config
 
 from arjax import faults, launch
 from arjax.config_lib import ConfigError
@@ -23,14 +23,6 @@ from arjax.experiment import workdir as workdir_lib
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
-CONFIG = f"""
-import sys
-sys.path.insert(0, {TESTS!r})
-from helpers import tiny_config
-
-def get_config():
-    return tiny_config()
-"""
 # tiny_config: 32 steps, 4 per compiled call, a record every 4, checkpoints at 16 and 32.
 _rng = random.Random(19)
 KILLS = [
@@ -46,9 +38,7 @@ KILLS = [
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "tiny.py"
-    path.write_text(CONFIG)
-    return str(path)
+    return write_tiny_config(tmp_path_factory.mktemp("config") / "tiny.py")
 
 
 @pytest.fixture(scope="module")

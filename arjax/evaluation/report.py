@@ -5,6 +5,9 @@ This module holds the evaluation side effects (DESIGN §3.1, §6): the run's
 — decision boundaries on 2-D data (IMA and ARFL two-moons figures), accuracy
 vs noise level (IMA), training curves. Every plotting function creates the
 parent folder, closes its figure and returns the path it wrote.
+
+In a multi-process run only process 0 writes (:func:`arjax.distributed.is_primary`):
+the others return the path without touching the disk.
 """
 
 import dataclasses
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from arjax import distributed
 from arjax.evaluation.robustness import RobustCurve
 
 PathLike = str | os.PathLike
@@ -82,9 +86,11 @@ def write_text(path: PathLike, text: str) -> Path:
       text: the content.
 
     Returns:
-      The path written.
+      The path written (not written by a non-primary process).
     """
     path = Path(path)
+    if not distributed.is_primary():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -144,6 +150,8 @@ def subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any
 
 def _save(fig: Figure, path: PathLike) -> Path:
     path = Path(path)
+    if not distributed.is_primary():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return path

@@ -162,6 +162,20 @@ def evaluate_run(
     return result
 
 
+def evaluate_trained(cfg, dataset, model, state, run_dir, *, seed, mesh, info) -> dict:
+    """:func:`evaluate_run` of a trained state into ``result.json``, on this process's mesh.
+
+    In a multi-process run every process evaluates the same state on its own
+    devices (``parallel.evaluation_mesh``) and only process 0 writes the files.
+    """
+    eval_mesh = parallel.evaluation_mesh(mesh)
+    local = parallel.localize(state, eval_mesh)
+    return evaluate_run(
+        cfg, dataset, model, local, run_dir, seed=seed, mesh=eval_mesh, info=info,
+        filename="result.json",
+    )  # fmt: skip
+
+
 def _up_to_date(path: str, settings: dict) -> dict | None:
     """The stored evaluation when it was made with these settings (config, checkpoint...)."""
     if not os.path.isfile(path):

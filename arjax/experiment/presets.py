@@ -87,6 +87,11 @@ def base_config() -> ml_collections.ConfigDict:
         # stop a phase after this many evaluations without a lower val loss (0: never)
         patience=0,
         phase1_max_epochs=10,
+        # host/device overlap: calls whose batches are read and put on the devices ahead
+        # (a background thread), metrics fetched one call late; 0: synchronous loop
+        prefetch=2,
+        # train all seeds as one vmapped state in one compiled step (arjax.experiment.stacked)
+        vmap_seeds=False,
     )
     c.eval = dict(
         split="test",

@@ -5,6 +5,7 @@ Training (:mod:`arjax.experiment.train`) and ``arjax-evaluate``
 always matches the state the loop saved.
 """
 
+import json
 import logging
 import os
 
@@ -103,6 +104,16 @@ def check_radii(cfg: ml_collections.ConfigDict, dataset: data_lib.DatasetSplits)
                 f"{field}={eps} is beyond the data range: inputs lie in [{lo:g}, {hi:g}]^{dim}, "
                 f"so a {norm} radius above {top:.4g} covers every input; valid: [0, {top:.4g}]"
             )
+
+
+def finished_result(run_dir: str) -> dict | None:
+    """A finished run's ``result.json`` (not retrained), else None; creates ``run_dir``."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "result.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def make_model(

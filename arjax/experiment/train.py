@@ -11,42 +11,28 @@ retrained. SIGTERM/SIGINT save a checkpoint and return.
 """
 
 import dataclasses
-import json
 import logging
 import os
-import time
 
 import jax
 import ml_collections
-import numpy as np
 import tqdm
 
 from arjax import data as data_lib
 from arjax import faults, methods, parallel
 from arjax.config_lib import ConfigError, check_choice, check_range
 from arjax.data import folds as folds_lib
-from arjax.data.streaming import BatchStream
 from arjax.evaluation import report as report_lib
 from arjax.evaluation import suite
-from arjax.experiment import setup, summary
+from arjax.experiment import setup, stacked, summary
 from arjax.experiment import workdir as workdir_lib
-from arjax.experiment.evaluate import evaluate_run
+from arjax.experiment.evaluate import evaluate_trained
+from arjax.experiment.phase_loop import NonFiniteLossError, PhaseLoop, Preempted
 from arjax.models import CONV_IMPLS, MODELS, ModelFns
 from arjax.training import optim, schedule
 from arjax.training.checkpoint import BestCheckpoint, Checkpointer, PreemptionFlag
-from arjax.training.epoch_margins import EpochMargins
-from arjax.training.state import TrainState
-from arjax.training.step import compile_multi_step
 
 log = logging.getLogger("arjax")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
-
-
-class Preempted(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """The run received SIGTERM/SIGINT and saved a checkpoint."""
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
@@ -63,10 +49,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     optim.validate(cfg)
     suite.validate(cfg)
     schedule.validate(cfg)
+    stacked.validate(cfg)
     folds_lib.validate(cfg)
     for field in ("batch_size", "num_epochs", "steps_per_call"):
         check_range(cfg, f"train.{field}", 1, integer=True)
-    for field in ("log_every", "eval_every", "checkpoint_every", "num_workers"):
+    for field in ("log_every", "eval_every", "checkpoint_every", "num_workers", "prefetch"):
         check_range(cfg, f"train.{field}", 0, integer=True)
     check_range(cfg, "eval.max_examples", 0, integer=True)
     if cfg.train.select_best not in ("", "val/loss"):
@@ -87,13 +74,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     seeds = cfg.seeds if isinstance(cfg.seeds, tuple | list) else (cfg.seeds,)
     if not len(seeds) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"seeds={cfg.seeds!r} must be a non-empty tuple of integers, e.g. (0, 1)")
-
-
-def _boundary(step: int, every: int, total: int) -> int:
-    """The next step > ``step`` that is a multiple of ``every`` (or ``total``)."""
-    if every <= 0:
-        return total
-    return min(total, (step // every + 1) * every)
 
 
 @dataclasses.dataclass
@@ -132,11 +112,9 @@ def train_seed(
     Returns:
       the evaluation dict of the final state (also written to ``result.json``).
     """
-    os.makedirs(workdir, exist_ok=True)
-    result_path = os.path.join(workdir, "result.json")
-    if os.path.exists(result_path):
-        with open(result_path) as f:
-            return json.load(f)
+    finished = setup.finished_result(workdir)
+    if finished is not None:
+        return finished
     tcfg = cfg.train
     mesh = parallel.make_mesh(tcfg.get("num_devices", 0))  # validate() checked the batch
     model, params, batch_stats = setup.make_model(cfg, dataset, seed)
@@ -163,9 +141,7 @@ def train_seed(
     info = {"steps": step}
     if best.enabled:
         info["selected_step"] = best.step if best.step is not None else step
-    return evaluate_run(
-        cfg, dataset, model, state, workdir, seed=seed, mesh=mesh, info=info, filename="result.json"
-    )
+    return evaluate_trained(cfg, dataset, model, state, workdir, seed=seed, mesh=mesh, info=info)
 
 
 def _train_phase(
@@ -211,7 +187,7 @@ def _train_phase(
         log.info("resumed %s from step %d", phase.checkpoint_dir, int(state.step))
     elif init_from:
         state = setup.init_from(init_from, state, seed)
-    loop = _PhaseLoop(cfg, phase, seed, dataset, model, mesh, ckpt, int(state.step))
+    loop = PhaseLoop(cfg, [phase], [seed], dataset, model, mesh, [ckpt], int(state.step))
     bar = tqdm.tqdm(
         total=loop.total, initial=int(state.step), disable=not progress, unit="step", desc=label
     )
@@ -228,149 +204,8 @@ def _train_phase(
         if records:
             path = os.path.join(phase.directory, "training_curves.png")
             report_lib.plot_training_curves(records, path)
-    schedule.record(phase, loop.summary)
+    schedule.record(phase, loop.summaries[0])
     return _PhaseOutcome(state, loop.step, loop.best)
-
-
-class _PhaseLoop:
-    """The imperative host loop of one phase: batches in, compiled steps, records out."""
-
-    def __init__(self, cfg, phase, seed, dataset, model, mesh, ckpt: Checkpointer, start: int):
-        self.cfg, self.phase, self.seed, self.dataset = cfg, phase, seed, dataset
-        self.model, self.mesh, self.ckpt = model, mesh, ckpt
-        train = dataset.splits["train"]
-        self.spe = data_lib.steps_per_epoch(data_lib.split_length(train), cfg.train.batch_size)
-        self.total = self.spe * phase.num_epochs
-        metrics = os.path.join(phase.directory, "metrics.jsonl")
-        self.writer = workdir_lib.MetricsWriter(metrics, resume_step=start)
-        self.best = BestCheckpoint(phase.directory, cfg.train.get("select_best", ""))
-        self.stream: BatchStream | None = None
-        self.step = 0
-        self.summary: dict = {}
-        self.losses: list[float] = []  # the logged mean training losses of this process
-
-    def finished(self) -> bool:
-        """The phase has run its steps or stopped early (patience)."""
-        return self.step >= self.total or schedule.should_stop(
-            self.step, self.best.step, self.phase.patience, self.cfg.train.eval_every
-        )
-
-    def run(self, state: TrainState, tx, bar: tqdm.tqdm, preempted: PreemptionFlag) -> TrainState:
-        """Trains from ``state`` to the phase's end; returns the last state (checkpointed)."""
-        tcfg, phase = self.cfg.train, self.phase
-        self.step = int(state.step)
-        if not self.finished():
-            loss_fn = methods.make_loss(phase.method, self.model, self.dataset.bounds)
-            multi_step = compile_multi_step(loss_fn, tx, self.mesh)
-            estimate = methods.make_margin_estimate(phase.method, self.model, self.dataset.bounds)
-            margin_pass = EpochMargins(
-                estimate, self.dataset.splits["train"], batch_size=tcfg.batch_size,
-                mesh=self.mesh, steps_per_epoch=self.spe, batches_per_call=tcfg.steps_per_call,
-            )  # fmt: skip
-            ds = data_lib.train_dataset(
-                self.dataset.splits["train"],
-                batch_size=tcfg.batch_size,
-                seed=self.seed,
-                num_epochs=phase.num_epochs,
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
-            )
-            self.stream = BatchStream(ds, self.step, tcfg.get("num_workers", 0))
-        t_last, n_since = time.perf_counter(), 0
-        while not self.finished():
-            stop = min(
-                self.step + tcfg.steps_per_call,
-                *(_boundary(self.step, tcfg[f], self.total) for f in _INTERVALS),
-                margin_pass.next_boundary(self.step, self.total),
-            )
-            n = stop - self.step
-            state, m = self._advance(multi_step, state, n)
-            faults.point("step")
-            self.step = stop
-            state = margin_pass.after_steps(state, stop)  # IMA's Alg. 2 after an epoch
-            n_since += n
-            bar.update(n)
-            if _due(self.step, tcfg.log_every, self.total):
-                now = time.perf_counter()
-                rate = n_since * tcfg.batch_size / max(now - t_last, 1e-9)
-                means = {f"train/{key}": float(np.mean(v)) for key, v in m.items()}
-                epoch = self.step / self.spe
-                self.writer.write(
-                    {"step": self.step, "epoch": epoch, **means, "examples_per_s": rate}
-                )
-                bar.set_postfix(loss=f"{means['train/loss']:.4f}", ex_s=f"{rate:,.0f}")
-                self.losses.append(means["train/loss"])
-                t_last, n_since = now, 0
-            if _due(self.step, tcfg.eval_every, self.total):
-                self._validate(state)
-            if tcfg.checkpoint_every and self.step % tcfg.checkpoint_every == 0:
-                self.ckpt.save(state)
-            if preempted:
-                self.ckpt.save(state)
-                self.ckpt.wait()
-                raise Preempted(f"{preempted.signal}: saved step {self.step} in {phase.directory}")
-        self.ckpt.save(state)
-        self.ckpt.wait()
-        best = self.best
-        self.summary = dict(
-            max_steps=self.total,
-            steps=self.step,
-            early_stopped=self.step < self.total,
-            best_step=best.step,
-            best_val_loss=best.value if best.step is not None else None,
-            diverged=summary.diverged(self.losses, f"{phase.name} (seed {self.seed})"),
-        )
-        return state
-
-    def _advance(self, multi_step, state: TrainState, n: int) -> tuple[TrainState, dict]:
-        """``n <= steps_per_call`` steps in one compiled call; per-step metrics ``[n]``."""
-        k = self.cfg.train.steps_per_call
-        host = [self.stream.next() for _ in range(n)]
-        host += host[-1:] * (k - n)
-        batches = jax.tree.map(lambda *a: np.stack(a), *host)
-        valid = np.arange(k) < n
-        stacked = parallel.batch_sharding(self.mesh, leading_axes=2)
-        state, m = multi_step(state, parallel.put_batch(batches, stacked), valid)
-        m = {key: np.asarray(v)[:n] for key, v in jax.device_get(m).items()}
-        bad = ~np.isfinite(m["loss"])
-        if bad.any():
-            first = self.step + int(np.argmax(bad)) + 1
-            raise NonFiniteLossError(
-                f"non-finite loss {m['loss'][bad][0]} at step {first} "
-                f"(method {self.phase.method.name!r}, seed {self.seed}); last checkpoint: "
-                f"{self.ckpt.latest_step()}. Lower optim.learning_rate or check the data."
-            )
-        return state, m
-
-    def _validate(self, state: TrainState) -> None:
-        """Classification metrics on the validation split: a record and the best-state offer."""
-        split = "val" if "val" in self.dataset.splits else "test"
-        ev = _validation_metrics(self.cfg, self.dataset, split, self.model, state, self.mesh)
-        self.writer.write({"step": self.step, **{f"{split}/{k}": v for k, v in ev.items()}})
-        self.best.offer(state, ev, self.step)
-
-    def close(self) -> None:
-        """Closes the checkpointers and the batch stream."""
-        self.ckpt.close()
-        if self.stream is not None:
-            self.stream.close()
-        self.best.close()
-
-
-def _validation_metrics(cfg, dataset, split, model, state, mesh) -> dict:
-    """Classification metrics (loss, accuracy, ...) of ``state`` on ``split``."""
-    logits, labels = suite.predict_split(
-        model, state, dataset.splits[split], batch_size=cfg.eval.batch_size, mesh=mesh
-    )
-    return suite.classification_metrics(logits, labels)
-
-
-_INTERVALS = ("log_every", "eval_every", "checkpoint_every")
-
-
-def _due(step: int, every: int, total: int) -> bool:
-    """A record is due at multiples of ``every`` (> 0) and at the last step."""
-    return bool(every) and (step % every == 0 or step == total)
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> dict | None:
@@ -410,13 +245,20 @@ def _run_locked(cfg: ml_collections.ConfigDict, workdir: str, progress: bool) ->
     results = []
     try:
         for fold, dataset in enumerate(datasets):
-            for seed in seeds:
-                run_dir = workdir_lib.run_directory(
-                    workdir, fold if num_folds else None, seed, len(seeds)
+            run_dirs = [
+                workdir_lib.run_directory(workdir, fold if num_folds else None, seed, len(seeds))
+                for seed in seeds
+            ]
+            if cfg.train.get("vmap_seeds", False):
+                fold_results = stacked.train_seeds(
+                    cfg, seeds, run_dirs, dataset, preempted=preempted, progress=progress
                 )
-                result = train_seed(
-                    cfg, seed, run_dir, dataset, preempted=preempted, progress=progress
-                )
+            else:
+                fold_results = [
+                    train_seed(cfg, seed, run_dir, dataset, preempted=preempted, progress=progress)
+                    for seed, run_dir in zip(seeds, run_dirs, strict=True)
+                ]
+            for run_dir, result in zip(run_dirs, fold_results, strict=True):
                 if num_folds:
                     result["fold"] = fold
                 phases = schedule.read_summary(run_dir)
@@ -440,3 +282,6 @@ def _run_locked(cfg: ml_collections.ConfigDict, workdir: str, progress: bool) ->
                 title=f"{cfg.get('name', '')} ({norm})",
             )
     return report
+
+
+__all__ = ["NonFiniteLossError", "Preempted", "run", "train_seed", "validate"]

@@ -20,7 +20,7 @@ import time
 import ml_collections
 
 from arjax import data as data_lib
-from arjax import faults
+from arjax import distributed, faults
 from arjax.config_lib import ConfigError, to_json
 from arjax.evaluation.report import write_text
 
@@ -147,6 +147,8 @@ class MetricsWriter:
     steps after its checkpoint, so opening with ``resume_step`` also drops the
     records after that step: the replay writes them again, once.
 
+    Only the primary process (:func:`arjax.distributed.is_primary`) touches the file.
+
     Args:
       path: the ``metrics.jsonl`` file.
       resume_step: the step the run continues from (records after it are dropped);
@@ -157,7 +159,7 @@ class MetricsWriter:
     resume_step: int | None = None
 
     def __post_init__(self) -> None:
-        if not os.path.exists(self.path):
+        if not distributed.is_primary() or not os.path.exists(self.path):
             return
         with open(self.path, "rb") as f:
             content = f.read()
@@ -175,7 +177,9 @@ class MetricsWriter:
             return True
 
     def write(self, record: dict) -> None:
-        """Appends one JSON record as one line (one ``write`` call)."""
+        """Appends one JSON record as one line (one ``write`` call; process 0 only)."""
+        if not distributed.is_primary():
+            return
         line = json.dumps(record, default=float) + "\n"
         with open(self.path, "a") as f:
             f.write(line)
@@ -183,12 +187,16 @@ class MetricsWriter:
 
 
 class WorkdirLock:
-    """One process per workdir: an exclusive ``flock`` on ``<workdir>/.lock``.
+    """One run per workdir: an exclusive ``flock`` on ``<workdir>/.lock``.
 
     The file names its holder (``pid``, ``host``, start time) for the message a
     second process gets. The kernel drops the lock when its holder dies (even by
     SIGKILL), so a lock left by a dead process is taken over, with a log line.
     A context manager; :meth:`release` is idempotent.
+
+    In a multi-process run (:mod:`arjax.distributed`) only process 0 takes the
+    lock, and every process learns whether it could: all of them then fail
+    together, rather than the others waiting forever in their first collective.
 
     Raises:
       ConfigError: on enter, when another live process holds the lock (named).
@@ -199,6 +207,22 @@ class WorkdirLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "WorkdirLock":
+        error = None
+        if distributed.is_primary():
+            try:
+                self._take()
+            except ConfigError as e:
+                error = e
+        if distributed.any_process(error is not None):
+            self.release()
+            raise error or ConfigError(
+                f"workdir {os.path.dirname(self.path)!r} is in use (process 0 of this run "
+                f"could not take {self.path})"
+            )
+        return self
+
+    def _take(self) -> None:
+        """Takes the ``flock`` (this process's), or raises ``ConfigError`` naming its holder."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -216,7 +240,6 @@ class WorkdirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         self._fd = fd
-        return self
 
     def release(self) -> None:
         """Empties the lock file and releases the lock."""

@@ -15,6 +15,7 @@ import dataclasses
 
 import jax
 from flax import nnx
+from jax.tree_util import Partial
 
 from arjax.models.outputs import call_model, check_features
 from arjax.types import Array, LogitsFn, PyTree
@@ -71,7 +72,12 @@ class ModelFns:
         return logits, features, new_stats
 
     def logits_fn(self, params: PyTree, batch_stats: PyTree, *, train: bool = False) -> LogitsFn:
-        """A closure ``images -> logits`` for attacks (statistics are not updated).
+        """``images -> logits`` for attacks (statistics are not updated).
+
+        A :class:`jax.tree_util.Partial` over ``params`` and ``batch_stats``: jitted
+        attacks and evaluations take it as an argument (its arrays traced, its
+        function, equal for equal architectures, in the cache key), so a second
+        model of the same architecture (another seed) reuses their executables.
 
         Args:
           params: parameter state.
@@ -82,11 +88,18 @@ class ModelFns:
         Returns:
           ``f(x [B, ...]) -> logits``.
         """
+        return Partial(_Logits(self, train), params, batch_stats)
 
-        def f(x: Array) -> Array:
-            return self.apply(params, batch_stats, x, train=train)[0]
 
-        return f
+@dataclasses.dataclass(frozen=True)
+class _Logits:
+    """``(params, batch_stats, x) -> logits`` of a model; equal for equal models and mode."""
+
+    model: ModelFns
+    train: bool
+
+    def __call__(self, params: PyTree, batch_stats: PyTree, x: Array) -> Array:
+        return self.model.apply(params, batch_stats, x, train=self.train)[0]
 
 
 def split_model(

@@ -16,7 +16,7 @@ import time
 import jax
 import orbax.checkpoint as ocp
 
-from arjax import faults
+from arjax import distributed, faults
 from arjax.training.state import TrainState
 
 log = logging.getLogger("arjax")
@@ -104,9 +104,11 @@ class Checkpointer:
     def _set_aside(self, step: int) -> str:
         """Moves step ``step``'s directory out of the manager's way; returns where to."""
         aside = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints")
-        os.makedirs(aside, exist_ok=True)
         target = os.path.join(aside, f"{step}.{time.strftime('%Y%m%dT%H%M%S')}")
-        os.replace(os.path.join(self.directory, str(step)), target)
+        if distributed.is_primary():
+            os.makedirs(aside, exist_ok=True)
+            os.replace(os.path.join(self.directory, str(step)), target)
+        distributed.barrier(f"arjax_set_aside_{step}")
         self.manager.reload()
         return target
 
@@ -213,6 +215,8 @@ class BestCheckpoint:
         self._ckpt.save(state)
         self._ckpt.wait()
         self.step, self.value = step, value
+        if not distributed.is_primary():
+            return True
         tmp = self._meta + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"step": step, "value": value, "metric": self.metric}, f)

@@ -18,7 +18,6 @@ state, so a run resumed from a checkpoint repeats it exactly.
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -145,6 +144,6 @@ class EpochMargins:
         sharding = parallel.batch_sharding(self.mesh, leading_axes=2)
         for start in range(0, len(batches), k):
             stacked = jax.tree.map(lambda *a: np.stack(a), *batches[start : start + k])
-            numbers = jnp.arange(start, start + k, dtype=jnp.int32)
-            state = self._call(state, parallel.put_batch(stacked, sharding), numbers)
+            numbers = np.arange(start, start + k, dtype=np.int32)
+            state = self._call(state, parallel.put_global(stacked, sharding), numbers)
         return state

@@ -41,6 +41,7 @@ import os
 
 import ml_collections
 
+from arjax import distributed
 from arjax.config_lib import ConfigError, check_choice, check_range
 from arjax.methods import METHODS, method_config
 from arjax.training.checkpoint import Checkpointer
@@ -173,6 +174,8 @@ def record(phase: Phase, summary: dict) -> dict:
     content = read_summary(phase.run_dir) or {"phases": {}}
     content["phases"][phase.name] = dict(summary, method=phase.method.name)
     path = os.path.join(phase.run_dir, SUMMARY_FILE)
+    if not distributed.is_primary():
+        return content
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(content, f, indent=2)

@@ -97,14 +97,30 @@ def make_multi_step(
 
 
 def compile_multi_step(
-    loss_fn: MethodLoss, tx: optax.GradientTransformation, mesh: Mesh
+    loss_fn: MethodLoss, tx: optax.GradientTransformation, mesh: Mesh, *, stacked: bool = False
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
-    """The jitted data-parallel multi-step: batch sharded, state replicated and donated."""
+    """The jitted data-parallel multi-step: batch sharded, state replicated and donated.
+
+    Args:
+      loss_fn: the method's loss.
+      tx: the optimiser.
+      mesh: the ``('data',)`` mesh.
+      stacked: train ``S`` independent runs at once (``train.vmap_seeds``): every
+        leaf of the state has a leading ``[S]`` axis (each run its own parameters,
+        optimiser state and base key, hence its own init, attack and dropout
+        randomness), batches are ``[S, k, B, ...]`` (each run its own shuffle),
+        metrics come back ``[S, k]``; ``valid`` ``[k]`` is shared. The runs are
+        ``jax.vmap`` of the single-run multi-step, so each computes what it
+        would alone (up to float rounding of batched matrix products).
+    """
     fn = make_multi_step(make_train_step(loss_fn, tx))
+    if stacked:
+        fn = jax.vmap(fn, in_axes=(0, 0, None))
     repl = parallel.replicated(mesh)
+    batches = parallel.batch_sharding(mesh, leading_axes=3 if stacked else 2)
     return compilation.jit(
         fn,
-        in_shardings=(repl, parallel.batch_sharding(mesh, leading_axes=2), repl),
+        in_shardings=(repl, batches, repl),
         out_shardings=(repl, repl),
         donate_argnums=0,
     )
