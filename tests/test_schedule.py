@@ -9,6 +9,7 @@ from helpers import preempt_after_save, tiny_config
 
 from arjax import methods
 from arjax.config_lib import ConfigError
+from arjax.experiment import phase_loop
 from arjax.experiment import train as loop
 from arjax.models import build_model
 from arjax.training import checkpoint, optim, schedule
@@ -50,7 +51,7 @@ def restore(path, cfg):
 
 def scripted_validation(monkeypatch):
     """Replaces the validation loss by the scripted sequences (accuracy stays real)."""
-    real = loop._validation_metrics
+    real = phase_loop._validation_metrics
 
     def fake(cfg, dataset, split, model, state, mesh):
         ev = real(cfg, dataset, split, model, state, mesh)
@@ -67,7 +68,7 @@ def scripted_validation(monkeypatch):
         starts[phase.name] = jax.device_get(args[3])  # (params, batch_stats) it starts from
         return original_train_phase(cfg, phase, *args, **kw)
 
-    monkeypatch.setattr(loop, "_validation_metrics", fake)
+    monkeypatch.setattr(phase_loop, "_validation_metrics", fake)
     monkeypatch.setattr(loop, "_train_phase", train_phase)
     return starts
 

@@ -49,6 +49,22 @@ def test_config_json_is_written_whole_and_compared(tmp_path):
         check_config(str(tmp_path), tiny_config(num_epochs=9))
 
 
+def test_an_older_workdir_resumes_across_added_and_host_only_fields(tmp_path):
+    cfg = tiny_config()
+    check_config(str(tmp_path), cfg)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    del stored["train"]["vmap_seeds"]  # a run made before the field existed
+    stored["train"]["prefetch"] = 0  # made with the synchronous loop
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    check_config(str(tmp_path), cfg)  # accepted: the old behaviour's value, a host-only field
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["vmap_seeds"] is False
+    (tmp_path / "config.json").write_text(json.dumps(stored))  # again without the field
+    cfg.train.vmap_seeds = True  # not what the old run did
+    with pytest.raises(ConfigError, match=r"different config \(fields \['train.prefetch', "
+                       r"'train.vmap_seeds'\]\)"):  # fmt: skip
+        check_config(str(tmp_path), cfg)
+
+
 def test_a_head_that_cannot_hold_the_classes_fails_before_compute(tmp_path):
     cfg = tiny_config()
     cfg.model.num_outputs = 3  # two-moons has 2 classes

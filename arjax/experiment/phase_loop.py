@@ -243,12 +243,7 @@ class PhaseLoop:
         mesh = parallel.evaluation_mesh(self.mesh)
         runs = zip(self._states(state), self.writers, self.bests, strict=True)
         for run_state, writer, best in runs:
-            local = parallel.localize(run_state, mesh)
-            logits, labels = suite.predict_split(
-                self.model, local, self.dataset.splits[split],
-                batch_size=self.cfg.eval.batch_size, mesh=mesh,
-            )  # fmt: skip
-            ev = suite.classification_metrics(logits, labels)
+            ev = _validation_metrics(self.cfg, self.dataset, split, self.model, run_state, mesh)
             writer.write({"step": self.step, **{f"{split}/{k}": v for k, v in ev.items()}})
             best.offer(run_state, ev, self.step)
 
@@ -262,3 +257,16 @@ class PhaseLoop:
             stream.close()
         for best in self.bests:
             best.close()
+
+
+def _validation_metrics(cfg, dataset, split, model, state, mesh) -> dict:
+    """Classification metrics (loss, accuracy, ...) of one run's ``state`` on ``split``.
+
+    ``state`` is localised onto the evaluation ``mesh`` first (a multi-process
+    run's state spans every process's devices).
+    """
+    local = parallel.localize(state, mesh)
+    logits, labels = suite.predict_split(
+        model, local, dataset.splits[split], batch_size=cfg.eval.batch_size, mesh=mesh
+    )
+    return suite.classification_metrics(logits, labels)

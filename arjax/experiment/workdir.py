@@ -40,11 +40,28 @@ def run_directory(workdir: str, fold: int | None, seed: int, num_seeds: int) -> 
     return out if num_seeds == 1 else os.path.join(out, f"seed_{seed}")
 
 
-def check_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
+# Fields that change how a run executes on the host, not its numbers: a resumed run
+# may set them differently from the run that made the workdir.
+HOST_ONLY_FIELDS = frozenset({"train.prefetch", "train.compilation_cache"})
+
+# Fields added to the presets after runs were made without them, each with the value
+# that does what those runs did: a config.json that lacks the field matches a config
+# holding that value, so an older workdir still resumes.
+ADDED_FIELDS: dict[str, object] = {
+    "train.vmap_seeds": False,
+    "model.features_at": "post_activation",
+    "method.robust_on": "features",
+}
+
+
+def check_config(workdir: str, cfg: ml_collections.ConfigDict, *, update: bool = True) -> None:
     """Writes ``config.json`` (atomically); refuses to resume a run made with another config.
 
     Call it only once the config and the data have been checked, so that a run which
-    failed before training does not block its corrected retry.
+    failed before training does not block its corrected retry. Differences in
+    ``HOST_ONLY_FIELDS``, and fields of ``ADDED_FIELDS`` that the stored config lacks
+    while ``cfg`` holds their old-behaviour value, are accepted; ``config.json`` is
+    then rewritten to ``cfg`` (when ``update``).
 
     Raises:
       ConfigError: the workdir holds a run with a different config (its fields named).
@@ -63,12 +80,23 @@ def check_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
             new_flat = _flatten(json.loads(text))
             keys = old_flat.keys() | new_flat.keys()
             diff = sorted(k for k in keys if old_flat.get(k) != new_flat.get(k))
-            raise ConfigError(
-                f"{path} holds a run with a different config (fields {diff[:6]}); "
-                "use another --workdir or delete that one"
-            )
+            if any(not _compatible(k, old_flat, new_flat) for k in diff):
+                raise ConfigError(
+                    f"{path} holds a run with a different config (fields {diff[:6]}); "
+                    "use another --workdir or delete that one"
+                )
+            if update:
+                log.info("%s: resuming with %s changed or added (results unchanged)", path, diff)
+                write_text(path, text)
         return
     write_text(path, text)
+
+
+def _compatible(key: str, old: dict, new: dict) -> bool:
+    """Whether ``key``'s difference between the stored and new flat configs keeps results."""
+    if key in HOST_ONLY_FIELDS:
+        return True
+    return key in ADDED_FIELDS and key not in old and new.get(key) == ADDED_FIELDS[key]
 
 
 def make_workdir(workdir: str) -> None:
@@ -97,7 +125,7 @@ def read_only_report(workdir: str, cfg: ml_collections.ConfigDict) -> dict | Non
     report = os.path.join(workdir, "report.json")
     if not os.path.isfile(report) or os.access(workdir, os.W_OK):
         return None
-    check_config(workdir, cfg)  # reads only: a finished run has its config.json
+    check_config(workdir, cfg, update=False)  # reads only: a finished run has its config
     log.info("%s is read-only: printing its finished report", workdir)
     with open(report) as f:
         return json.load(f)
