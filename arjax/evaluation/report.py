@@ -441,3 +441,38 @@ def plot_metric_bars(
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
+
+
+def plot_segmentation_grid(
+    pictures: Mapping[str, np.ndarray], path: PathLike, title: str = ""
+) -> Path:
+    """PNG grid: one row per sample, columns image / mask / prediction / attacked prediction.
+
+    Args:
+      pictures: ``image`` ``[n, H, W, C]``, ``mask`` / ``prediction`` / ``attacked`` int
+        ``[n, H, W]`` (:func:`arjax.evaluation.segmentation.evaluate`).
+      path: PNG file.
+      title: figure title.
+
+    Returns:
+      The path written.
+    """
+    columns = ("image", "mask", "prediction", "attacked")
+    n = len(pictures["image"])
+    fig, axes = subplots(n, 4, figsize=(8, 2 * n), squeeze=False)
+    num_classes = max(int(pictures["mask"].max()), 1)
+    for row in range(n):
+        for col, name in enumerate(columns):
+            ax = axes[row, col]
+            value = pictures[name][row]
+            if name == "image":
+                ax.imshow(value[..., 0] if value.shape[-1] == 1 else value, cmap="gray")
+            else:
+                ax.imshow(value, cmap="viridis", vmin=0, vmax=num_classes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

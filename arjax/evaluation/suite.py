@@ -189,6 +189,13 @@ def classification_metrics(
         e.g. from :func:`choose_threshold` on the validation split; adds
         ``sensitivity`` / ``specificity`` (per class and their mean for multi-label).
     """
+    if np.ndim(labels) >= 3:  # segmentation masks [N, H, W]: Dice, nnU-Net's loss
+        dice = losses.dice_score(np.asarray(logits), np.asarray(labels))
+        return {
+            "accuracy": metrics.accuracy(logits, labels),
+            "loss": float(np.mean(losses.dice_ce_loss(logits, labels))),
+            "dice": float(np.mean(dice)),
+        }
     out = {
         "accuracy": metrics.accuracy(logits, labels),
         "loss": float(np.mean(losses.classification_loss(logits, labels))),
