@@ -1,5 +1,8 @@
 """Segmentation (IMA "Experiments on Segmentation"): Dice / TVDI / ADI, the U-Net, BPGD with
-Dice-thresholded correctness, the margin shrink rule and segmentation IMA / adv steps."""
+Dice-thresholded correctness and the margin shrink rule.
+
+Segmentation IMA trains end to end in ``tests/test_configs.py`` (``segmentation_ima.py:smoke``).
+"""
 
 import functools
 
@@ -9,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from arjax import attacks, losses, margins, methods
+from arjax import attacks, losses, margins
 from arjax.losses import segmentation as seg
 from arjax.models import build_model
 from arjax.models.unet import UpConv
@@ -167,33 +170,3 @@ def test_margin_shrink_rule_of_the_segmentation_variant():
     np.testing.assert_allclose(paper, [0.1, 0.3, 0.6, 0.1])  # re-initialise to delta
     shrink = margins.update(current, correct, crossed, distance, shrink_misclassified=True, **kw)
     np.testing.assert_allclose(shrink, [0.4, 0.3, 0.6, 0.1])  # eps - delta, floored at delta
-
-
-def _segmentation_step(name, **fields):
-    cfg = methods.method_config(name, cls_loss="dice_ce", norm="l2", num_steps=3, **fields)
-    if name == "ima":
-        cfg.num_bisections = 3
-        cfg.delta = 0.1
-    model, params, stats = build_model(
-        ml_collections.ConfigDict(dict(name="unet", widths=(4, 8))), (8, 8, 1), 2, 0
-    )
-    loss = methods.make_loss(cfg, model, (0.0, 1.0))
-    x = np.asarray(jax.random.uniform(jax.random.PRNGKey(3), (4, 8, 8, 1)))
-    y = (x[..., 0] > 0.5).astype(np.int32)
-    batch = {"image": x, "label": y, "margin": jnp.full((4,), 0.5)}
-    step = jax.jit(jax.grad(lambda p: loss(p, stats, batch, jax.random.PRNGKey(4)), has_aux=True))
-    grads, (metrics, _) = step(params)
-    return metrics, jax.tree.leaves(grads)
-
-
-def test_segmentation_ima_and_adversarial_losses_train():
-    metrics, grads = _segmentation_step(
-        "ima", eps_max=1.0, dice_threshold=0.6, shrink_misclassified=True,
-        margin_update="batch",
-    )  # fmt: skip
-    assert np.isfinite(float(metrics["loss"]))
-    assert all(np.all(np.isfinite(g)) for g in grads) and any(np.any(g != 0) for g in grads)
-    new = np.asarray(metrics[margins.MARGIN_KEY])
-    assert new.shape == (4,) and np.all((new >= 0.1 - 1e-6) & (new <= 1.0 + 1e-6))
-    metrics, grads = _segmentation_step("adversarial", eps=0.5, attack="pgd")
-    assert np.isfinite(float(metrics["loss"])) and "accuracy_adv" in metrics

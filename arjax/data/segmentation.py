@@ -247,7 +247,8 @@ def write_synthetic_segmentation(root: str, sizes: dict[str, int], params: dict)
         tmp = f"{root}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         rng = np.random.default_rng(params["seed"])
-        for split, n in sizes.items():
+        for split in (s for s in SPLITS if s in sizes):  # a fixed order of the draws
+            n = sizes[split]
             for sub in ("images", "masks"):
                 os.makedirs(os.path.join(tmp, split, sub))
             for i in range(n):
@@ -295,7 +296,7 @@ def build_synthetic_segmentation(config: ml_collections.ConfigDict) -> DatasetSp
     num_classes = config_int(config, "num_classes", 2, 2)
     names = synthetic_names(num_classes)
     params = dict(
-        sizes={s: int(n) for s, n in sizes.items()},
+        sizes={s: int(sizes[s]) for s in SPLITS if s in sizes},
         image_size=size,
         num_classes=num_classes,
         max_lesions=config_int(config, "max_lesions", 2, 1),
