@@ -173,4 +173,6 @@ def get_config(arg="ima"):
         for field in ("num_steps", "num_bisections"):
             if field in config.method:
                 config.method[field] = min(config.method[field], 2)
+        if "margin_update" in config.method:  # no extra compile of the epoch pass
+            config.method.margin_update = "batch"
     return config

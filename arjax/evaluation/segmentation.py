@@ -205,7 +205,8 @@ def evaluate(
     def under_attack(norm: str, eps: float, tag: int, keep_images: int = 0):
         per_loss, kept = [], None
         for loss in cfg.losses:
-            spec = make_spec("pgd", norm, eps, int(cfg.num_steps), where="eval", loss=loss)
+            # the radius is traced (spec.eps is a placeholder): one compile per loss and norm
+            spec = make_spec("pgd", norm, 0.0, int(cfg.num_steps), where="eval", loss=loss)
             k = jax.random.fold_in(jax.random.fold_in(key, tag), LOSS_TAGS[loss])
             counts, images = attacked_counts(
                 fn, x, y, k, spec, float(eps), alpha=float(cfg.alpha), bounds=bounds,
