@@ -148,13 +148,17 @@ def subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
-def _save(fig: Figure, path: PathLike) -> Path:
+def save_figure(fig: Figure, path: PathLike) -> Path:
+    """Writes ``fig`` as a PNG at ``path`` (parents created; only on the primary process)."""
     path = Path(path)
     if not distributed.is_primary():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
+
+
+_save = save_figure  # the name interpret.py and localization.py import
 
 
 def plot_decision_boundary(
@@ -234,7 +238,7 @@ def plot_decision_boundary(
         ax.scatter(xa[:, 0], xa[:, 1], s=12, marker="x", c="k", linewidths=0.8, label="adversarial")
     ax.set(xlim=(g0[0], g0[-1]), ylim=(g1[0], g1[-1]), xlabel="$x_1$", ylabel="$x_2$", title=title)
     ax.legend(loc="best", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _curve_arrays(value: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -276,7 +280,7 @@ def plot_accuracy_vs_eps(
     ax.grid(True, alpha=0.3)
     if curves:
         ax.legend(loc="best", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _panel_of(key: str) -> str:
@@ -328,7 +332,7 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: PathLike) -
         ax.legend(loc="best", fontsize=8)
     if not panels:
         axes[0].set(title="no numeric metrics", xlabel="step")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_histogram(
@@ -349,7 +353,7 @@ def plot_histogram(
     fig, ax = subplots(figsize=(6, 4))
     ax.hist(np.asarray(values, dtype=np.float64).reshape(-1), bins=bins, color="tab:blue")
     ax.set(xlabel=xlabel, ylabel="count", title=title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc_curves(
@@ -403,7 +407,7 @@ def plot_roc_curves(
             ax.legend(loc="lower right", fontsize=7)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_metric_bars(
@@ -440,39 +444,4 @@ def plot_metric_bars(
     ax.set(ylabel=ylabel, title=title)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    return _save(fig, path)
-
-
-def plot_segmentation_grid(
-    pictures: Mapping[str, np.ndarray], path: PathLike, title: str = ""
-) -> Path:
-    """PNG grid: one row per sample, columns image / mask / prediction / attacked prediction.
-
-    Args:
-      pictures: ``image`` ``[n, H, W, C]``, ``mask`` / ``prediction`` / ``attacked`` int
-        ``[n, H, W]`` (:func:`arjax.evaluation.segmentation.evaluate`).
-      path: PNG file.
-      title: figure title.
-
-    Returns:
-      The path written.
-    """
-    columns = ("image", "mask", "prediction", "attacked")
-    n = len(pictures["image"])
-    fig, axes = subplots(n, 4, figsize=(8, 2 * n), squeeze=False)
-    num_classes = max(int(pictures["mask"].max()), 1)
-    for row in range(n):
-        for col, name in enumerate(columns):
-            ax = axes[row, col]
-            value = pictures[name][row]
-            if name == "image":
-                ax.imshow(value[..., 0] if value.shape[-1] == 1 else value, cmap="gray")
-            else:
-                ax.imshow(value, cmap="viridis", vmin=0, vmax=num_classes)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -24,6 +24,7 @@ picks the Dice indices instead).
 """
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -35,6 +36,7 @@ from jax.sharding import Mesh
 from arjax import parallel
 from arjax.attacks.registry import AttackSpec, make_spec, run_attack
 from arjax.compilation import jit
+from arjax.evaluation import report as report_lib
 from arjax.evaluation.robustness import LOSS_TAGS
 from arjax.losses import segmentation as seg
 from arjax.models import ModelFns
@@ -254,3 +256,36 @@ def evaluate(
         curve["area_adi"] = _area(grid, curve["adi"])
         result[name] = curve
     return result, pictures
+
+
+def plot_segmentation_grid(pictures: dict[str, np.ndarray], path: str, title: str = "") -> Path:
+    """PNG grid: one row per sample, columns image / mask / prediction / attacked prediction.
+
+    Args:
+      pictures: ``image`` ``[n, H, W, C]``, ``mask`` / ``prediction`` / ``attacked`` int
+        ``[n, H, W]`` (:func:`arjax.evaluation.segmentation.evaluate`).
+      path: PNG file.
+      title: figure title.
+
+    Returns:
+      The path written.
+    """
+    columns = ("image", "mask", "prediction", "attacked")
+    n = len(pictures["image"])
+    fig, axes = report_lib.subplots(n, 4, figsize=(8, 2 * n), squeeze=False)
+    num_classes = max(int(pictures["mask"].max()), 1)
+    for row in range(n):
+        for col, name in enumerate(columns):
+            ax = axes[row, col]
+            value = pictures[name][row]
+            if name == "image":
+                ax.imshow(value[..., 0] if value.shape[-1] == 1 else value, cmap="gray")
+            else:
+                ax.imshow(value, cmap="viridis", vmin=0, vmax=num_classes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return report_lib.save_figure(fig, path)

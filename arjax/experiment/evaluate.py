@@ -193,7 +193,7 @@ def _evaluate_segmentation(
     faults.point("evaluate")
     result.update(task="segmentation", **result_info)
     _margin_report(cfg, state, run_dir, result)
-    report_lib.plot_segmentation_grid(
+    seg_eval.plot_segmentation_grid(
         pictures, os.path.join(run_dir, "segmentation_grid.png"),
         f"{title}; attacked: {cfg.eval.norm} eps {cfg.eval.adv_eps:g}",
     )  # fmt: skip
