@@ -148,8 +148,7 @@ def subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
-def save_figure(fig: Figure, path: PathLike) -> Path:
-    """Writes ``fig`` as a PNG at ``path`` (parents created; only on the primary process)."""
+def _save(fig: Figure, path: PathLike) -> Path:
     path = Path(path)
     if not distributed.is_primary():
         return path
@@ -158,7 +157,9 @@ def save_figure(fig: Figure, path: PathLike) -> Path:
     return path
 
 
-_save = save_figure  # the name interpret.py and localization.py import
+def save_figure(fig: Figure, path: PathLike) -> Path:
+    """Writes ``fig`` as a PNG at ``path`` (parents created; only on the primary process)."""
+    return _save(fig, path)
 
 
 def plot_decision_boundary(
@@ -238,7 +239,7 @@ def plot_decision_boundary(
         ax.scatter(xa[:, 0], xa[:, 1], s=12, marker="x", c="k", linewidths=0.8, label="adversarial")
     ax.set(xlim=(g0[0], g0[-1]), ylim=(g1[0], g1[-1]), xlabel="$x_1$", ylabel="$x_2$", title=title)
     ax.legend(loc="best", fontsize=8)
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
 def _curve_arrays(value: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -280,7 +281,7 @@ def plot_accuracy_vs_eps(
     ax.grid(True, alpha=0.3)
     if curves:
         ax.legend(loc="best", fontsize=8)
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
 def _panel_of(key: str) -> str:
@@ -332,7 +333,7 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: PathLike) -
         ax.legend(loc="best", fontsize=8)
     if not panels:
         axes[0].set(title="no numeric metrics", xlabel="step")
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
 def plot_histogram(
@@ -353,7 +354,7 @@ def plot_histogram(
     fig, ax = subplots(figsize=(6, 4))
     ax.hist(np.asarray(values, dtype=np.float64).reshape(-1), bins=bins, color="tab:blue")
     ax.set(xlabel=xlabel, ylabel="count", title=title)
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
 def plot_roc_curves(
@@ -407,7 +408,7 @@ def plot_roc_curves(
             ax.legend(loc="lower right", fontsize=7)
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return _save(fig, path)
 
 
 def plot_metric_bars(
@@ -444,4 +445,4 @@ def plot_metric_bars(
     ax.set(ylabel=ylabel, title=title)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    return save_figure(fig, path)
+    return _save(fig, path)
