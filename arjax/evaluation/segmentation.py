@@ -14,6 +14,7 @@ Result layout (one run)::
 
     clean:        {accuracy, tvdi, adi, loss, tvdi_per_class, adi_per_class}
     adversarial:  the same at eval.adv_eps (eval.norm), plus eps / norm / num_steps
+    attacks:      {"pgd<steps>_<norm>_<eps>": the adversarial section}
     robust_curve: {eps, accuracy, tvdi, adi, per_loss: {loss: adi [E]}, clean_accuracy,
                    norm, area, area_tvdi, area_adi, dice_threshold}
     robust_curve_l2: the same for eval.eps_l2 (when set)
@@ -227,6 +228,9 @@ def evaluate(
         "num_steps": int(cfg.num_steps),
         "attack": "pgd",
     }
+    # also under the attack's report key (e.g. pgd100_l2_0.5), as classification runs list it
+    name = make_spec("pgd", cfg.norm, adv_eps, int(cfg.num_steps), where="eval").name
+    result["attacks"] = {name: dict(result["adversarial"])}
     pictures["attacked"] = np.asarray(jax.jit(fn)(jnp.asarray(images))).argmax(-1)
     grids = [("robust_curve", cfg.norm, tuple(cfg.eps))] if curves else []
     if curves and cfg.get("eps_l2", ()):

@@ -168,7 +168,7 @@ def format_eval(summary: Mapping[str, Any]) -> str:
     names = ["clean"] + sorted({k.split("/")[0] for k in stats} - {"clean", "adversarial"})
     columns = [
         c
-        for c in ("accuracy", "auc", "sensitivity", "specificity")
+        for c in ("accuracy", "auc", "sensitivity", "specificity", "tvdi", "adi")
         if any(f"{n}/{c}" in stats for n in names)
     ]
     rows = [
