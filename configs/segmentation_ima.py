@@ -43,8 +43,10 @@ and poly learning-rate decay (here Adam 1e-3), its z-score intensity normalisati
 [0, 1] per volume, so the paper's noise levels do not carry over in value) and the
 automatic planning of the network (here the widths below are given).
 
-Expected on the synthetic default (CPU, see docs/fidelity.md): clean Dice (ADI) on the
-test split >= 0.8 for every method; IMA's ADI curve above ``ce``'s under attack.
+Expected on the synthetic default (2-core CPU, 9 / 8 / 21 min; docs/fidelity.md): clean
+ADI on the 64 test slices ce 0.977, adv0.5 0.968, ima 0.956 (all >= 0.8); under L2
+100-PGD at eps 2.0 ADI ce 0.037, adv0.5 0.326, ima 0.452 (ADI-curve areas 0.505, 0.699,
+0.728).
 """
 
 import ml_collections
