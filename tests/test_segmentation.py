@@ -105,9 +105,8 @@ def test_unet_shapes_deep_supervision_and_upconv():
     z = jax.random.normal(jax.random.PRNGKey(2), (1, 2, 3, 3))
     out = np.asarray(nnx.jit(lambda m, v: m(v))(up, z))
     w = np.asarray(up.conv.kernel[...])[0, 0].reshape(3, 2, 2, 2)  # [c_in, a, b, c_out]
-    bias = np.asarray(up.conv.bias[...]).reshape(2, 2, 2)
     expect = np.einsum("bijc,cxyo->bixjyo", np.asarray(z), w).reshape(1, 4, 6, 2)
-    expect = expect + np.tile(bias, (2, 3, 1))
+    expect = expect + np.asarray(up.bias[...])  # one bias per channel, as ConvTranspose2d
     np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
 
 

@@ -39,6 +39,7 @@ from arjax.models.layers import (
     Conv,
     input_norm_stats,
     standardize,
+    torch_uniform_init,
 )
 from arjax.types import Array
 
@@ -64,17 +65,25 @@ class ConvBlock(nnx.Module):
 
 
 class UpConv(nnx.Module):
-    """``ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2)`` as 1x1 conv + depth-to-space."""
+    """``ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2)`` as 1x1 conv + depth-to-space.
+
+    Output pixel ``(2i + a, 2j + b)`` is ``W[a, b]^T x[i, j] + bias``: the 1x1 convolution
+    (no bias) computes the four ``W[a, b]`` products at once, one bias ``[c_out]`` is
+    shared by the four positions as in PyTorch's layer. Initialised like a 1x1 ``Conv``
+    to ``4 c_out`` channels (``U(-1/sqrt(c_in), 1/sqrt(c_in))``).
+    """
 
     def __init__(self, c_in: int, c_out: int, *, rngs: nnx.Rngs):
-        self.conv = Conv(c_in, 4 * c_out, 1, 1, 0, rngs=rngs)
+        self.conv = Conv(c_in, 4 * c_out, 1, 1, 0, use_bias=False, rngs=rngs)
+        self.bias = nnx.Param(torch_uniform_init(c_in)(rngs.params(), (c_out,)))
         self.c_out = c_out
 
     def __call__(self, x: Array) -> Array:
         """``[B, H, W, c_in] -> [B, 2H, 2W, c_out]``."""
         b, h, w, _ = x.shape
         y = self.conv(x).reshape(b, h, w, 2, 2, self.c_out)
-        return y.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, self.c_out)
+        y = y.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, self.c_out)
+        return y + self.bias[...]
 
 
 class UNet(nnx.Module):
