@@ -43,10 +43,10 @@ and poly learning-rate decay (here Adam 1e-3), its z-score intensity normalisati
 [0, 1] per volume, so the paper's noise levels do not carry over in value) and the
 automatic planning of the network (here the widths below are given).
 
-Expected on the synthetic default (2-core CPU, 9 / 8 / 21 min; docs/fidelity.md): clean
-ADI on the 64 test slices ce 0.977, adv0.5 0.968, ima 0.956 (all >= 0.8); under L2
-100-PGD at eps 2.0 ADI ce 0.037, adv0.5 0.326, ima 0.452 (ADI-curve areas 0.505, 0.699,
-0.728).
+Expected on the synthetic default (2-core CPU, 4 / 6 / 10 CPU-minutes; docs/fidelity.md):
+clean ADI on the 64 test slices ce 0.977, adv0.5 0.967, ima 0.969 (all >= 0.8); under L2
+100-PGD at eps 2.0 ADI ce 0.016, adv0.5 0.247, ima 0.447 (ADI-curve areas 0.491, 0.693,
+0.744).
 """
 
 import ml_collections
