@@ -50,8 +50,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         labels = fv.labels or comparison.default_labels(methods)
         result = comparison.compare_methods(methods, labels, metric=fv.metric, attack=fv.attack)
         print(comparison.format_tables(result))
-        curves = comparison.curve_overlay(methods, labels)
-        for path in comparison.write_comparison(result, fv.out, curves):
+        # segmentation runs: --metric tvdi / adi also draws those Dice curves (IMA Figs. 10-12)
+        value = fv.metric if fv.metric in comparison.CURVE_VALUES else "accuracy"
+        curves = comparison.curve_overlay(methods, labels, value=value)
+        for path in comparison.write_comparison(result, fv.out, curves, curve_value=value):
             print(f"wrote {path}")
         return result
 

@@ -10,7 +10,8 @@ updates every entry with the updated model.
 Update rules (paper, Alg. 2), with ``delta`` = Δε = ε_max / number of
 adversarial epochs:
 
-* clean sample misclassified  -> ``delta`` (re-initialise);
+* clean sample misclassified  -> ``delta`` (re-initialise; the segmentation variant's
+  ``shrink_misclassified``: ``margin - delta``);
 * BPGD crossed the boundary   -> ``||x - x_n||_p`` (refine / shrink);
 * BPGD did not cross          -> ``margin + delta`` (expand);
 * finally clip to ``[delta, eps_max]``.
@@ -61,6 +62,7 @@ def update(
     eps_max: float,
     momentum: float = 1.0,
     reset_misclassified: bool = True,
+    shrink_misclassified: bool = False,
 ) -> Array:
     """Alg. 2 for one batch.
 
@@ -75,6 +77,9 @@ def update(
         keeps ``(1 - m) * current + m * estimate`` (running average, code option).
       reset_misclassified: misclassified samples go back to Δε (paper); when
         False their margin is kept (code option).
+      shrink_misclassified: misclassified samples' margins shrink by Δε instead (the
+        paper's segmentation variant, see ``arjax.methods.ima``); overrides
+        ``reset_misclassified``.
 
     Returns:
       float ``[B]`` new margins in ``[delta, eps_max]``.
@@ -83,6 +88,8 @@ def update(
     if momentum < 1.0:
         estimate = (1.0 - momentum) * current + momentum * estimate
     wrong = delta if reset_misclassified else current
+    if shrink_misclassified:
+        wrong = current - delta
     new = jnp.where(correct, estimate, wrong)
     return jnp.clip(new, delta, eps_max)
 

@@ -119,7 +119,9 @@ def run_model(name: str, args) -> list[dict]:
     k, nb = args.steps, args.bisections
     per_options = _timed(s, args, wl.attack_workloads)
     train = {} if args.skip_train else _timed(s, args, wl.train_workloads)
-    aa = {} if args.skip_autoattack else _timed(s, args, wl.autoattack_workloads)
+    # AutoAttack's members are classification attacks (DLR, targeted, Square): not for masks
+    skip_aa = args.skip_autoattack or name in wl.SEGMENTATION_MODELS
+    aa = {} if skip_aa else _timed(s, args, wl.autoattack_workloads)
     results = []
     for options, rows in per_options.items():
         _add_ratios(rows, passes(k, nb))

@@ -62,7 +62,19 @@ MODELS = {
         0.005,
         1.0,
     ),
+    # IMA's segmentation net (issue 15): the nnU-Net-style 2-D U-Net, per-pixel logits and
+    # integer masks; attacks and IMA's BPGD count a sample correct when its Dice >= 0.6.
+    "unet_seg": (
+        dict(name="unet", widths=(32, 64, 128, 256)),
+        (64, 64, 1),
+        2,
+        (0.0, 1.0),
+        0.03,
+        1.0,
+    ),  # fmt: skip
 }
+# Models whose labels are masks [B, H, W] (the others: class ids [B]).
+SEGMENTATION_MODELS = ("unet_seg",)
 
 
 # The jit every workload uses: arjax's (jax.jit + arjax.compilation's CPU options) or, with
@@ -82,7 +94,7 @@ def use_xla_options(which: str) -> None:
 
 
 # The 224x224 networks take seconds per PGD step on a CPU: a small default batch.
-DEFAULT_BATCH = {"resnet18": 8, "densenet121_truncated": 8}
+DEFAULT_BATCH = {"resnet18": 8, "densenet121_truncated": 8, "unet_seg": 16}
 
 
 def default_batch(name: str) -> int:
@@ -126,7 +138,8 @@ def setup(name: str, batch: int, conv_impl: str = "auto", seed: int = 0) -> Setu
     x = rng.random((batch, *shape), np.float32)
     if bounds is None:  # two-moons points live around [-1, 2] x [-0.5, 1]
         x = 3.0 * x - 1.0
-    y = rng.integers(0, num_classes, batch).astype(np.int32)
+    label_shape = (batch, *shape[:2]) if name in SEGMENTATION_MODELS else (batch,)
+    y = rng.integers(0, num_classes, label_shape).astype(np.int32)
     return Setup(
         name, model, params, stats, jnp.asarray(x), jnp.asarray(y), jax.random.key(seed),
         bounds, num_classes, eps, eps_l2,

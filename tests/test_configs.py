@@ -25,6 +25,7 @@ SMOKE = [
     "mammo_arfl.py:trades,smoke",
     "mammo_arfl.py:mirst,smoke",
     "mammo_arfl.py:dsbn,smoke",
+    # segmentation_ima.py:smoke runs (and resumes) in tests/test_segmentation_run.py
 ]
 
 
@@ -40,7 +41,7 @@ def load(spec):
 def test_smoke_variant_runs_and_resumes(spec, tmp_path):
     cfg = load(spec)
     cfg.train.num_devices = 1  # one device: the 8-device step is covered in test_training
-    if cfg.data.name == "synthetic_lesions":
+    if cfg.data.name in ("synthetic_lesions", "synthetic_segmentation"):
         cfg.data.root = str(tmp_path / "data")
     report = loop.run(cfg, str(tmp_path / "run"), progress=False)
     assert (tmp_path / "run" / "report.json").exists()
@@ -64,6 +65,8 @@ def test_smoke_variant_runs_and_resumes(spec, tmp_path):
         ("mammo_arfl.py:r0.3", "unknown variant 'r0.3'"),
         ("mammo_arfl.py:mma", "valid: standard, .*, dsbn, trades, mirst"),
         ("moons_arfl.py:dsbn,tiny", "unknown modifier 'tiny'"),
+        ("segmentation_ima.py:advx", r"unknown variant 'advx'; valid: ce, adv<eps>"),
+        ("segmentation_ima.py:ima,liver", "unknown data 'liver'.*valid: synthetic, smoke, heart"),
     ],
 )
 def test_unknown_variants_list_the_valid_ones(spec, expect):

@@ -13,6 +13,7 @@ margins are) also from a random start; the literal adjacent-iterates bracket is
 """
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -71,6 +72,7 @@ def _ray_point(
     radius: Radius,
     norm: str,
     bounds: tuple[float, float] | None,
+    correct_fn: Callable[[Array, Array], Array] = predictions_correct,
 ) -> tuple[Array, Array]:
     """The point at ``radius`` on the ray from ``x`` through ``x + delta``, and its class.
 
@@ -82,7 +84,7 @@ def _ray_point(
     radius_b = jnp.broadcast_to(jnp.asarray(radius, x.dtype), length.shape)
     scale = jnp.where(length > 0, radius_b / jnp.where(length > 0, length, 1.0), 0.0)
     far = clip_to_bounds(x + delta * _rows(scale, x), bounds) - x
-    return far, ~predictions_correct(logits_fn(x + far), y)
+    return far, ~correct_fn(logits_fn(x + far), y)
 
 
 def bpgd(
@@ -104,6 +106,7 @@ def bpgd(
     side: str = "middle",
     clean_logits: Array | None = None,
     extend_to: Radius | None = None,
+    correct_fn: Callable[[Array, Array], Array] | None = None,
 ) -> BoundaryResult:
     """Boundary search of IMA (Ma et al., Algorithm 3): PGD in the margin, then bisection.
 
@@ -193,6 +196,12 @@ def bpgd(
       extend_to: None (default: the search stays in the ball), or the radius (float or
         ``[B]``, ``>= eps``) out to which the bracket of samples not crossed inside the
         ball is extended along the ray through their last iterate (step 4).
+      correct_fn: ``(logits, y) -> bool [B]``, what "classified correctly" means for the
+        crossing record and the bisection; None: :func:`arjax.losses.predictions_correct`
+        (for a segmentation head: Dice >= 0.6). IMA's segmentation variant passes
+        ``functools.partial(predictions_correct, dice_threshold=t)`` (Ma et al.,
+        "Experiments on Segmentation": a sample is correct when its Dice >= 0.6). The
+        boundary is then the Dice threshold's level set, not a pixel's decision boundary.
 
     Returns:
       :class:`BoundaryResult` ``(images [B, ...], crossed bool [B], distance float [B])``,
@@ -205,6 +214,7 @@ def bpgd(
     """
     check_attack_args(norm, loss, num_steps, random_start, key, name="bpgd")
     logits_fn = functools.partial(call_logits_fn, logits_fn)
+    is_correct = correct_fn or predictions_correct
     _check_choice("bpgd loss", loss, BPGD_LOSSES)
     _check_choice("bracket", bracket, BRACKETS)
     _check_choice("side", side, SIDES)
@@ -226,9 +236,9 @@ def bpgd(
     # Misclassified at x. Without a random start iterate 0 is x, and the loop's first
     # forward pass finds them (``clean_wrong`` is then set at t = 0).
     if clean_logits is not None:
-        clean_wrong = ~predictions_correct(lax.stop_gradient(clean_logits), y)
+        clean_wrong = ~is_correct(lax.stop_gradient(clean_logits), y)
     elif random_start:
-        clean_wrong = ~predictions_correct(logits_fn(x), y)
+        clean_wrong = ~is_correct(logits_fn(x), y)
     else:
         clean_wrong = jnp.zeros((batch,), jnp.bool_)
     find_clean_in_loop = clean_logits is None and not random_start
@@ -241,7 +251,7 @@ def bpgd(
     def pgd_body(t, carry):
         delta, prev, crossed, clean_wrong = carry
         grad, logits = grad_fn(x + delta)
-        wrong = ~predictions_correct(logits, y)
+        wrong = ~is_correct(logits, y)
         if find_clean_in_loop:
             clean_wrong = jnp.where(t == 0, wrong, clean_wrong)
         stepped = ascent_step(x, delta, grad, eps=eps_b, step_size=step_b, norm=norm, bounds=bounds)
@@ -257,7 +267,7 @@ def bpgd(
 
     carry = (delta, prev, clean_wrong, clean_wrong)
     delta, prev, crossed, clean_wrong = lax.fori_loop(0, num_steps, pgd_body, carry)
-    wrong_last = ~predictions_correct(logits_fn(x + delta), y)
+    wrong_last = ~is_correct(logits_fn(x + delta), y)
     if recorded:
         crossed = crossed | wrong_last
         lo, hi = prev, delta
@@ -271,7 +281,7 @@ def bpgd(
         crossed = wrong_last | clean_wrong
         lo, hi = jnp.zeros_like(x), jnp.where(_rows(clean_wrong, x), 0.0, delta)
     if extend_to is not None:
-        far, wrong_far = _ray_point(logits_fn, x, y, delta, extend_to, norm, bounds)
+        far, wrong_far = _ray_point(logits_fn, x, y, delta, extend_to, norm, bounds, is_correct)
         outside = _rows(~crossed, x)
         lo, hi = jnp.where(outside, delta, lo), jnp.where(outside, far, hi)
         crossed = crossed | wrong_far
@@ -279,7 +289,7 @@ def bpgd(
     def bisect_body(_, bracket_ends):
         lo, hi = bracket_ends
         mid = 0.5 * (lo + hi)
-        correct = _rows(predictions_correct(logits_fn(x + mid), y), x)
+        correct = _rows(is_correct(logits_fn(x + mid), y), x)
         return jnp.where(correct, mid, lo), jnp.where(correct, hi, mid)
 
     lo, hi = lax.fori_loop(0, num_bisections, bisect_body, (lo, hi))

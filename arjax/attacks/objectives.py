@@ -5,8 +5,10 @@ Names (DESIGN §8): ``"ce"`` (cross-entropy, or BCE for one logit / multi-hot la
 ``"kl"`` (KL divergence from the clean prediction, TRADES, arXiv 1901.08573 Eq. 5) and
 ``"weighted_bce"`` (Khakzar et al. Eq. 1, the class-balanced BCE their FGSM of Eq. 2
 differentiates: beta = negatives / positives over the label entries the attack is given).
-All objectives return ``[B]`` and work for the three heads of
-:func:`arjax.losses.classification.head_kind`.
+All objectives return ``[B]`` and work for the heads of
+:func:`arjax.losses.classification.head_kind`; on a segmentation head (logits
+``[B, H, W, C]``, masks ``[B, H, W]``) ``"ce"``, ``"margin"`` and ``"kl"`` are the pixel
+values averaged over each example's pixels (:mod:`arjax.losses.segmentation`).
 """
 
 import jax
@@ -14,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from arjax.losses.classification import classification_loss, head_kind, weighted_bce
+from arjax.losses.segmentation import pixel_margin
 from arjax.types import Array
 
 LOSSES = ("ce", "margin", "kl", "weighted_bce")
@@ -39,6 +42,8 @@ def margin_objective(logits: Array, labels: Array) -> Array:
     Softmax: ``max_{j != y} z_j - z_y`` (Carlini & Wagner). Single binary logit:
     ``-(2y - 1) * z``. Multi-label: ``sum_c -(2 y_c - 1) * z_c`` (the per-class binary
     margins summed; positive-iff-misclassified then holds per class, not for the sum).
+    Segmentation: the pixel margins averaged over the example
+    (:func:`arjax.losses.segmentation.pixel_margin`; positive-iff-wrong holds per pixel).
 
     Args:
       logits: float ``[B, K]``, ``[B]``, ``[B, 1]`` or ``[B, C]``.
@@ -52,6 +57,8 @@ def margin_objective(logits: Array, labels: Array) -> Array:
     if kind == "softmax":
         z_label, z_other = _label_and_other(logits, labels)
         return z_other - z_label
+    if kind == "segmentation":
+        return pixel_margin(logits, labels)
     if kind == "binary":
         z = logits.reshape(logits.shape[0])
         return _binary_margins(z, jnp.reshape(labels, z.shape))
@@ -90,10 +97,11 @@ def kl_objective(logits: Array, labels: Array, clean_logits: Array) -> Array:
             f"{jnp.shape(logits)}."
         )
     kind = head_kind(logits, jnp.asarray(labels))
-    if kind == "softmax":
-        return optax.losses.kl_divergence_with_log_targets(
+    if kind in ("softmax", "segmentation"):
+        kl = optax.losses.kl_divergence_with_log_targets(
             jax.nn.log_softmax(logits), jax.nn.log_softmax(clean_logits)
         )
+        return kl if kind == "softmax" else kl.reshape(kl.shape[0], -1).mean(axis=-1)
     per_class = optax.losses.kl_divergence_with_log_targets(
         _bernoulli_log_probs(logits), _bernoulli_log_probs(clean_logits)
     )
@@ -148,7 +156,7 @@ def worst_label_margin(logits: Array, labels: Array) -> Array:
       float ``[B]``.
     """
     labels = jnp.asarray(labels)
-    if head_kind(logits, labels) != "multilabel":
+    if head_kind(logits, labels) != "multilabel":  # segmentation: the pixel-mean margin
         return margin_objective(logits, labels)
     return jnp.max(_binary_margins(logits, labels), axis=-1)
 

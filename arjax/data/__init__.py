@@ -9,10 +9,11 @@ with ``register_dataset`` (``arjax.data.registry``). Registered
 ``data.name`` values: ``"moons"`` (below), ``"tfds"`` (``tfds.py``),
 ``"synthetic_images"`` (``synthetic.py``), ``"chestxray14"`` and
 ``"covid_ct"`` (``medical.py``), ``"csv_manifest"`` (``manifest.py``) and
-``"synthetic_lesions"`` (``lesions.py``). ``checks.py`` holds the checks run
-while loading, before any compute: class counts (``check_num_classes``,
-``check_model_outputs``) and a header check of every image file
-(``verify_images``).
+``"synthetic_lesions"`` (``lesions.py``); segmentation sets ``"segmentation_folder"`` and
+``"synthetic_segmentation"`` (``segmentation.py``) and ``"msd"`` (``nifti.py``).
+``checks.py`` holds the checks run while loading, before any compute: class counts
+(``check_num_classes``, ``check_model_outputs``) and a header check of every image
+file (``verify_images``).
 """
 
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from arjax.data.lesions import build_synthetic_lesions, write_synthetic_lesions
 from arjax.data.manifest import build_csv_manifest, read_manifest
 from arjax.data.medical import CHESTXRAY14_CLASSES, build_chestxray14, build_covid_ct
 from arjax.data.moons import make_moons, moons_splits, split_seed
+from arjax.data.nifti import build_msd
 from arjax.data.pipeline import (
     INDEX_KEY,
     MASK_KEY,
@@ -40,6 +42,11 @@ from arjax.data.pipeline import (
     train_dataset,
 )
 from arjax.data.registry import DATASETS, DatasetSplits, load_dataset, register_dataset
+from arjax.data.segmentation import (
+    build_segmentation_folder,
+    build_synthetic_segmentation,
+    read_segmentation_folder,
+)
 from arjax.data.synthetic import build_synthetic_images
 from arjax.data.tfds import build_tfds
 
@@ -105,6 +112,10 @@ __all__ = [
     "build_covid_ct",
     "build_csv_manifest",
     "build_synthetic_lesions",
+    "build_msd",
+    "build_segmentation_folder",
+    "build_synthetic_segmentation",
+    "read_segmentation_folder",
     "decode_image",
     "read_manifest",
     "write_synthetic_lesions",

@@ -32,6 +32,9 @@ class DatasetSplits:
         bounds: ``(low, high)`` value range of the inputs, used to clip
             attacks; ``None`` when inputs are not images (two moons).
         name: Registered dataset name.
+        task: ``"classification"`` (labels per example) or ``"segmentation"``
+            (``label`` int32 masks ``[N, H, W]`` of class ids in
+            ``[0, num_classes)``, class 0 the background; ``arjax.data.segmentation``).
     """
 
     splits: dict[str, Any]
@@ -39,6 +42,7 @@ class DatasetSplits:
     num_classes: int
     bounds: tuple[float, float] | None
     name: str
+    task: str = "classification"
 
 
 Builder = Callable[[ml_collections.ConfigDict], DatasetSplits]

@@ -157,6 +157,11 @@ def _save(fig: Figure, path: PathLike) -> Path:
     return path
 
 
+def save_figure(fig: Figure, path: PathLike) -> Path:
+    """Writes ``fig`` as a PNG at ``path`` (parents created; only on the primary process)."""
+    return _save(fig, path)
+
+
 def plot_decision_boundary(
     predict_fn: Callable[[np.ndarray], Any],
     x: Any,

@@ -183,12 +183,21 @@ def classification_metrics(
     C labels right.
 
     Args:
-      logits: ``[N]``, ``[N, K]`` or ``[N, C]`` (multi-label).
-      labels: ``[N]`` int or ``[N, C]`` multi-hot.
+      logits: ``[N]``, ``[N, K]`` or ``[N, C]`` (multi-label); ``[N, H, W, C]`` for
+        segmentation masks, which give ``accuracy`` (Dice >= 0.6), ``loss`` (nnU-Net's
+        Dice + CE) and the mean ``dice`` only (the validation record of such runs).
+      labels: ``[N]`` int or ``[N, C]`` multi-hot (``[N, H, W]`` masks).
       threshold: score threshold (binary) or ``[C]`` thresholds (multi-label),
         e.g. from :func:`choose_threshold` on the validation split; adds
         ``sensitivity`` / ``specificity`` (per class and their mean for multi-label).
     """
+    if np.ndim(labels) >= 3:  # segmentation masks [N, H, W]: Dice, nnU-Net's loss
+        dice = losses.dice_score(np.asarray(logits), np.asarray(labels))
+        return {
+            "accuracy": metrics.accuracy(logits, labels),
+            "loss": float(np.mean(losses.dice_ce_loss(logits, labels))),
+            "dice": float(np.mean(dice)),
+        }
     out = {
         "accuracy": metrics.accuracy(logits, labels),
         "loss": float(np.mean(losses.classification_loss(logits, labels))),

@@ -25,7 +25,10 @@ from arjax.evaluation import report as report_lib
 from arjax.evaluation.metrics import format_mean_std, mann_whitney_u, mean_std
 from arjax.experiment.summary import curve_with_std, format_table, run_scalars
 
-METRICS = ("auto", "accuracy", "auc", "sensitivity", "specificity")
+METRICS = ("auto", "accuracy", "auc", "sensitivity", "specificity", "tvdi", "adi")
+# Curve values a result's robust curves hold: accuracy always; segmentation runs also the
+# Dice indices (TVDI, Eq. 9; ADI, Eq. 10 of the IMA paper), see arjax.evaluation.segmentation.
+CURVE_VALUES = ("accuracy", "tvdi", "adi")
 COLUMNS = ("standard", "adversarial", "mean")
 
 
@@ -95,7 +98,10 @@ def _run_curves(data: Mapping[str, Any], folder: str) -> list[Mapping[str, Any]]
 
 
 def curve_overlay(
-    methods: Sequence[Mapping[str, Any]], labels: Sequence[str], key: str = "robust_curve"
+    methods: Sequence[Mapping[str, Any]],
+    labels: Sequence[str],
+    key: str = "robust_curve",
+    value: str = "accuracy",
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """One accuracy-vs-eps curve per method, as the IMA paper's Fig. 6 overlays them.
 
@@ -103,6 +109,8 @@ def curve_overlay(
       methods: from :func:`load_method`.
       labels: one label per method.
       key: ``"robust_curve"`` (L-inf) or ``"robust_curve_l2"``.
+      value: one of ``CURVE_VALUES``: ``"accuracy"``, or a segmentation run's Dice index
+        ``"tvdi"`` / ``"adi"`` (IMA's Figs. 10-12).
 
     Returns:
       ``{label: (eps [E], mean accuracy over runs [E], std [E] or None)}`` for the methods
@@ -110,10 +118,10 @@ def curve_overlay(
     """
     out = {}
     for label, m in zip(labels, methods, strict=True):
-        runs = [r for r in m.get("curves", []) if key in r]
+        runs = [r for r in m.get("curves", []) if key in r and value in r[key]]
         grids = {tuple(r[key]["eps"]) for r in runs}
         if runs and len(runs) == len(m["per_run"]) and len(grids) == 1:
-            out[label] = curve_with_std(runs, key)
+            out[label] = curve_with_std(runs, key, value)
     return out
 
 
@@ -224,6 +232,7 @@ def write_comparison(
     result: Mapping[str, Any],
     out_dir: str,
     curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] | None = None,
+    curve_value: str = "accuracy",
 ) -> list[str]:
     """Writes ``comparison.json``, ``.md``, ``.png`` (bars) and ``accuracy_vs_eps.png``.
 
@@ -233,6 +242,8 @@ def write_comparison(
       curves: from :func:`curve_overlay`; when it holds at least one curve,
         ``accuracy_vs_eps.png`` (one line per method) is written and ``comparison.json``
         gains ``"curves": {label: {"eps", "accuracy", "std"}}``.
+      curve_value: what the curves show (``CURVE_VALUES``), for the axis label and title;
+        the JSON keeps the key ``"accuracy"`` for the curve's values.
 
     Returns:
       the paths written.
@@ -258,7 +269,11 @@ def write_comparison(
     )
     if curves:
         paths.append(os.path.join(out_dir, "accuracy_vs_eps.png"))
+        name = {"accuracy": "robust accuracy", "tvdi": "TVDI", "adi": "ADI"}[curve_value]
         report_lib.plot_accuracy_vs_eps(
-            curves, paths[-1], title="robust accuracy vs noise level, mean (std) over runs"
+            curves,
+            paths[-1],
+            title=f"{name} vs noise level, mean (std) over runs",
+            ylabel=curve_value,
         )
     return paths

@@ -28,6 +28,7 @@ from arjax import faults, methods, parallel
 from arjax import margins as margin_table
 from arjax.config_lib import ConfigError
 from arjax.evaluation import report as report_lib
+from arjax.evaluation import segmentation as seg_eval
 from arjax.evaluation import suite
 from arjax.evaluation.metrics import aggregate
 from arjax.experiment import plots, presets, setup
@@ -122,6 +123,13 @@ def evaluate_run(
     split = eval_split(cfg, dataset)
     key = jax.random.fold_in(jax.random.key(seed), EVAL_KEY_TAG)
     arrays = data_lib.split_arrays(dataset.splits[split], cfg.eval.get("max_examples", 0))
+    title = f"{cfg.get('name', '') or cfg.method.name}, seed {seed}, {split} split"
+    if dataset.task == "segmentation":
+        return _evaluate_segmentation(
+            cfg, dataset, state, run_dir, arrays, key, model=model, mesh=mesh, title=title,
+            result_info=dict(seed=seed, split=split, **(info or {})), filename=filename,
+            curves=curves,
+        )  # fmt: skip
     threshold = validation_threshold(cfg, dataset, model, state, mesh)
     result, logits = suite.evaluate(
         model,
@@ -141,23 +149,67 @@ def evaluate_run(
     for attack, section in result.get("masking_checks", {}).items():
         for line in section["warnings"]:
             log.warning("%s, %s: %s", run_dir, attack, line)
-    if state.margins is not None:
-        values = np.asarray(jax.device_get(state.margins))
-        floor, ceiling = methods.METHODS[cfg.method.name].table_range(cfg.method)
-        result["margins"] = margin_table.statistics(values, delta=floor, eps_max=ceiling)
-        report_lib.plot_histogram(
-            values,
-            os.path.join(run_dir, "margin_histogram.png"),
-            title=f"{cfg.method.name.upper()} margins (median {result['margins']['median']:.3f})",
-            xlabel=f"margin ({cfg.method.norm})",
-        )
-    title = f"{cfg.get('name', '') or cfg.method.name}, seed {seed}, {split} split"
+    _margin_report(cfg, state, run_dir, result)
     if cfg.eval.get("localization", True) and getattr(dataset.splits[split], "boxes", None):
         result["localization"] = plots.localize(
             model, state, dataset.splits[split], run_dir, title, seed=seed
         )
     plots.plot_roc(result, logits, arrays["label"], os.path.join(run_dir, "roc_curves.png"), title)
     plots.run_plots(dataset, model, state, run_dir, arrays, title)
+    report_lib.write_json(os.path.join(run_dir, filename), result)
+    return result
+
+
+def _margin_report(cfg, state: TrainState, run_dir: str, result: dict) -> None:
+    """``result["margins"]`` and ``margin_histogram.png`` when the state has a margin table."""
+    if state.margins is None:
+        return
+    values = np.asarray(jax.device_get(state.margins))
+    floor, ceiling = methods.METHODS[cfg.method.name].table_range(cfg.method)
+    result["margins"] = margin_table.statistics(values, delta=floor, eps_max=ceiling)
+    report_lib.plot_histogram(
+        values,
+        os.path.join(run_dir, "margin_histogram.png"),
+        title=f"{cfg.method.name.upper()} margins (median {result['margins']['median']:.3f})",
+        xlabel=f"margin ({cfg.method.norm})",
+    )
+
+
+def _evaluate_segmentation(
+    cfg, dataset, state, run_dir, arrays, key, *, model, mesh, title, result_info, filename,
+    curves,
+) -> dict:  # fmt: skip
+    """:func:`evaluate_run` of a segmentation run (:mod:`arjax.evaluation.segmentation`).
+
+    Writes the result JSON, ``segmentation_grid.png`` (image / mask / prediction /
+    attacked prediction), the Dice-vs-noise curves ``dice_vs_eps[_l2].png`` (TVDI, ADI
+    and the fraction with Dice >= ``eval.dice_threshold``) and the margin histogram.
+    """
+    threshold = float(cfg.eval.get("dice_threshold", seg_eval.seg.DICE_THRESHOLD))
+    result, pictures = seg_eval.evaluate(
+        model, state.params, state.batch_stats, arrays, cfg.eval, dataset.bounds, key, mesh,
+        dice_threshold=threshold, curves=curves,
+    )  # fmt: skip
+    faults.point("evaluate")
+    result.update(task="segmentation", **result_info)
+    _margin_report(cfg, state, run_dir, result)
+    seg_eval.plot_segmentation_grid(
+        pictures, os.path.join(run_dir, "segmentation_grid.png"),
+        f"{title}; attacked: {cfg.eval.norm} eps {cfg.eval.adv_eps:g}",
+    )  # fmt: skip
+    for key_name, suffix in (("robust_curve", ""), ("robust_curve_l2", "_l2")):
+        if key_name in result:
+            c = result[key_name]
+            report_lib.plot_accuracy_vs_eps(
+                {
+                    "TVDI (Eq. 9)": (c["eps"], c["tvdi"]),
+                    "ADI (Eq. 10)": (c["eps"], c["adi"]),
+                    f"Dice >= {threshold:g}": (c["eps"], c["accuracy"]),
+                },
+                os.path.join(run_dir, f"dice_vs_eps{suffix}.png"),
+                title=f"{title} ({c['norm']})",
+                ylabel="Dice / fraction",
+            )
     report_lib.write_json(os.path.join(run_dir, filename), result)
     return result
 

@@ -36,6 +36,9 @@ def run_scalars(result: Mapping[str, Any]) -> dict[str, float]:
     for key in ("robust_curve", "robust_curve_l2"):
         if key in result:
             out[f"{key}/area"] = float(result[key]["area"])
+            for area in ("area_tvdi", "area_adi"):  # segmentation runs
+                if area in result[key]:
+                    out[f"{key}/{area}"] = float(result[key][area])
     loc = result.get("localization", {}).get("mean")
     if loc:
         for t, acc in zip(result["localization"]["ious"], loc["accuracy"], strict=True):
@@ -47,11 +50,14 @@ def run_scalars(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 def curve_with_std(
-    results: Sequence[Mapping[str, Any]], key: str = "robust_curve"
+    results: Sequence[Mapping[str, Any]], key: str = "robust_curve", value: str = "accuracy"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``(eps [E], mean accuracy [E], std [E] or None)`` of a robust curve over runs."""
+    """``(eps [E], mean [E], std [E] or None)`` of a robust curve's ``value`` over runs.
+
+    ``value`` is ``"accuracy"``, or ``"tvdi"`` / ``"adi"`` for segmentation runs.
+    """
     eps = np.asarray(results[0][key]["eps"], float)
-    accs = np.asarray([r[key]["accuracy"] for r in results], float)
+    accs = np.asarray([r[key][value] for r in results], float)
     std = accs.std(0, ddof=1) if len(results) > 1 else None
     return (eps, accs.mean(0), std)
 
@@ -162,7 +168,7 @@ def format_eval(summary: Mapping[str, Any]) -> str:
     names = ["clean"] + sorted({k.split("/")[0] for k in stats} - {"clean", "adversarial"})
     columns = [
         c
-        for c in ("accuracy", "auc", "sensitivity", "specificity")
+        for c in ("accuracy", "auc", "sensitivity", "specificity", "tvdi", "adi")
         if any(f"{n}/{c}" in stats for n in names)
     ]
     rows = [

@@ -10,9 +10,33 @@ from arjax.losses.classification import (
     softmax_cross_entropy,
     weighted_bce,
 )
+from arjax.losses.segmentation import (
+    DICE_THRESHOLD,
+    adi,
+    confusion_counts,
+    deep_supervision_loss,
+    dice_ce_loss,
+    dice_score,
+    hard_dice,
+    pixel_cross_entropy,
+    segmentation_correct,
+    soft_dice,
+    tvdi,
+)
 
 __all__ = [
+    "DICE_THRESHOLD",
     "HEAD_KINDS",
+    "adi",
+    "confusion_counts",
+    "deep_supervision_loss",
+    "dice_ce_loss",
+    "dice_score",
+    "hard_dice",
+    "pixel_cross_entropy",
+    "segmentation_correct",
+    "soft_dice",
+    "tvdi",
     "arfl_robust",
     "classification_loss",
     "head_kind",

@@ -5,7 +5,10 @@ arjax models emit one of three heads (see ``arjax.types``):
 * ``"softmax"``: logits ``[B, K]`` (``K > 1``) with integer class ids ``[B]``;
 * ``"binary"``: one logit per example, ``[B]`` or ``[B, 1]``, with labels ``[B]``
   in ``{0, 1}`` (int or float);
-* ``"multilabel"``: logits ``[B, C]`` with multi-hot labels ``[B, C]`` (sigmoid per class).
+* ``"multilabel"``: logits ``[B, C]`` with multi-hot labels ``[B, C]`` (sigmoid per class);
+* ``"segmentation"``: per-pixel logits ``[B, H, W, C]`` (``C >= 2``) with integer masks
+  ``[B, H, W]``: the loss is the pixel-mean cross-entropy and "correct" is IMA's rule,
+  Dice ``>= 0.6`` (:mod:`arjax.losses.segmentation`).
 
 Every function returns one value per example, ``[B]``; the caller reduces (DESIGN §3.5).
 The head type is decided from static shapes and dtypes, so the checks run at trace time.
@@ -15,9 +18,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from arjax.losses.segmentation import (
+    DICE_THRESHOLD,
+    pixel_cross_entropy,
+    segmentation_correct,
+)
 from arjax.types import Array
 
-HEAD_KINDS = ("softmax", "binary", "multilabel")
+HEAD_KINDS = ("softmax", "binary", "multilabel", "segmentation")
 
 
 def head_kind(logits: Array, labels: Array) -> str:
@@ -27,10 +35,12 @@ def head_kind(logits: Array, labels: Array) -> str:
       logits: ``[B, K]`` softmax logits (``K > 1``), ``[B]`` or ``[B, 1]`` single binary
         logits, or ``[B, C]`` multi-label logits.
       labels: ``[B]`` integer class ids (softmax), ``[B]`` values in ``{0, 1}`` (binary),
-        or ``[B, C]`` multi-hot (multi-label, same shape as ``logits``).
+        or ``[B, C]`` multi-hot (multi-label, same shape as ``logits``); per-pixel logits
+        ``[B, H, W, C]`` with integer masks ``[B, H, W]`` are a segmentation head.
 
     Returns:
-      One of ``HEAD_KINDS``: ``"softmax"``, ``"binary"`` or ``"multilabel"``.
+      One of ``HEAD_KINDS``: ``"softmax"``, ``"binary"``, ``"multilabel"`` or
+      ``"segmentation"``.
 
     Raises:
       ValueError: if the shapes do not match any head, with both shapes in the message.
@@ -39,6 +49,13 @@ def head_kind(logits: Array, labels: Array) -> str:
     what = f"logits {lshape} and labels {yshape}"
     if len(lshape) == 0 or len(yshape) == 0 or lshape[0] != yshape[0]:
         raise ValueError(f"{what}: need a leading batch dimension of the same size.")
+    if len(lshape) >= 3 and yshape == lshape[:-1] and lshape[-1] >= 2:
+        if not jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
+            raise ValueError(
+                f"{what}: segmentation masks must be integer class ids (got dtype "
+                f"{jnp.asarray(labels).dtype})."
+            )
+        return "segmentation"
     if len(lshape) == 1:
         if len(yshape) == 1:
             return "binary"
@@ -58,7 +75,8 @@ def head_kind(logits: Array, labels: Array) -> str:
     raise ValueError(
         f"{what} match no head. Expected one of: logits [B, K>1] with integer labels [B] "
         "(softmax); logits [B] or [B, 1] with labels [B] (binary); logits [B, C] with "
-        "multi-hot labels [B, C] (multi-label)."
+        "multi-hot labels [B, C] (multi-label); logits [B, H, W, C>1] with integer masks "
+        "[B, H, W] (segmentation)."
     )
 
 
@@ -93,7 +111,7 @@ def sigmoid_binary_cross_entropy(logits: Array, labels: Array) -> Array:
     """
     labels = jnp.asarray(labels)
     kind = head_kind(logits, labels)
-    if kind == "softmax":
+    if kind in ("softmax", "segmentation"):
         raise ValueError(
             f"sigmoid_binary_cross_entropy got logits {logits.shape} with class-id labels "
             f"{jnp.shape(labels)}: pass multi-hot labels [B, C] or a single logit [B]."
@@ -150,7 +168,8 @@ def classification_loss(logits: Array, labels: Array) -> Array:
     """The default per-example loss for any head: softmax CE or (multi-label) sigmoid BCE.
 
     Dispatch (static, trace time): integer labels ``[B]`` with logits ``[B, K>1]`` ->
-    :func:`softmax_cross_entropy`; logits ``[B]`` or ``[B, 1]`` -> binary
+    :func:`softmax_cross_entropy`; masks ``[B, H, W]`` with logits ``[B, H, W, C]`` ->
+    :func:`arjax.losses.segmentation.pixel_cross_entropy`; logits ``[B]`` or ``[B, 1]`` -> binary
     :func:`sigmoid_binary_cross_entropy`; labels shaped like logits ``[B, C]`` -> multi-label
     BCE summed over classes.
 
@@ -164,20 +183,28 @@ def classification_loss(logits: Array, labels: Array) -> Array:
     Raises:
       ValueError: if the shapes match no head.
     """
-    if head_kind(logits, labels) == "softmax":
+    kind = head_kind(logits, labels)
+    if kind == "softmax":
         return softmax_cross_entropy(logits, labels)
+    if kind == "segmentation":
+        return pixel_cross_entropy(logits, labels)
     return sigmoid_binary_cross_entropy(logits, labels)
 
 
-def predictions_correct(logits: Array, labels: Array) -> Array:
+def predictions_correct(
+    logits: Array, labels: Array, *, dice_threshold: float = DICE_THRESHOLD
+) -> Array:
     """Whether each example is classified correctly.
 
     Softmax: ``argmax(logits) == label``. Single binary logit: ``(logit > 0) == label``.
     Multi-label: every one of the C classes right (``(z_c > 0) == y_c`` for all c).
+    Segmentation: the sample's Dice (mean over foreground classes) is at least
+    ``dice_threshold`` (IMA's segmentation rule, 0.6 in the paper).
 
     Args:
-      logits: float ``[B, K]``, ``[B]``, ``[B, 1]`` or ``[B, C]``.
-      labels: int ``[B]``, ``[B]`` in ``{0, 1}``, or multi-hot ``[B, C]``.
+      logits: float ``[B, K]``, ``[B]``, ``[B, 1]``, ``[B, C]`` or ``[B, H, W, C]``.
+      labels: int ``[B]``, ``[B]`` in ``{0, 1}``, multi-hot ``[B, C]`` or masks ``[B, H, W]``.
+      dice_threshold: the Dice a segmentation counts as correct from (other heads ignore it).
 
     Returns:
       bool ``[B]``.
@@ -186,6 +213,8 @@ def predictions_correct(logits: Array, labels: Array) -> Array:
     kind = head_kind(logits, labels)
     if kind == "softmax":
         return jnp.argmax(logits, axis=-1) == labels
+    if kind == "segmentation":
+        return segmentation_correct(logits, labels, dice_threshold)
     if kind == "binary":
         z = _binary_logits(logits)
         return (z > 0) == (jnp.reshape(labels, z.shape) > 0.5)

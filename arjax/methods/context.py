@@ -8,6 +8,7 @@ method decides weighting and reduction exactly as its paper writes them
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -23,6 +24,8 @@ from arjax.types import Array, PRNGKey, PyTree
 CLS_LOSSES: dict[str, Callable[[Array, Array], Array]] = {
     "ce": losses.classification_loss,
     "weighted_bce": losses.weighted_bce,
+    # nnU-Net's segmentation loss: pixel-mean CE + (1 - soft Dice), per example
+    "dice_ce": losses.dice_ce_loss,
 }
 # Attacks a training method can use (inside the loss); all run via attacks.run_attack.
 ATTACKS = ("fgsm", "pgd")
@@ -45,6 +48,20 @@ class MethodContext:
     def cls_loss(self, logits: Array, labels: Array) -> Array:
         """Per-example classification loss ``[B]`` named by ``method.cls_loss``."""
         return CLS_LOSSES[self.cfg.get("cls_loss", "ce")](logits, labels)
+
+    def correct(self, logits: Array, labels: Array) -> Array:
+        """Whether each sample is correct, ``[B]``, under ``method.dice_threshold``.
+
+        A segmentation sample is correct when its Dice is at least ``method.dice_threshold``
+        (IMA's segmentation rule; 0.6 when the method has no such field); other heads
+        ignore the threshold.
+        """
+        return self.correct_fn()(logits, labels)
+
+    def correct_fn(self) -> Callable[[Array, Array], Array]:
+        """:meth:`correct` as a function ``(logits, labels) -> bool [B]`` (for BPGD)."""
+        threshold = float(self.cfg.get("dice_threshold", losses.DICE_THRESHOLD))
+        return functools.partial(losses.predictions_correct, dice_threshold=threshold)
 
     def attack(
         self,
@@ -82,7 +99,8 @@ class MethodContext:
         """BPGD (:func:`arjax.attacks.bpgd`) inside the per-sample radii ``eps`` ``[B]``.
 
         The search's fields are ``method.{num_steps, num_bisections, alpha, norm,
-        attack_loss, random_start, bracket, side}`` (IMA, MMA); the model runs in eval
+        attack_loss, random_start, bracket, side}`` (IMA, MMA), "correct" is
+        :meth:`correct` (Dice >= ``method.dice_threshold`` for segmentation); the model runs in eval
         mode unless ``method.attack_train_mode``. ``clean_logits`` ``[B, ...]`` are the
         loss's train-mode logits at ``x``: BPGD reuses them to find the samples
         misclassified at ``x`` (saving a forward pass) only where they are what the
@@ -112,6 +130,7 @@ class MethodContext:
             side=cfg.side,
             clean_logits=clean_logits if same_mode else None,
             extend_to=extend_to,
+            correct_fn=self.correct_fn(),
         )
 
     def attack_spec(self) -> attacks.AttackSpec:

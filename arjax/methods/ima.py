@@ -33,6 +33,17 @@ also from a random start in high dimension. ``bracket="recorded"`` is Alg. 3 rea
 literally (adjacent PGD iterates), whose boundary point lies ~``eps`` from ``x`` after a
 random start, so that margins only grow or hold.
 
+Segmentation (Ma et al., "Experiments on Segmentation"; a U-Net on masks): a sample is
+"correct" when its Dice is at least ``method.dice_threshold`` (0.6), for the X0/X1 split,
+BPGD's crossing and bisection, and Alg. 2; ``method.shrink_misclassified=True`` is the
+paper's change of Alg. 2 for segmentation ("the re-initialize operation (Line 4) ... is
+replaced by refine/shrink (Line 8)", because nnU-Net's augmentation makes a sample look
+misclassified now and then): arjax reads it as a misclassified sample's margin
+shrinking by one step, ``eps - delta`` (floored at ``delta``), instead of dropping to
+``delta``; the text gives no formula (Line 8 needs a boundary point, which a sample
+already misclassified at ``x`` has not). ``configs/segmentation_ima.py`` sets it, with
+the L2 norm of the paper's segmentation experiments.
+
 Paper defaults: beta = 0.5, N_PGD = 20, N_binary = 10, alpha = 4, attacks in
 eval mode, margins after each epoch. Options reproducing the authors' public code:
 ``bracket = "clean_to_last"``, ``margin_momentum < 1`` (running average),
@@ -43,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from arjax import attacks, losses, margins
+from arjax import attacks, margins
 from arjax.config_lib import check_choice, check_range
 from arjax.methods.context import MethodContext, attack_logits_fn, validate_common
 
@@ -73,7 +84,7 @@ def loss(ctx: MethodContext, params, batch_stats, batch, key):
     x, y, eps = batch["image"], batch["label"], batch["margin"]
     beta = cfg.beta
     logits, _, stats = ctx.model.apply(params, batch_stats, x, train=True)
-    correct = losses.predictions_correct(jax.lax.stop_gradient(logits), y)
+    correct = ctx.correct(jax.lax.stop_gradient(logits), y)
     ce = ctx.cls_loss(logits, y)
     l0 = jnp.sum(jnp.where(correct, 0.0, ce))
     l1 = jnp.sum(jnp.where(correct, ce, 0.0))
@@ -118,7 +129,7 @@ def estimate_margins(ctx: MethodContext, params, batch_stats, batch, key):
     x, y, eps = batch["image"], batch["label"], batch["margin"]
     f = attack_logits_fn(ctx.model, params, batch_stats, ctx.cfg.attack_train_mode)
     logits = f(x)
-    correct = losses.predictions_correct(logits, y)
+    correct = ctx.correct(logits, y)
     found = ctx.boundary_search(
         params, batch_stats, x, y, key, eps, logits, logits_in_attack_mode=True
     )
@@ -136,6 +147,7 @@ def _updated(cfg, eps, correct, found: attacks.BoundaryResult):
         eps_max=cfg.eps_max,
         momentum=cfg.margin_momentum,
         reset_misclassified=cfg.reset_misclassified,
+        shrink_misclassified=cfg.get("shrink_misclassified", False),
     )
 
 
@@ -159,6 +171,11 @@ def defaults() -> dict:
         margin_momentum=1.0,
         reset_misclassified=True,
         attack_train_mode=False,
+        # segmentation (Ma et al., Experiments on Segmentation): "correct" = Dice >= this
+        dice_threshold=0.6,
+        # segmentation: a misclassified sample's margin shrinks by delta instead of the
+        # re-initialisation to delta (Alg. 2 line 4 "replaced by refine/shrink")
+        shrink_misclassified=False,
     )
 
 
@@ -178,6 +195,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     check_range(cfg, "method.num_bisections", 0, integer=True)
     check_range(cfg, "method.alpha", 0.0, lo_open=True)
     check_range(cfg, "method.margin_momentum", 0.0, 1.0, lo_open=True)
+    if "dice_threshold" in cfg.method:
+        check_range(cfg, "method.dice_threshold", 0.0, 1.0)
     check_choice(cfg, "method.norm", attacks.NORMS)
     check_choice(cfg, "method.attack_loss", ("ce", "margin"))
     check_choice(cfg, "method.bracket", attacks.BRACKETS)

@@ -8,6 +8,9 @@ Registered ``model.name`` values:
   and demos (fields ``widths``, ``input_norm``, ``num_outputs``, ``binary_head``).
 * ``"ima_cnn"``: the IMA paper's image CNNs, ``model.variant`` picks
   ``"fmnist"`` (Fashion-MNIST, 28x28x1) or ``"svhn"`` (SVHN, 32x32x3).
+* ``"unet"``: ``UNet``, the nnU-Net-style 2-D segmentation U-Net (``unet.py``; fields
+  ``widths``, ``convs_per_stage``, ``negative_slope``, ``deep_supervision``,
+  ``input_norm``), logits ``[B, H, W, C]`` per pixel.
 * ``"resnet18"``, ``"resnet50"``, ``"densenet121"``, ``"densenet121_truncated"``
   (Khakzar et al.), ``"vgg16"``: torchvision's ImageNet networks on ``[H, W, C]``
   inputs (C = 1 or 3, H, W >= 32), returning ``features`` = the last
@@ -83,6 +86,7 @@ from arjax.models.pretrained import (
     torchvision_init,
 )
 from arjax.models.resnet import NORMS, BasicBlock, Bottleneck, ResNet, resnet
+from arjax.models.unet import UNet, build_unet
 from arjax.models.vgg import VGG, adaptive_avg_pool, vgg16
 
 _log = logging.getLogger(__name__)
@@ -192,6 +196,7 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     "mlp": _build_mlp,
     "ima_cnn": _build_ima_cnn,
     "cam_cnn": build_cam_cnn,
+    "unet": build_unet,
     **dict.fromkeys(TORCHVISION_MODELS, _build_torchvision),
 }
 
@@ -258,6 +263,7 @@ __all__ = [
     "ModelFns",
     "ResNet",
     "TruncatedDenseNet",
+    "UNet",
     "abstract_module",
     "adapt",
     "adaptive_avg_pool",
