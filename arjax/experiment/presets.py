@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
         prefetch=2,
         # train all seeds as one vmapped state in one compiled step (arjax.experiment.stacked)
         vmap_seeds=False,
+        # JAX's persistent compilation cache (arjax.compilation_cache): "auto" (next to
+        # the workdir, or $ARJAX_CACHE_DIR), "off", or a directory
+        compilation_cache="auto",
     )
     c.eval = dict(
         split="test",
