@@ -28,7 +28,7 @@ from arjax.experiment import setup, stacked, summary
 from arjax.experiment import workdir as workdir_lib
 from arjax.experiment.evaluate import evaluate_trained
 from arjax.experiment.phase_loop import NonFiniteLossError, PhaseLoop, Preempted
-from arjax.models import CONV_IMPLS, MODELS, ModelFns
+from arjax.models import CONV_IMPLS, DTYPES, MODELS, ModelFns
 from arjax.training import optim, schedule
 from arjax.training.checkpoint import BestCheckpoint, Checkpointer, PreemptionFlag
 
@@ -45,6 +45,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     check_choice(cfg, "model.name", MODELS)
     if "conv_impl" in cfg.model:
         check_choice(cfg, "model.conv_impl", CONV_IMPLS)
+    if "dtype" in cfg.model:
+        check_choice(cfg, "model.dtype", DTYPES)
     methods.validate(cfg)
     optim.validate(cfg)
     suite.validate(cfg)
