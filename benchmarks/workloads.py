@@ -342,6 +342,22 @@ VECTOR_FLAGS = (
 )  # fmt: skip
 
 
+def _cpu_id() -> str:
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model", "stepping") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip():
+                    break
+    except OSError:
+        return ""
+    return " ".join(f"{k} {v}" for k, v in fields.items())
+
+
 def _cpu_vendor() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -368,6 +384,8 @@ def machine() -> dict:
     return {
         "cpu": cpu,
         "vendor": _cpu_vendor(),
+        # a KVM guest may name only "AMD EPYC": family / model / stepping say which one
+        "cpu_id": _cpu_id(),
         # the vector extensions that decide which kernels XLA / oneDNN can use
         "cpu_flags": sorted(flags & set(VECTOR_FLAGS)),
         "cores": cores(),
