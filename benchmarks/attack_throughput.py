@@ -115,7 +115,7 @@ def _timed(s: wl.Setup, args, build) -> dict[str, dict]:
 def run_model(name: str, args) -> list[dict]:
     """All rows for one model, one result per XLA option set."""
     batch = args.batch or wl.default_batch(name)
-    s = wl.setup(name, batch, args.conv_impl)
+    s = wl.setup(name, batch, args.conv_impl, dtype=args.dtype)
     k, nb = args.steps, args.bisections
     per_options = _timed(s, args, wl.attack_workloads)
     train = {} if args.skip_train else _timed(s, args, wl.train_workloads)
@@ -138,7 +138,7 @@ def run_model(name: str, args) -> list[dict]:
             if not args.keep_times:
                 r.pop("times_s")
         results.append(
-            {"model": name, "batch": batch, "conv_impl": args.conv_impl,
+            {"model": name, "batch": batch, "conv_impl": args.conv_impl, "dtype": args.dtype,
              "xla_options": options, **groups}
         )  # fmt: skip
     return results
@@ -148,6 +148,7 @@ def print_table(result: dict) -> None:
     """One line per row: compile s, median ms, images/s, limit ratio."""
     print(
         f"\n{result['model']}  batch {result['batch']}  conv_impl {result['conv_impl']}"
+        f"  dtype {result['dtype']}"
         f"  xla options {result['xla_options']}  ({jax.default_backend()})"
     )
     _print_rows(result["rows"])
@@ -188,6 +189,9 @@ def main(argv=None):
         help="compile with arjax.jit (arjax's CPU options), plain jax.jit (XLA defaults), "
         "or both, timed interleaved",
     )  # fmt: skip
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="model.dtype"
+    )
     parser.add_argument("--skip-train", action="store_true", help="attacks only")
     parser.add_argument("--skip-autoattack", action="store_true", help="no APGD / AutoAttack group")
     parser.add_argument("--keep-times", action="store_true", help="every time in the JSON")

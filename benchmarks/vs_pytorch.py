@@ -31,6 +31,9 @@ import jax
 import numpy as np
 import workloads as wl
 
+# bfloat16 logits next to PyTorch's float32 ones: bf16's 8-bit mantissa, through the net.
+BF16_LOGITS_TOL = 5e-2
+
 try:
     import torch
     import torch_models as tm
@@ -108,14 +111,23 @@ def with_threads(fn, threads: int):
     return run
 
 
-def compare(s: wl.Setup, args) -> dict:
-    """Interleaved timings of every workload in arjax and PyTorch."""
+def compare(s: wl.Setup, args, s16: wl.Setup | None = None) -> dict:
+    """Interleaved timings of every workload in arjax and PyTorch.
+
+    ``s16``: the same model computing in bfloat16 (``model.dtype``); its rows
+    (``arjax_bf16``) join each group, with ``bf16_speedup`` = float32 time / bf16 time.
+    """
     net = tm.from_arjax(s)
     x, y = torch_batch(s)
     err = check_logits(s, net, x, args.logits_tol)
     k, nb = args.steps, args.bisections
     ours = wl.attack_workloads(s, k, nb)
     ours.update(wl.train_workloads(s, k, nb))
+    ours16 = {}
+    if s16 is not None:
+        err16 = check_logits(s16, net, x, BF16_LOGITS_TOL)
+        ours16 = wl.attack_workloads(s16, k, nb)
+        ours16.update(wl.train_workloads(s16, k, nb))
     batch = s.x.shape[0]
     print(
         f"\n{s.name}  batch {batch}  logits rel. err {err:.1e}  xla options {args.xla_options}",
@@ -127,19 +139,26 @@ def compare(s: wl.Setup, args) -> dict:
     for name, impls in theirs.items():
         if args.only and not re.search(args.only, name):
             continue
-        timed = wl.interleaved(
-            {"arjax": ours[name], **impls}, args.repeats, pause=args.pause, label=name
-        )
+        group = {"arjax": ours[name], **impls}
+        if ours16:
+            group["arjax_bf16"] = ours16[name]
+        timed = wl.interleaved(group, args.repeats, pause=args.pause, label=name)
         base = timed["arjax"]["step_s"]
         for impl, r in timed.items():
-            if impl != "arjax":
+            if impl == "arjax_bf16":
+                r["bf16_speedup"] = base / r["step_s"]
+            elif impl != "arjax":
                 r["speedup"] = r["step_s"] / base
             if not args.keep_times:
                 r.pop("times_s")
             sp = f"{r['speedup']:.2f}x" if "speedup" in r else ""
-            print(f"{name:<30}{impl:<24}{r['compile_s']:>10.2f}{1e3 * r['step_s']:>11.2f}{sp:>9}")
+            sp = f"{r['bf16_speedup']:.2f}x f32" if "bf16_speedup" in r else sp
+            print(f"{name:<30}{impl:<24}{r['compile_s']:>10.2f}{1e3 * r['step_s']:>11.2f}{sp:>14}")
         rows[name] = timed
-    return {"model": s.name, "batch": batch, "logits_rel_err": err, "rows": rows}
+    out = {"model": s.name, "batch": batch, "logits_rel_err": err, "rows": rows}
+    if s16 is not None:
+        out["logits_rel_err_bf16"] = err16
+    return out
 
 
 def main(argv=None):
@@ -153,6 +172,10 @@ def main(argv=None):
     parser.add_argument(
         "--xla-options", default="arjax", choices=wl.XLA_OPTIONS,
         help="compile with arjax.jit (arjax's CPU options) or plain jax.jit (XLA defaults)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "both"),
+        help="both: also time arjax with model.dtype='bfloat16' (rows arjax_bf16)",
     )  # fmt: skip
     parser.add_argument("--torch-threads", type=int, default=wl.cores(), help="default: cores")
     parser.add_argument("--one-thread", action="store_true", help="also time PyTorch on 1 thread")
@@ -176,7 +199,12 @@ def main(argv=None):
         if name not in tm.supported(wl.available_models()):
             sys.exit(f"model {name!r} not available; valid: {tm.supported(wl.available_models())}")
         batch = args.batch or wl.default_batch(name)
-        results.append(compare(wl.setup(name, batch, args.conv_impl), args))
+        s16 = (
+            wl.setup(name, batch, args.conv_impl, dtype="bfloat16")
+            if args.dtype == "both"
+            else None
+        )
+        results.append(compare(wl.setup(name, batch, args.conv_impl), args, s16))
     machine = wl.machine()
     machine.update(torch=torch.__version__, torch_threads=args.torch_threads)
     if torchattacks is not None:

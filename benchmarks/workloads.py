@@ -129,11 +129,16 @@ class Setup:
     eps_l2: float
 
 
-def setup(name: str, batch: int, conv_impl: str = "auto", seed: int = 0) -> Setup:
-    """Builds the named model (``conv_impl`` for its convolutions) and a random batch."""
+def setup(
+    name: str, batch: int, conv_impl: str = "auto", seed: int = 0, dtype: str = "float32"
+) -> Setup:
+    """Builds the named model (``conv_impl`` for its convolutions, ``dtype`` its compute
+    dtype; the same seed gives the same float32 weights for every dtype) and a random batch.
+    """
     cfg, shape, num_classes, bounds, eps, eps_l2 = MODELS[name]
+    cfg = ml_collections.ConfigDict({**cfg, "dtype": dtype})
     with conv_impl_scope(conv_impl):
-        model, params, stats = build_model(ml_collections.ConfigDict(cfg), shape, num_classes, seed)
+        model, params, stats = build_model(cfg, shape, num_classes, seed)
     rng = np.random.default_rng(seed)
     x = rng.random((batch, *shape), np.float32)
     if bounds is None:  # two-moons points live around [-1, 2] x [-0.5, 1]
@@ -344,19 +349,60 @@ def _cache_size(fn) -> int | None:
     return fn._cache_size() if hasattr(fn, "_cache_size") else None
 
 
+VECTOR_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+    "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
+)  # fmt: skip
+
+
+def _cpu_id() -> str:
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model", "stepping") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip():
+                    break
+    except OSError:
+        return ""
+    return " ".join(f"{k} {v}" for k, v in fields.items())
+
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("vendor_id"))
+    except (OSError, StopIteration):
+        return ""
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     import platform
 
+    import jaxlib
+
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+            lines = f.read().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if "model name" in line)
+        flags = set(next(ln.split(":", 1)[1] for ln in lines if ln.startswith("flags")).split())
     except (OSError, StopIteration):
         pass
     return {
         "cpu": cpu,
+        "vendor": _cpu_vendor(),
+        # a KVM guest may name only "AMD EPYC": family / model / stepping say which one
+        "cpu_id": _cpu_id(),
+        # the vector extensions that decide which kernels XLA / oneDNN can use
+        "cpu_flags": sorted(flags & set(VECTOR_FLAGS)),
         "cores": cores(),
+        "jaxlib": jaxlib.__version__,
         "backend": jax.default_backend(),
         "devices": len(jax.devices()),
         "jax": jax.__version__,

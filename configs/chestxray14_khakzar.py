@@ -61,7 +61,11 @@ def get_config(arg="fgsm0.005"):
         name="chestxray14", root="", image_size=224, val_fraction=0.1, seed=0, cache_dir=""
     )
     config.model = dict(
-        name="densenet121_truncated", pretrained="", num_outputs=0, conv_impl="auto"
+        name="densenet121_truncated",
+        pretrained="",
+        num_outputs=0,
+        conv_impl="auto",
+        dtype="float32",
     )
     config.method = _method(variant)
     config.optim.name = "sgd"

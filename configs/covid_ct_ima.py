@@ -33,7 +33,12 @@ def get_config(arg="ima"):
     config.name = f"covid_ct_ima:{variant}"
     config.data = dict(name="covid_ct", root="", image_size=224, channels=1, seed=0, cache_dir="")
     config.model = dict(
-        name="resnet18", norm="instance", pretrained="", num_outputs=2, conv_impl="auto"
+        name="resnet18",
+        norm="instance",
+        pretrained="",
+        num_outputs=2,
+        conv_impl="auto",
+        dtype="float32",
     )
     config.method = ima_experiment_method(variant)
     config.optim.learning_rate = 1e-3

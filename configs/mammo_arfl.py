@@ -106,7 +106,9 @@ def get_config(arg="dual_arfl"):
     )
     config.folds = 5
     config.cv = dict(mode="manifest", holdout="val")
-    config.model = dict(name="vgg16", pretrained="", num_outputs=1, conv_impl="auto")
+    config.model = dict(
+        name="vgg16", pretrained="", num_outputs=1, conv_impl="auto", dtype="float32"
+    )
     config.method = _method(variant)
     config.optim.name = "adam"
     config.optim.learning_rate = 1e-4

@@ -48,7 +48,9 @@ def get_config(arg="clean"):
     config.data = dict(
         name="synthetic_lesions", num_images=600, image_size=64, num_classes=2, seed=0, root=""
     )
-    config.model = dict(name="cam_cnn", widths=(16, 32, 64), num_outputs=1, conv_impl="auto")
+    config.model = dict(
+        name="cam_cnn", widths=(16, 32, 64), num_outputs=1, conv_impl="auto", dtype="float32"
+    )
     config.method = VARIANTS[variant]()
     config.optim.name = "adam"
     config.optim.learning_rate = 1e-3

@@ -2,11 +2,19 @@
 
 The flag must be set before JAX initialises its backends, hence at import
 time of this conftest (pytest imports it before any test module).
+
+The suite compiles through JAX's persistent compilation cache in
+``.pytest_cache/arjax`` (``$ARJAX_CACHE_DIR``, unless already set), so a second run of a
+test file loads most programs from disk instead of compiling them.
 """
 
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault(
+    "ARJAX_CACHE_DIR",
+    os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "arjax"),
+)
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
@@ -14,6 +22,10 @@ if "xla_force_host_platform_device_count" not in _flags:
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+from arjax import compilation_cache  # noqa: E402
+
+compilation_cache.enable("auto")
 
 import pytest  # noqa: E402
 from dependency_skips import ENV_VAR, enforce, extra_requirements  # noqa: E402

@@ -21,7 +21,7 @@ from flax import nnx
 
 from arjax.config_lib import ConfigError
 from arjax.experiment import train as loop
-from arjax.models import build_model
+from arjax.models import build_model, convolution
 from arjax.models.convolution import (
     CONV_IMPLS,
     conv2d,
@@ -191,6 +191,26 @@ def test_input_gradients_in_a_loop_use_hwio_kernels_on_cpu():
 
     assert dim_labels("auto") == {"b01f_01io->b01f"}
     assert "b01f_01oi->b01f" in dim_labels("xla")  # what the test guards against
+
+
+def test_strided_input_gradient_tiled_over_the_batch_equals_xla(monkeypatch):
+    # A 20-byte budget cuts the batch of 6 into tiles of 1 example (lax.map); 400 bytes
+    # (2 examples' im2col cotangent of 4x4x(3*3*3) floats = 1728 bytes each) gives 1.
+    assert convolution.batch_tile(6, 1728, 20) == 1
+    assert convolution.batch_tile(6, 1728, 4000) == 2
+    assert convolution.batch_tile(6, 1728, 1 << 20) == 6
+    x, kernel = _inputs(3, 7, 8, seed=4, batch=6)
+    g = jnp.asarray(np.random.default_rng(5).normal(size=(6, 4, 4, 4)), jnp.float32)
+
+    def input_grad(impl):
+        return jax.vjp(lambda x: conv2d(x, kernel, 2, 1, impl), x)[1](g)[0]
+
+    ref = input_grad("xla")
+    for budget in (20, 4000):
+        monkeypatch.setattr(convolution, "INPUT_GRAD_TILE_BYTES", budget)
+        text = jax.jit(lambda x: input_grad("patches")).lower(x).as_text()
+        assert "while" in text  # tiled
+        _close(jax.jit(lambda x: input_grad("patches"))(x), ref)
 
 
 def test_vmap_and_batch_independence():

@@ -45,7 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = dict(name="moons", sizes=dict(train=10000, test=1000), noise=0.2, seed=0)
     # layer_norm: per-hidden-layer flags, () for none; num_outputs: 0 = 1 logit for
     # two classes, else one per class; conv_impl: "auto", "xla" or "patches" for every
-    # convolution (arjax.models.layers.conv2d).
+    # convolution (arjax.models.layers.conv2d); dtype: compute dtype, "float32" or
+    # "bfloat16" (mixed precision, arjax.models.precision).
     c.model = dict(
         name="mlp",
         hidden=(10, 10),
@@ -53,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
         layer_norm=(),
         num_outputs=0,
         conv_impl="auto",
+        dtype="float32",
     )
     c.method = method_config("standard")
     c.optim = dict(
@@ -92,6 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
         prefetch=2,
         # train all seeds as one vmapped state in one compiled step (arjax.experiment.stacked)
         vmap_seeds=False,
+        # JAX's persistent compilation cache (arjax.compilation_cache): "auto" (next to
+        # the workdir, or $ARJAX_CACHE_DIR), "off", or a directory
+        compilation_cache="auto",
     )
     c.eval = dict(
         split="test",
@@ -225,7 +230,7 @@ def ima_image_config(arg: str, *, tfds_name: str, model_variant: str, image_shap
         splits=dict(train="train[:90%]", val="train[90%:]", test="test"),
         max_examples=0,
     )
-    config.model = dict(name="ima_cnn", variant=model_variant, conv_impl="auto")
+    config.model = dict(name="ima_cnn", variant=model_variant, conv_impl="auto", dtype="float32")
     config.method = ima_experiment_method(variant)
     config.optim.learning_rate = 1e-3
     config.train.batch_size = 128

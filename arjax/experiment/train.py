@@ -18,8 +18,8 @@ import jax
 import ml_collections
 import tqdm
 
+from arjax import compilation_cache, faults, methods, parallel
 from arjax import data as data_lib
-from arjax import faults, methods, parallel
 from arjax.config_lib import ConfigError, check_choice, check_range
 from arjax.data import folds as folds_lib
 from arjax.evaluation import report as report_lib
@@ -28,7 +28,7 @@ from arjax.experiment import setup, stacked, summary
 from arjax.experiment import workdir as workdir_lib
 from arjax.experiment.evaluate import evaluate_trained
 from arjax.experiment.phase_loop import NonFiniteLossError, PhaseLoop, Preempted
-from arjax.models import CONV_IMPLS, MODELS, ModelFns
+from arjax.models import CONV_IMPLS, DTYPES, MODELS, ModelFns
 from arjax.training import optim, schedule
 from arjax.training.checkpoint import BestCheckpoint, Checkpointer, PreemptionFlag
 
@@ -45,6 +45,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     check_choice(cfg, "model.name", MODELS)
     if "conv_impl" in cfg.model:
         check_choice(cfg, "model.conv_impl", CONV_IMPLS)
+    if "dtype" in cfg.model:
+        check_choice(cfg, "model.dtype", DTYPES)
     methods.validate(cfg)
     optim.validate(cfg)
     suite.validate(cfg)
@@ -56,6 +58,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     for field in ("log_every", "eval_every", "checkpoint_every", "num_workers", "prefetch"):
         check_range(cfg, f"train.{field}", 0, integer=True)
     check_range(cfg, "eval.max_examples", 0, integer=True)
+    try:
+        compilation_cache.cache_directory(cfg.train.get("compilation_cache", "auto"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.train.select_best not in ("", "val/loss"):
         raise ConfigError(
             f"unknown train.select_best {cfg.train.select_best!r}; valid choices: '', 'val/loss'"
@@ -230,6 +236,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) 
     if finished is not None:
         return finished
     workdir_lib.make_workdir(workdir)
+    try:
+        compilation_cache.enable(cfg.train.get("compilation_cache", "auto"), workdir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     with workdir_lib.WorkdirLock(workdir):
         return _run_locked(cfg, workdir, progress)
 

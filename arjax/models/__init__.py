@@ -38,6 +38,10 @@ implementation of all its ``Conv`` layers, ``"auto"`` (patches-based input
 gradient on the CPU backend, XLA's convolution elsewhere), ``"xla"`` or
 ``"patches"``; see ``arjax.models.layers.conv2d``.
 
+Every model takes ``model.dtype`` (optional, default ``"float32"``): the compute
+dtype, ``"float32"`` or ``"bfloat16"`` (mixed precision: bfloat16 network, float32
+parameters, optimiser state, losses and attacks; ``arjax.models.precision``).
+
 Every model takes ``model.dual_batch_norm`` (optional, default False): replace
 each batch norm by a clean/adversarial pair (DSBN, ``arjax.models.dual_norm``;
 the ``dsbn`` method needs it). The model must have batch norms: the ResNets
@@ -76,6 +80,7 @@ from arjax.models.layers import (
 )
 from arjax.models.mlp import ACTIVATIONS, MLP
 from arjax.models.outputs import FEATURES
+from arjax.models.precision import DTYPES
 from arjax.models.pretrained import (
     ImportReport,
     abstract_module,
@@ -209,7 +214,8 @@ def build_model(
     Args:
       cfg: the ``model`` config section; ``cfg.name`` picks from ``MODELS``;
         ``cfg.conv_impl`` (optional, default ``"auto"``, one of ``CONV_IMPLS``) is the
-        implementation of every ``Conv`` layer built.
+        implementation of every ``Conv`` layer built; ``cfg.dtype`` (optional, default
+        ``"float32"``, one of ``DTYPES``) the compute dtype.
       input_shape: per-example input shape, e.g. ``(2,)`` or ``(28, 28, 1)``.
       num_classes: number of classes of the data set.
       seed: parameter initialisation seed.
@@ -218,7 +224,8 @@ def build_model(
       ``(ModelFns, params, batch_stats)``.
 
     Raises:
-      ConfigError: for an unknown ``model.conv_impl`` (naming the valid choices), or
+      ConfigError: for an unknown ``model.conv_impl`` or ``model.dtype`` (naming the
+        valid choices), or
         ``model.dual_batch_norm`` on a model without batch norm.
     """
     if cfg.name not in MODELS:
@@ -228,6 +235,9 @@ def build_model(
         raise ConfigError(
             f"unknown model.conv_impl {conv_impl!r}; valid choices: {', '.join(CONV_IMPLS)}"
         )
+    dtype = cfg.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown model.dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
     with conv_impl_scope(conv_impl):
         module = MODELS[cfg.name](cfg, tuple(input_shape), num_classes, nnx.Rngs(params=seed))
     if cfg.get("dual_batch_norm", False):
@@ -235,7 +245,7 @@ def build_model(
             dualize(module)
         except ValueError as e:
             raise ConfigError(f"model.dual_batch_norm=True for model {cfg.name!r}: {e}") from None
-    return split_model(module)
+    return split_model(module, dtype=dtype)
 
 
 __all__ = [
@@ -243,6 +253,7 @@ __all__ = [
     "ARCHITECTURES",
     "BRANCHES",
     "CONV_IMPLS",
+    "DTYPES",
     "INPUT_NORMS",
     "MLP",
     "MODELS",

@@ -99,4 +99,4 @@ def adapt(
         )
     if params is None:
         raise ValueError("adapt(apply_fn): pass the parameter pytree as params=")
-    return FunctionModel(None, features, model), params, nnx.State({})
+    return FunctionModel(None, features, apply_fn=model), params, nnx.State({})

@@ -18,6 +18,13 @@ from flax import nnx
 from jax.tree_util import Partial
 
 from arjax.models.outputs import call_model, check_features
+from arjax.models.precision import (
+    DTYPES,
+    cast_floats,
+    check_dtype,
+    outputs_to_float32,
+    restore_dtypes,
+)
 from arjax.types import Array, LogitsFn, PyTree
 
 # The non-trainable state a forward pass updates (the ``batch_stats`` pytree).
@@ -34,10 +41,15 @@ class ModelFns:
         ``arjax.models.outputs.FEATURES``: ``"auto"`` (a returned pair is
         ``(logits, features)``, plain logits give None), ``"penultimate"`` (the input
         of the last ``nnx.Linear`` called) or None.
+      dtype: the compute dtype, a key of ``arjax.models.precision.DTYPES``
+        (``model.dtype``): ``"bfloat16"`` runs the network on bfloat16 copies of the
+        parameters, statistics and input and returns float32 logits and features
+        (parameters, their gradients and the updated statistics stay float32).
     """
 
     graphdef: nnx.GraphDef
     features: str | None = "auto"
+    dtype: str = "float32"
 
     def apply(
         self, params: PyTree, batch_stats: PyTree, x: Array, *, train: bool = False
@@ -62,14 +74,22 @@ class ModelFns:
         # copy=True: fresh Variables owned by the current trace. Without it a
         # BatchStat created at an outer trace level (jit) cannot be updated
         # inside jax.grad (flax raises TraceContextError).
+        stored_stats = batch_stats
+        if self.dtype != "float32":  # mixed precision: compute on low-precision copies
+            low = DTYPES[self.dtype]
+            params, batch_stats, x = cast_floats((params, batch_stats, x), low)
         model = nnx.merge(self.graphdef, params, batch_stats, copy=True)
         if train:
             model.train()
         else:
             model.eval()
         logits, features = call_model(model, x, self.features)
-        new_stats = nnx.state(model, MODEL_STATE) if train else batch_stats
-        return logits, features, new_stats
+        if self.dtype == "float32":
+            new_stats = nnx.state(model, MODEL_STATE) if train else batch_stats
+            return logits, features, new_stats
+        logits, features = outputs_to_float32(logits, features)
+        new_stats = nnx.state(model, MODEL_STATE) if train else stored_stats
+        return logits, features, restore_dtypes(new_stats, stored_stats)
 
     def logits_fn(self, params: PyTree, batch_stats: PyTree, *, train: bool = False) -> LogitsFn:
         """``images -> logits`` for attacks (statistics are not updated).
@@ -103,7 +123,7 @@ class _Logits:
 
 
 def split_model(
-    model: nnx.Module, *, features: str | None = "auto"
+    model: nnx.Module, *, features: str | None = "auto", dtype: str = "float32"
 ) -> tuple[ModelFns, PyTree, PyTree]:
     """Splits a built module into ``(ModelFns, params, batch_stats)``.
 
@@ -114,6 +134,7 @@ def split_model(
     Args:
       model: an NNX module returning logits or ``(logits, features)``, in any mode.
       features: see :class:`ModelFns`.
+      dtype: the compute dtype, see :class:`ModelFns` (parameters stay as built).
 
     Raises:
       ValueError: an unknown ``features``, or the module holds state other than
@@ -128,4 +149,5 @@ def split_model(
             f"model {type(model).__name__} holds state other than Param/BatchStat/RngState, "
             f"which arjax's pure steps would drop: {paths[:5]}"
         )
-    return ModelFns(graphdef, features), params, batch_stats
+    check_dtype(dtype)
+    return ModelFns(graphdef, features, dtype), params, batch_stats
