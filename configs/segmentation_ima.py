@@ -144,6 +144,7 @@ def get_config(arg="ima"):
         hidden=(),
         activation="relu",
         layer_norm=(),
+        dtype="float32",
     )
     config.method = segmentation_method(variant, eps_max)
     config.optim.learning_rate = 1e-3

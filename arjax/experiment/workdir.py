@@ -51,6 +51,7 @@ ADDED_FIELDS: dict[str, object] = {
     "train.vmap_seeds": False,
     "model.features_at": "post_activation",
     "method.robust_on": "features",
+    "model.dtype": "float32",
     "method.dice_threshold": 0.6,
     "method.shrink_misclassified": False,
 }
