@@ -114,7 +114,8 @@ def launch(*args, timeout=300):
         (
             "--config.data.name=mnist",
             "unknown data.name 'mnist'; valid choices: chestxray14, covid_ct, csv_manifest, "
-            "moons, synthetic_images",
+            "moons, msd, segmentation_folder, synthetic_images, synthetic_lesions, "
+            "synthetic_segmentation, tfds",
         ),
         ("--config.optim.name=lion", "valid choices: adam, adamw, sgd"),
         ("--config.method.r=2.0", "method.r=2.0 is out of range"),
