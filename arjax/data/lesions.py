@@ -36,6 +36,7 @@ under the cwd], ``num_images`` [600], ``image_size`` [64], ``num_classes`` [2],
 import json
 import os
 import shutil
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
@@ -175,26 +176,46 @@ def write_synthetic_lesions(
         num_images=num_images, image_size=image_size, num_classes=num_classes,
         multi_label=multi_label, seed=seed, version=1,
     )  # fmt: skip
+
+    def write(folder: str) -> None:
+        os.makedirs(os.path.join(folder, "images"))
+        _write(folder, params, names)
+
+    write_once(root, params, write)
+    return os.path.join(root, "manifest.csv")
+
+
+def write_once(root: str, params: dict, write: Callable[[str], None]) -> None:
+    """Makes the generated folder ``root`` unless it is there, then checks its parameters.
+
+    ``write(folder)`` fills a temporary sibling of ``root``; ``params.json`` is added
+    and the sibling renamed to ``root`` (safe against concurrent writers: the first
+    rename wins, the others drop their copy).
+
+    Raises:
+        ValueError: ``root`` holds a set made with other parameters (names its
+            ``params.json``).
+    """
     if not os.path.isdir(root):
         tmp = f"{root}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(os.path.join(tmp, "images"))
-        _write(tmp, params, names)
+        write(tmp)
+        with open(os.path.join(tmp, "params.json"), "w") as f:
+            json.dump(params, f)
         try:
             os.rename(tmp, root)
         except OSError:  # another process wrote it first
             shutil.rmtree(tmp, ignore_errors=True)
-    params_path = os.path.join(root, "params.json")
+    path = os.path.join(root, "params.json")
     found = None
-    if os.path.isfile(params_path):
-        with open(params_path) as f:
+    if os.path.isfile(path):
+        with open(path) as f:
             found = json.load(f)
     if found != params:
         raise ValueError(
-            f"{params_path}: the folder holds a synthetic set with parameters {found}, "
-            f"not {params}; choose another data.root or delete the folder"
+            f"{path}: the folder holds a synthetic set with parameters {found}, not "
+            f"{params}; choose another data.root or delete the folder"
         )
-    return os.path.join(root, "manifest.csv")
 
 
 def _write(folder: str, params: dict, names: tuple[str, ...]) -> None:
@@ -222,8 +243,6 @@ def _write(folder: str, params: dict, names: tuple[str, ...]) -> None:
     for name, lines in (("manifest.csv", manifest), ("boxes.csv", box_rows)):
         with open(os.path.join(folder, name), "w") as f:
             f.write("\n".join(lines) + "\n")
-    with open(os.path.join(folder, "params.json"), "w") as f:
-        json.dump(params, f)
 
 
 @register_dataset("synthetic_lesions")

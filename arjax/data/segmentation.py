@@ -26,15 +26,13 @@ mask without its image), image and mask of different height/width, images of dif
 sizes, mask values outside the class list (``data.label_names``), undecodable files.
 """
 
-import json
 import os
-import shutil
 
 import ml_collections
 import numpy as np
 from PIL import Image
 
-from arjax.data.lesions import LESION_SHAPES, background, lesion_mask
+from arjax.data.lesions import LESION_SHAPES, background, lesion_mask, write_once
 from arjax.data.manifest import config_int, config_optional_path
 from arjax.data.registry import DatasetSplits, register_dataset
 
@@ -243,36 +241,20 @@ def write_synthetic_segmentation(root: str, sizes: dict[str, int], params: dict)
     Raises:
       ValueError: ``root`` holds a set with other parameters (names ``params.json``).
     """
-    if not os.path.isdir(root):
-        tmp = f"{root}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def write(folder: str) -> None:
         rng = np.random.default_rng(params["seed"])
         for split in (s for s in SPLITS if s in sizes):  # a fixed order of the draws
-            n = sizes[split]
             for sub in ("images", "masks"):
-                os.makedirs(os.path.join(tmp, split, sub))
-            for i in range(n):
+                os.makedirs(os.path.join(folder, split, sub))
+            for i in range(sizes[split]):
                 image, mask = make_pair(
                     rng, params["image_size"], params["num_classes"], params["max_lesions"]
                 )
-                Image.fromarray(image).save(os.path.join(tmp, split, "images", f"{i:05d}.png"))
-                Image.fromarray(mask).save(os.path.join(tmp, split, "masks", f"{i:05d}.png"))
-        with open(os.path.join(tmp, "params.json"), "w") as f:
-            json.dump(params, f)
-        try:
-            os.rename(tmp, root)
-        except OSError:  # another process wrote it first
-            shutil.rmtree(tmp, ignore_errors=True)
-    path = os.path.join(root, "params.json")
-    found = None
-    if os.path.isfile(path):
-        with open(path) as f:
-            found = json.load(f)
-    if found != params:
-        raise ValueError(
-            f"{path}: the folder holds a synthetic set with parameters {found}, not "
-            f"{params}; choose another data.root or delete the folder"
-        )
+                Image.fromarray(image).save(os.path.join(folder, split, "images", f"{i:05d}.png"))
+                Image.fromarray(mask).save(os.path.join(folder, split, "masks", f"{i:05d}.png"))
+
+    write_once(root, params, write)
 
 
 @register_dataset("synthetic_segmentation")

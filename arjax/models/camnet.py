@@ -19,8 +19,8 @@ import ml_collections
 from flax import nnx
 
 from arjax.models.layers import (
-    INPUT_NORMS,
     Conv,
+    image_model_fields,
     input_norm_stats,
     linear,
     standardize,
@@ -95,17 +95,12 @@ def build_cam_cnn(
     Fields: ``widths`` [(16, 32, 64)], ``input_norm`` ["half"], ``num_outputs`` /
     ``binary_head`` (as for the torchvision models).
     """
-    widths = tuple(int(w) for w in cfg.get("widths", (16, 32, 64)))
-    if len(input_shape) != 3:
-        raise ValueError(f"model 'cam_cnn' needs [H, W, C] inputs, got {tuple(input_shape)}")
+    widths, input_norm = image_model_fields("cam_cnn", cfg, input_shape, "half")
     if min(input_shape[:2]) < 2 ** (len(widths) - 1):
         raise ValueError(
             f"model 'cam_cnn': input {tuple(input_shape)} is too small for "
             f"{len(widths) - 1} poolings (model.widths={widths})"
         )
-    input_norm = cfg.get("input_norm", "half")
-    if input_norm not in INPUT_NORMS:
-        raise ValueError(f"unknown model.input_norm {input_norm!r}; valid: {sorted(INPUT_NORMS)}")
     return CamCNN(
         widths,
         torchvision_num_outputs(cfg, num_classes),

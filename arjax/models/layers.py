@@ -24,6 +24,7 @@ bias; ``fan_in = in_channels * k * k`` (convolution) or ``in_features``.
 """
 
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -220,6 +221,29 @@ INPUT_NORMS: dict[str, NormStats | None] = {
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # (x - 0.5) / 0.5, IMA's COVID ResNet
     "none": None,
 }
+
+
+def image_model_fields(
+    name: str, cfg: ml_collections.ConfigDict, input_shape: Sequence[int], default_norm: str
+) -> tuple[tuple[int, ...], str]:
+    """``(model.widths, model.input_norm)`` of a small image network, checked.
+
+    Args:
+      name: the ``model.name``, for the messages.
+      cfg: the ``model`` config section (``widths`` default (16, 32, 64)).
+      input_shape: the per-example input shape, which must be ``[H, W, C]``.
+      default_norm: ``model.input_norm`` when the field is absent.
+
+    Raises:
+      ValueError: non-image inputs, or an unknown input norm (naming the valid ones).
+    """
+    widths = tuple(int(w) for w in cfg.get("widths", (16, 32, 64)))
+    if len(input_shape) != 3:
+        raise ValueError(f"model {name!r} needs [H, W, C] inputs, got {tuple(input_shape)}")
+    input_norm = cfg.get("input_norm", default_norm)
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"unknown model.input_norm {input_norm!r}; valid: {sorted(INPUT_NORMS)}")
+    return widths, input_norm
 
 
 def input_norm_stats(name: str, channels: int) -> NormStats | None:

@@ -34,9 +34,9 @@ import ml_collections
 from flax import nnx
 
 from arjax.models.layers import (
-    INPUT_NORMS,
     TORCH_NORM_EPS,
     Conv,
+    image_model_fields,
     input_norm_stats,
     standardize,
     torch_uniform_init,
@@ -202,18 +202,13 @@ def build_unet(
       ValueError: naming the field: non-image inputs, a size not divisible by the
         downsampling factor, a bad width list or input norm.
     """
-    widths = tuple(int(w) for w in cfg.get("widths", (16, 32, 64)))
-    if len(input_shape) != 3:
-        raise ValueError(f"model 'unet' needs [H, W, C] inputs, got {tuple(input_shape)}")
+    widths, input_norm = image_model_fields("unet", cfg, input_shape, "none")
     factor = 2 ** (len(widths) - 1)
     if input_shape[0] % factor or input_shape[1] % factor:
         raise ValueError(
             f"model 'unet': input {tuple(input_shape)} is not divisible by {factor}, the "
             f"downsampling of model.widths={widths}; valid: H and W multiples of {factor}"
         )
-    input_norm = cfg.get("input_norm", "none")
-    if input_norm not in INPUT_NORMS:
-        raise ValueError(f"unknown model.input_norm {input_norm!r}; valid: {sorted(INPUT_NORMS)}")
     num_outputs = int(cfg.get("num_outputs", 0) or 0)
     if num_outputs not in (0, num_classes):
         raise ValueError(
