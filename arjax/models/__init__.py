@@ -80,7 +80,7 @@ from arjax.models.layers import (
 )
 from arjax.models.mlp import ACTIVATIONS, MLP
 from arjax.models.outputs import FEATURES
-from arjax.models.precision import DTYPES
+from arjax.models.precision import DTYPES, check_dtype
 from arjax.models.pretrained import (
     ImportReport,
     abstract_module,
@@ -236,8 +236,10 @@ def build_model(
             f"unknown model.conv_impl {conv_impl!r}; valid choices: {', '.join(CONV_IMPLS)}"
         )
     dtype = cfg.get("dtype", "float32")
-    if dtype not in DTYPES:
-        raise ConfigError(f"unknown model.dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
+    try:
+        check_dtype(dtype)  # before the build; split_model checks callers that skip this
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     with conv_impl_scope(conv_impl):
         module = MODELS[cfg.name](cfg, tuple(input_shape), num_classes, nnx.Rngs(params=seed))
     if cfg.get("dual_batch_norm", False):
