@@ -70,3 +70,46 @@ def test_autoattack_rows_and_their_ratios(attack_throughput, tmp_path):
     unit, fwd = rows["forward+input_grad"]["step_s"], rows["forward"]["step_s"]
     assert aa["ideal_s"] == pytest.approx(9 * unit + 108 * fwd)
     assert aa["limit_ratio"] == pytest.approx(aa["ideal_s"] / aa["step_s"])
+
+
+@pytest.fixture
+def bench_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    imported = []
+
+    def load(name):
+        imported.append(name)
+        return __import__(name)
+
+    yield load
+    for name in (*imported, "workloads", "moons_arfl"):
+        sys.modules.pop(name, None)
+
+
+def test_roofline_counts_the_cnn_flops_and_the_pgd_budget(bench_module, tmp_path):
+    roofline = bench_module("roofline")
+    out = tmp_path / "roofline.json"
+    roofline.main(["--batch", "2", "--gemm", "64", "--repeats", "1",
+                   "--torch-pgd20-ms", "300", "--json", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    layers = result["layers"]
+    # fmnist: 28 -> 14 -> 7 -> 4 -> 1; conv 1 is 64 -> 128 channels, 5x5, 7x7 outputs
+    assert [r["output"] for r in layers] == [[14, 14, 64], [7, 7, 128], [4, 4, 256], [1, 1, 512]]
+    assert layers[1]["gflop"] == pytest.approx(2 * 2 * 7 * 7 * 25 * 64 * 128 / 1e9)
+    net = result["network"]
+    assert net["gflop"] == pytest.approx(2 * sum(r["gflop"] for r in layers))
+    assert result["pgd_iteration_budget_ms"] == pytest.approx(300 / 20 / 1.5)
+    for row in layers:
+        assert row["forward_ms"] > 0 and row["input_grad_gflops"] > 0
+    assert net["full_ms"] > 0 and net["convolutions_only_ms"] > 0
+
+
+def test_stacked_step_times_one_seed_against_the_stack(bench_module, tmp_path):
+    stacked_step = bench_module("stacked_step")
+    out = tmp_path / "stacked.json"
+    stacked_step.main(["--row", "adversarial", "--seeds", "2", "--options", "ynn_off",
+                       "--repeats", "1", "--json", str(out)])  # fmt: skip
+    row = json.loads(out.read_text())["rows"]["ynn_off"]
+    assert row["ratio"] == pytest.approx(row["stacked_us_per_step"] / row["one_seed_us_per_step"])
+    with pytest.raises(SystemExit, match="valid: default, ynn_off, individual_dot"):
+        stacked_step.main(["--options", "fast"])
