@@ -101,6 +101,57 @@ def test_mlp_features_before_the_activation_are_the_pre_relu_values():
         MLP(2, (4,), features_at="logit", rngs=nnx.Rngs(0))
 
 
+@pytest.mark.parametrize(
+    "hidden,outputs,features_at",
+    [
+        ((10, 10), 1, "post_activation"),
+        ((10, 10), 1, "pre_activation"),
+        ((7,), 3, "post_activation"),
+        ((), 1, "post_activation"),
+    ],
+)
+def test_mlp_feature_major_path_equals_the_layer_by_layer_network(hidden, outputs, features_at):
+    """The norm-free MLP runs on ``[width, B]`` activations; values and gradients are those
+    of ``nnx.Linear`` applied layer by layer on ``[B, width]``, and a module whose head is
+    tapped (``features="penultimate"``) takes the batch-major path and still records it."""
+    from flax import nnx
+
+    from arjax.models import split_model
+    from arjax.models.mlp import MLP
+
+    model = MLP(2, hidden, outputs, features_at=features_at, rngs=nnx.Rngs(3))
+    for i, layer in enumerate((*model.hidden, model.head)):  # biases start at zero
+        layer.bias.value = jax.random.normal(jax.random.key(10 + i), layer.bias.value.shape)
+    x = jax.random.normal(jax.random.key(1), (33, 2))
+
+    def reference(m, x, features_at=features_at):
+        h = pre = x
+        for layer in m.hidden:
+            pre = layer(h)
+            h = jax.nn.relu(pre)
+        z = m.head(h)
+        return (z[:, 0] if outputs == 1 else z), (pre if features_at == "pre_activation" else h)
+
+    (z, f), (z_ref, f_ref) = model(x), reference(model, x)
+    assert z.shape == z_ref.shape and f.shape == f_ref.shape == (33, (hidden or (2,))[-1])
+    np.testing.assert_allclose(z, z_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(f, f_ref, rtol=1e-5, atol=1e-6)
+
+    def loss(fn, m, x):
+        z, f = fn(m, x)
+        return jnp.sum(jnp.sin(z)) + jnp.sum(f**2)
+
+    g = jax.grad(lambda x: loss(lambda m, x: m(x), model, x))(x)
+    g_ref = jax.grad(lambda x: loss(reference, model, x))(x)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6)
+
+    fns, params, stats = split_model(model, features="penultimate")
+    z_tap, f_tap, _ = fns.apply(params, stats, x)
+    np.testing.assert_allclose(z_tap, z_ref, rtol=1e-5, atol=1e-6)
+    head_input = reference(model, x, "post_activation")[1]
+    np.testing.assert_allclose(f_tap, head_input, rtol=1e-5, atol=1e-6)
+
+
 def test_arfl_rejects_an_unknown_robust_on_naming_the_choices():
     from arjax import methods
     from arjax.config_lib import ConfigError

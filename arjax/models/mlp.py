@@ -15,6 +15,7 @@ norm, ``model.dual_batch_norm``) has batch norms to split on the two-moons data.
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from arjax.models.layers import batch_norm as torch_batch_norm
@@ -30,6 +31,11 @@ ACTIVATIONS = {
 
 # Readings of "the penultimate layer" (ARFL §3.1, §4.2): after or before its activation.
 FEATURES_AT = ("post_activation", "pre_activation")
+
+# Run norm-free MLPs feature-major (``MLP._feature_major``); read when a forward pass is
+# traced. False restores the batch-major loop, for A/B timing
+# (``benchmarks/stacked_step.py --layouts``); results agree up to float rounding.
+FEATURE_MAJOR = True
 
 
 class MLP(nnx.Module):
@@ -116,12 +122,48 @@ class MLP(nnx.Module):
         """
         act = ACTIVATIONS[self.activation]
         h = x.reshape(x.shape[0], -1)
+        layers = (*self.hidden, self.head)
+        plain = all(n is None for n in self.norms) and all(type(m) is nnx.Linear for m in layers)
+        if plain and FEATURE_MAJOR:
+            return self._feature_major(h, act)
+        pre = h  # no hidden layers: the features are the input
         for i, layer in enumerate(self.hidden):
             h = layer(h)
             if self.norms[i] is not None:
                 h = self.norms[i](h)
             pre, h = h, act(h)
-        logits = self.head(h)
+        return self._outputs(self.head(h), pre, h)
+
+    def _feature_major(self, x: Array, act) -> tuple[Array, Array]:
+        """The norm-free network on ``[width, B]`` activations (the batch minor).
+
+        Same values as the batch-major loop up to float rounding. XLA:CPU's
+        elementwise loops then run along the batch (hundreds of contiguous values)
+        instead of along rows of ``width`` values, which vectorise badly when the
+        width is small: the ARFL Table 1 train steps (2-10-10-1) run 1.15-1.4x
+        faster, the IMA 2-32-64-128-2 net without its norms the same
+        (``benchmarks/README.md``). Nets with norms stay batch-major: transposing
+        around each norm made IMA's Moons step 2x slower. So do modules whose layers
+        were swapped for wrappers (``features="penultimate"``'s taps, surgery): the
+        wrappers see ``[B, width]`` inputs.
+        """
+        h = pre = x.T  # no hidden layers: the features are the input
+        for layer in self.hidden:
+            pre = _linear_feature_major(layer, h)
+            h = act(pre)
+        logits = _linear_feature_major(self.head, h)
+        return self._outputs(logits.T, pre.T, h.T)
+
+    def _outputs(self, logits: Array, pre: Array, post: Array) -> tuple[Array, Array]:
+        """``(logits, features)`` from the head's output and the last hidden layer's."""
         if self.num_outputs == 1:
             logits = logits[:, 0]
-        return logits, (pre if self.features_at == "pre_activation" else h)
+        return logits, (pre if self.features_at == "pre_activation" else post)
+
+
+def _linear_feature_major(layer: nnx.Linear, h: Array) -> Array:
+    """``layer`` on feature-major activations: ``[in, B] -> [out, B]`` (``(h.T W + b).T``)."""
+    y = jnp.matmul(layer.kernel[...].T, h, precision=layer.precision)
+    if layer.bias is not None:
+        y = y + layer.bias[...][:, None]
+    return y
