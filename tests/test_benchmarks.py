@@ -108,8 +108,22 @@ def test_stacked_step_times_one_seed_against_the_stack(bench_module, tmp_path):
     stacked_step = bench_module("stacked_step")
     out = tmp_path / "stacked.json"
     stacked_step.main(["--row", "adversarial", "--seeds", "2", "--options", "ynn_off",
-                       "--repeats", "1", "--json", str(out)])  # fmt: skip
-    row = json.loads(out.read_text())["rows"]["ynn_off"]
-    assert row["ratio"] == pytest.approx(row["stacked_us_per_step"] / row["one_seed_us_per_step"])
+                       "--layouts", "feature_major,batch_major", "--repeats", "1",
+                       "--profile", "3", "--json", str(out)])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert set(result["rows"]) == {"feature_major/ynn_off", "batch_major/ynn_off"}
+    for row in result["rows"].values():
+        ratio = row["stacked_us_per_step"] / row["one_seed_us_per_step"]
+        assert row["ratio"] == pytest.approx(ratio)
+    profile = result["profile"]["2_stacked/feature_major/ynn_off"]
+    top = profile["top"]
+    assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1] > 0
+    assert profile["thunk_us_per_step"] >= sum(us for _, us, _ in top)
+    assert profile["thunks_per_step"] >= 3
+    from arjax.models import mlp
+
+    assert mlp.FEATURE_MAJOR  # the benchmark restores arjax's layout
     with pytest.raises(SystemExit, match="valid: default, ynn_off, individual_dot"):
         stacked_step.main(["--options", "fast"])
+    with pytest.raises(SystemExit, match="valid: feature_major, batch_major"):
+        stacked_step.main(["--layouts", "row_major"])
