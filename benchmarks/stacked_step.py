@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *states)
     valid = np.ones(k, bool)
 
-    workloads, keys = {}, []
+    workloads, keys, arjax_layout = {}, [], mlp.FEATURE_MAJOR
     for layout in layouts:
         mlp.FEATURE_MAJOR = LAYOUTS[layout]  # read at trace time: compile each layout now
         try:
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
                 workloads[f"{args.seeds}_stacked/{key}"] = (vmapped, (stacked, batches, valid))
                 keys.append(key)
         finally:
-            mlp.FEATURE_MAJOR = True
+            mlp.FEATURE_MAJOR = arjax_layout
     rows = wl.interleaved(workloads, args.repeats, label=f"{args.row}, {k} steps per call")
     out = {"machine": wl.machine(), "args": vars(args), "steps_per_call": k, "rows": {}}
     print(f"{args.row}: batch {batch}, {k} steps per call, median per step")

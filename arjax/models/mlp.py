@@ -15,7 +15,6 @@ norm, ``model.dual_batch_norm``) has batch norms to split on the two-moons data.
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from arjax.models.layers import batch_norm as torch_batch_norm
@@ -162,8 +161,16 @@ class MLP(nnx.Module):
 
 
 def _linear_feature_major(layer: nnx.Linear, h: Array) -> Array:
-    """``layer`` on feature-major activations: ``[in, B] -> [out, B]`` (``(h.T W + b).T``)."""
-    y = jnp.matmul(layer.kernel[...].T, h, precision=layer.precision)
-    if layer.bias is not None:
-        y = y + layer.bias[...][:, None]
-    return y
+    """``layer`` on feature-major activations: ``[in, B] -> [out, B]`` (``(h.T W + b).T``).
+
+    Uses the layer's own dtype promotion, ``dot_general``, precision and preferred
+    element type, as ``nnx.Linear.__call__`` does; only the contracted axes differ.
+    """
+    kernel = layer.kernel[...]
+    bias = layer.bias[...] if layer.bias is not None else None
+    h, kernel, bias = layer.promote_dtype((h, kernel, bias), dtype=layer.dtype)
+    extra = {}
+    if layer.preferred_element_type is not None:
+        extra["preferred_element_type"] = layer.preferred_element_type
+    y = layer.dot_general(kernel, h, (((0,), (0,)), ((), ())), precision=layer.precision, **extra)
+    return y if bias is None else y + bias[:, None]
