@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from report_pins import check_report
 
 from arjax.experiment import train as loop
 
@@ -46,6 +47,7 @@ def test_smoke_variant_runs_and_resumes(spec, tmp_path):
     report = loop.run(cfg, str(tmp_path / "run"), progress=False)
     assert (tmp_path / "run" / "report.json").exists()
     assert (tmp_path / "run" / "accuracy_vs_eps.png").stat().st_size > 0
+    check_report(spec, report)  # the numbers of the code before the redesign
     summary = report["summary"]
     assert 0.0 <= summary["clean/accuracy"]["mean"] <= 1.0
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().count("\n")

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from report_pins import check_report
 from test_configs import load
 
 from arjax import compare as compare_cli
@@ -26,6 +27,7 @@ def test_smoke_trains_resumes_evaluates_and_compares(tmp_path):
     cfg = _smoke(tmp_path)
     run = str(tmp_path / "run")
     report = loop.run(cfg, run, progress=False)
+    check_report("segmentation_ima.py:smoke", report)  # the numbers before the redesign
     for name in ("report.json", "accuracy_vs_eps.png", "segmentation_grid.png",
                  "dice_vs_eps.png", "margin_histogram.png"):  # fmt: skip
         assert os.path.getsize(os.path.join(run, name)) > 0, name
