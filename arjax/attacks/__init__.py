@@ -56,6 +56,7 @@ from arjax.attacks.registry import (
     register_attack,
     run_attack,
 )
+from arjax.attacks.selection import take_where_broken, worst_of_restarts
 from arjax.attacks.square import square, square_p
 
 __all__ = [
@@ -85,6 +86,8 @@ __all__ = [
     "parse_attack",
     "register_attack",
     "run_attack",
+    "take_where_broken",
+    "worst_of_restarts",
     "BPGD_LOSSES",
     "BRACKETS",
     "BoundaryResult",

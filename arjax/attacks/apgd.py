@@ -37,6 +37,7 @@ from arjax.attacks.objectives import (
     targeted_margin_objective,
 )
 from arjax.attacks.pgd import checked_logits_fn
+from arjax.attacks.registry import AttackDef, register_attack
 from arjax.losses.classification import head_kind, predictions_correct
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
@@ -383,3 +384,47 @@ def apgd(
       ValueError: unknown norm or loss, non-integer counts, ``random_start`` without key.
     """
     return apgd_result(logits_fn, x, y, key, **options).x_adv
+
+
+def _run_apgd(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
+    """Auto-PGD (Croce & Hein 2020) with ``spec.loss``; the initial step is 2 eps.
+
+    APGD adapts its own step, so the ``alpha * eps / steps`` rule (and the ``step_size``
+    argument) is not used; a spec that fixes ``step_size`` sets the initial step instead.
+    Targeted losses run ``spec.restarts`` starts for each of the ``DEFAULT_TARGETS`` (9)
+    highest other classes (at most K - 1) and keep each example's worst.
+    """
+    del step_size
+    return apgd(
+        logits_fn,
+        x,
+        y,
+        key,
+        eps=eps,
+        num_steps=spec.num_steps,
+        norm=spec.norm,
+        loss=spec.loss,
+        restarts=spec.restarts,
+        num_targets=DEFAULT_TARGETS,
+        random_start=spec.random_start,
+        bounds=bounds,
+        initial_step=spec.step_size,
+    )
+
+
+register_attack(
+    "apgd-ce",
+    AttackDef(_run_apgd, ("ce",), doc="Auto-PGD on the cross-entropy (Croce & Hein 2020)"),
+)
+register_attack(
+    "apgd-dlr",
+    AttackDef(_run_apgd, ("dlr",), doc="Auto-PGD on the DLR loss (Croce & Hein 2020)"),
+)
+register_attack(
+    "apgd-t",
+    AttackDef(
+        _run_apgd,
+        ("dlr-t", "margin-t"),
+        doc="targeted Auto-PGD over the 9 highest other classes, worst kept",
+    ),
+)

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from arjax.attacks.apgd import DEFAULT_TARGETS, apgd
+from arjax.attacks.registry import AttackDef, AttackRunner, register_attack
+from arjax.attacks.selection import take_where_broken
 from arjax.attacks.square import square
 from arjax.losses.classification import predictions_correct
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
@@ -124,26 +126,6 @@ def autoattack_members(
     )
 
 
-def take_where_broken(
-    logits_fn: LogitsFn, x_adv: Array, robust: Array, candidate: Array, y: Array
-) -> tuple[Array, Array]:
-    """Takes ``candidate`` for the examples it breaks among those still ``robust``.
-
-    Args:
-      logits_fn: inputs -> logits.
-      x_adv: ``[B, ...]`` current adversarial inputs.
-      robust: bool ``[B]``, still correctly classified so far.
-      candidate: ``[B, ...]`` the next attack's output.
-      y: labels ``[B]`` or ``[B, C]``.
-
-    Returns:
-      ``(x_adv, robust)`` updated.
-    """
-    broken = robust & ~predictions_correct(logits_fn(candidate), y)
-    x_adv = jnp.where(broken.reshape((-1,) + (1,) * (x_adv.ndim - 1)), candidate, x_adv)
-    return x_adv, robust & ~broken
-
-
 def autoattack_adversarial(
     logits_fn: LogitsFn,
     x: Array,
@@ -186,3 +168,36 @@ def autoattack_adversarial(
         x_adv, robust = take_where_broken(logits_fn, x_adv, robust, cand, y)
         history.append(robust)
     return x_adv, jnp.stack(history)
+
+
+def _autoattack_runner(version: str) -> AttackRunner:
+    def run(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
+        """AutoAttack: ``spec.num_steps`` APGD iterations, 50x as many Square queries."""
+        del step_size
+        members = autoattack_members(version, num_steps=spec.num_steps, restarts=spec.restarts)
+        x_adv, _ = autoattack_adversarial(
+            logits_fn, x, y, key, eps=eps, norm=spec.norm, bounds=bounds, members=members
+        )
+        return x_adv
+
+    return run
+
+
+register_attack(
+    "autoattack",
+    AttackDef(
+        _autoattack_runner("standard"),
+        ("ensemble",),
+        score_calibrated=False,
+        doc="AutoAttack: APGD-CE, APGD-T, APGD-T-margin (for FAB-T), Square",
+    ),
+)
+register_attack(
+    "autoattack-fast",
+    AttackDef(
+        _autoattack_runner("fast"),
+        ("ensemble",),
+        score_calibrated=False,
+        doc="APGD-CE then APGD-T over 3 targets (cheap, no Square)",
+    ),
+)

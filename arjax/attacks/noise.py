@@ -12,7 +12,8 @@ sample counts as broken when any of R draws flips it.
 import jax
 
 from arjax.attacks.geometry import clip_to_bounds, random_init
-from arjax.attacks.registry import AttackDef, register_attack, worst_of_restarts
+from arjax.attacks.registry import AttackDef, register_attack
+from arjax.attacks.selection import worst_of_restarts
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
 

@@ -23,12 +23,10 @@ from arjax.attacks.geometry import (
     random_init,
     step_direction,
 )
-from arjax.attacks.objectives import attack_objective, check_loss_name
+from arjax.attacks.objectives import LOSSES, attack_objective, check_loss_name
+from arjax.attacks.registry import DEFAULT_ALPHA, AttackDef, register_attack
+from arjax.attacks.selection import worst_of_restarts
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
-
-# The one step-size default of arjax: ``DEFAULT_ALPHA * eps / num_steps`` (IMA's alpha = 4,
-# used by every method and evaluation; Madry et al.'s 2.5 is ``step_size=2.5 * eps / k``).
-DEFAULT_ALPHA = 4.0
 
 
 def check_attack_args(
@@ -304,3 +302,42 @@ def fgsm(
         bounds=bounds,
         targeted=targeted,
     )
+
+
+def _run_pgd(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
+    """PGD (Madry et al.) with ``spec.restarts`` restarts; the first success is kept."""
+
+    def one(k):
+        return pgd(
+            logits_fn,
+            x,
+            y,
+            k,
+            eps=eps,
+            step_size=step_size,
+            num_steps=spec.num_steps,
+            norm=spec.norm,
+            loss=spec.loss,
+            random_start=spec.random_start,
+            bounds=bounds,
+        )
+
+    if spec.restarts == 1:
+        return one(key)
+    return worst_of_restarts(one, logits_fn, x, y, key, spec.restarts)
+
+
+def _run_fgsm(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
+    """FGSM (Goodfellow et al.): one full step of size eps, no random start."""
+    del key, step_size
+    return fgsm(logits_fn, x, y, eps=eps, norm=spec.norm, loss=spec.loss, bounds=bounds)
+
+
+register_attack(
+    "pgd",
+    AttackDef(_run_pgd, LOSSES, doc="projected gradient ascent, random start (Madry et al.)"),
+)
+register_attack(
+    "fgsm",
+    AttackDef(_run_fgsm, LOSSES, fixed_steps=1, doc="one signed step of size eps (Goodfellow)"),
+)

@@ -2,10 +2,12 @@
 
 Training methods (``method.attack``), the final evaluation (``eval.attacks``), the
 ``arjax-evaluate --attack`` flag and the benchmarks all name an attack the same way,
-``"name:norm:eps[:steps]"`` (e.g. ``"pgd:l2:0.5:100"``, ``"fgsm:linf:8/255"``,
-``"apgd-ce:l2:0.5"``, ``"square:linf:0.03:5000"``, ``"autoattack:linf:8/255"``), and all
-run it through :func:`run_attack`. Adding an attack is one module in ``arjax/attacks/``
-with a runner, one :func:`register_attack` call at the bottom of this file, and its tests.
+``"name:norm:eps[:steps][:key=value...]"`` (:mod:`arjax.attack_syntax`; e.g.
+``"pgd:l2:0.5:100"``, ``"fgsm:linf:8/255"``, ``"pgd:linf:0.03:10:alpha=2.5"``,
+``"square:linf:0.03:5000"``, ``"autoattack:linf:8/255"``), and all run it through
+:func:`run_attack`. Adding an attack is one module in ``arjax/attacks/`` whose runner is
+registered by a :func:`register_attack` call at the bottom of that module, one import in
+``arjax/attacks/__init__.py``, and its tests.
 
 The step-size rule is stated here once: a step of ``alpha * eps / steps`` with
 ``alpha = DEFAULT_ALPHA = 4`` (the IMA paper's convention, which every arjax caller has
@@ -13,31 +15,30 @@ used; Madry et al.'s 2.5 is ``alpha=2.5``), unless the spec fixes ``step_size``.
 """
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any, Protocol
 
-import jax
 import numpy as np
 
-from arjax.attacks.apgd import DEFAULT_TARGETS, apgd
-from arjax.attacks.ensemble import autoattack_adversarial, autoattack_members, take_where_broken
+from arjax import attack_syntax
+from arjax.attack_syntax import FORMAT
 from arjax.attacks.geometry import NORMS
-from arjax.attacks.objectives import LOSSES
-from arjax.attacks.pgd import DEFAULT_ALPHA, fgsm, pgd
-from arjax.attacks.square import square
-from arjax.losses import predictions_correct
+from arjax.config_lib import ConfigError
+from arjax.registry import Registry, closest
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
 _REQUIRED = ("attack", "norm", "eps", "num_steps")
-FORMAT = "attack:norm:eps[:steps], e.g. pgd:linf:0.01:20 or fgsm:linf:8/255"
+# The one step-size default of arjax: ``DEFAULT_ALPHA * eps / num_steps`` (IMA's alpha = 4,
+# used by every method and evaluation; Madry et al.'s 2.5 is ``alpha=2.5``).
+DEFAULT_ALPHA = 4.0
 
 
-class SpecError(ValueError):
+class SpecError(ConfigError):
     """An attack spec names an unknown attack/norm/loss or an out-of-range number.
 
-    ``arjax.config_lib.ConfigError`` subclasses ValueError too, and the callers that
-    read specs from a config re-raise this as a ConfigError naming the field.
+    A :class:`~arjax.config_lib.ConfigError`: callers that read specs from a config name
+    the field in ``where``.
     """
 
 
@@ -85,6 +86,19 @@ class AttackSpec:
         if isinstance(eps, np.ndarray):
             return (self.alpha * eps / self.num_steps).astype(np.float32)
         return self.alpha * eps / self.num_steps
+
+    @property
+    def text(self) -> str:
+        """The spec in the grammar of :mod:`arjax.attack_syntax` (reads back to ``self``)."""
+        steps = None if ATTACKS[self.attack].fixed_steps else self.num_steps
+        options = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in _REQUIRED and getattr(self, f.name) != f.default
+        }
+        if options.get("loss") == ATTACKS[self.attack].losses[0]:
+            del options["loss"]
+        return attack_syntax.format_spec(self.attack, self.norm, self.eps, steps, **options)
 
     def with_eps(self, eps: float) -> "AttackSpec":
         """The same attack at another radius."""
@@ -143,14 +157,13 @@ class AttackDef:
     doc: str = ""
 
 
-ATTACKS: dict[str, AttackDef] = {}
+# Attack name -> definition; each attack module registers its own at its bottom.
+ATTACKS: Registry[AttackDef] = Registry("attack", "attack")
 
 
-def register_attack(name: str, definition: AttackDef) -> None:
-    """Adds ``name`` to the registry (an error if it is taken)."""
-    if name in ATTACKS:
-        raise ValueError(f"attack {name!r} is registered twice")
-    ATTACKS[name] = definition
+def register_attack(name: str, definition: AttackDef) -> AttackDef:
+    """Adds ``name`` to the registry (a ValueError if it is taken)."""
+    return ATTACKS.register(name, definition)
 
 
 def parse_eps(value: Any, where: str) -> float:
@@ -174,11 +187,13 @@ def make_spec(
     **options: Any,
 ) -> AttackSpec:
     """A validated :class:`AttackSpec`; ``where`` is named in errors (a config field)."""
-    if attack not in ATTACKS:
-        valid = ", ".join(sorted(ATTACKS))
-        raise SpecError(f"unknown attack {attack!r} in {where}; valid choices: {valid}")
-    if norm not in NORMS:
-        raise SpecError(f"unknown norm {norm!r} in {where}; valid choices: {', '.join(NORMS)}")
+    for kind, value, valid in (("attack", attack, sorted(ATTACKS)), ("norm", norm, list(NORMS))):
+        if value not in valid:
+            near = closest(value, valid)
+            hint = f"; did you mean {near!r}?" if near else ""
+            raise SpecError(
+                f"unknown {kind} {value!r} in {where}; valid choices: {', '.join(valid)}{hint}"
+            )
     eps = parse_eps(eps, where)
     definition = ATTACKS[attack]
     try:
@@ -205,12 +220,13 @@ def make_spec(
 def parse_attack(
     spec: Any, *, default_steps: int, where: str = "eval.attacks", **options: Any
 ) -> AttackSpec:
-    """One spec: ``"attack:norm:eps[:steps]"`` or a mapping with those keys.
+    """One spec: ``"attack:norm:eps[:steps][:key=value...]"`` or a mapping with those keys.
 
     Args:
-      spec: e.g. ``"pgd:l2:0.5:50"``, ``"fgsm:linf:8/255"`` or
-        ``{"attack": "fgsm", "norm": "linf", "eps": 0.01}`` (a mapping may also set
-        ``loss``, ``alpha``, ``step_size``, ``restarts``, ``random_start``).
+      spec: e.g. ``"pgd:l2:0.5:50"``, ``"fgsm:linf:8/255"``, ``"pgd:linf:0.1:7:alpha=2.5"``
+        or ``{"attack": "fgsm", "norm": "linf", "eps": 0.01}`` (the ``key=value`` parts
+        and a mapping may also set ``loss``, ``alpha``, ``step_size``, ``restarts``,
+        ``random_start``).
       default_steps: steps when the spec gives none.
       where: the config field or flag named in errors.
       **options: defaults for the optional :class:`AttackSpec` fields.
@@ -231,11 +247,16 @@ def parse_attack(
         return make_spec(attack, norm, eps, steps, where=where, **{**options, **spec})
     if not isinstance(spec, str):
         raise SpecError(f"{where}={spec!r} must be a string {FORMAT}")
-    parts = spec.split(":")
-    if len(parts) not in (3, 4):
-        raise SpecError(f"{where}={spec!r} is not {FORMAT}")
-    steps = parts[3] if len(parts) == 4 else default_steps
-    return make_spec(parts[0], parts[1], parts[2], steps, where=where, **options)
+    try:
+        attack, norm, eps, steps, extra = attack_syntax.split_spec(spec)
+    except attack_syntax.SyntaxFormatError:
+        raise SpecError(f"{where}={spec!r} is not {FORMAT}") from None
+    known = {f.name for f in dataclasses.fields(AttackSpec)} - set(_REQUIRED)
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise SpecError(f"{where}={spec!r} has unknown options {unknown}; valid: {sorted(known)}")
+    steps = default_steps if steps is None else steps
+    return make_spec(attack, norm, eps, steps, where=where, **{**options, **extra})
 
 
 def run_attack(
@@ -274,153 +295,3 @@ def run_attack(
     return definition.runner(
         spec, logits_fn, x, y, key, eps=eps, step_size=step_size, bounds=bounds
     )
-
-
-def _run_pgd(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
-    """PGD (Madry et al.) with ``spec.restarts`` restarts; the first success is kept."""
-
-    def one(k):
-        return pgd(
-            logits_fn,
-            x,
-            y,
-            k,
-            eps=eps,
-            step_size=step_size,
-            num_steps=spec.num_steps,
-            norm=spec.norm,
-            loss=spec.loss,
-            random_start=spec.random_start,
-            bounds=bounds,
-        )
-
-    if spec.restarts == 1:
-        return one(key)
-    return worst_of_restarts(one, logits_fn, x, y, key, spec.restarts)
-
-
-def worst_of_restarts(one: Callable, logits_fn: LogitsFn, x, y, key, restarts: int):
-    """Runs ``one(key_r)`` per restart and keeps, per sample, the first that fools the model."""
-    best = one(jax.random.fold_in(key, 0))
-    robust = predictions_correct(logits_fn(best), y)
-    for r in range(1, restarts):
-        best, robust = take_where_broken(
-            logits_fn, best, robust, one(jax.random.fold_in(key, r)), y
-        )
-    return best
-
-
-def _run_fgsm(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
-    """FGSM (Goodfellow et al.): one full step of size eps, no random start."""
-    del key, step_size
-    return fgsm(logits_fn, x, y, eps=eps, norm=spec.norm, loss=spec.loss, bounds=bounds)
-
-
-register_attack(
-    "pgd",
-    AttackDef(_run_pgd, LOSSES, doc="projected gradient ascent, random start (Madry et al.)"),
-)
-register_attack(
-    "fgsm",
-    AttackDef(_run_fgsm, LOSSES, fixed_steps=1, doc="one signed step of size eps (Goodfellow)"),
-)
-
-
-def _run_apgd(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
-    """Auto-PGD (Croce & Hein 2020) with ``spec.loss``; the initial step is 2 eps.
-
-    APGD adapts its own step, so the ``alpha * eps / steps`` rule (and the ``step_size``
-    argument) is not used; a spec that fixes ``step_size`` sets the initial step instead.
-    Targeted losses run ``spec.restarts`` starts for each of the ``DEFAULT_TARGETS`` (9)
-    highest other classes (at most K - 1) and keep each example's worst.
-    """
-    del step_size
-    return apgd(
-        logits_fn,
-        x,
-        y,
-        key,
-        eps=eps,
-        num_steps=spec.num_steps,
-        norm=spec.norm,
-        loss=spec.loss,
-        restarts=spec.restarts,
-        num_targets=DEFAULT_TARGETS,
-        random_start=spec.random_start,
-        bounds=bounds,
-        initial_step=spec.step_size,
-    )
-
-
-def _run_square(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
-    """Square Attack (Andriushchenko et al. 2020) with ``spec.num_steps`` queries."""
-    del step_size
-    return square(
-        logits_fn,
-        x,
-        y,
-        key,
-        eps=eps,
-        num_queries=spec.num_steps,
-        norm=spec.norm,
-        restarts=spec.restarts,
-        bounds=bounds,
-    )
-
-
-def _autoattack_runner(version: str) -> AttackRunner:
-    def run(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
-        """AutoAttack: ``spec.num_steps`` APGD iterations, 50x as many Square queries."""
-        del step_size
-        members = autoattack_members(version, num_steps=spec.num_steps, restarts=spec.restarts)
-        x_adv, _ = autoattack_adversarial(
-            logits_fn, x, y, key, eps=eps, norm=spec.norm, bounds=bounds, members=members
-        )
-        return x_adv
-
-    return run
-
-
-register_attack(
-    "apgd-ce",
-    AttackDef(_run_apgd, ("ce",), doc="Auto-PGD on the cross-entropy (Croce & Hein 2020)"),
-)
-register_attack(
-    "apgd-dlr",
-    AttackDef(_run_apgd, ("dlr",), doc="Auto-PGD on the DLR loss (Croce & Hein 2020)"),
-)
-register_attack(
-    "apgd-t",
-    AttackDef(
-        _run_apgd,
-        ("dlr-t", "margin-t"),
-        doc="targeted Auto-PGD over the 9 highest other classes, worst kept",
-    ),
-)
-register_attack(
-    "square",
-    AttackDef(
-        _run_square,
-        ("margin",),
-        gradient_free=True,
-        doc="Square Attack, score-based random search; steps = queries",
-    ),
-)
-register_attack(
-    "autoattack",
-    AttackDef(
-        _autoattack_runner("standard"),
-        ("ensemble",),
-        score_calibrated=False,
-        doc="AutoAttack: APGD-CE, APGD-T, APGD-T-margin (for FAB-T), Square",
-    ),
-)
-register_attack(
-    "autoattack-fast",
-    AttackDef(
-        _autoattack_runner("fast"),
-        ("ensemble",),
-        score_calibrated=False,
-        doc="APGD-CE then APGD-T over 3 targets (cheap, no Square)",
-    ),
-)

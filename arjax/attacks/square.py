@@ -22,6 +22,7 @@ from jax import lax
 from arjax.attacks.geometry import check_norm_name, clip_to_bounds, per_sample, project
 from arjax.attacks.objectives import worst_label_margin
 from arjax.attacks.pgd import checked_logits_fn
+from arjax.attacks.registry import AttackDef, register_attack
 from arjax.losses.classification import predictions_correct
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
@@ -301,3 +302,30 @@ def square(
     init = (img, jnp.zeros(shape[:1], bool), jnp.full(shape[:1], -jnp.inf, x.dtype))
     x_adv, _, _ = lax.fori_loop(0, restarts, run, init)
     return lax.stop_gradient(x_adv.reshape(shape))
+
+
+def _run_square(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
+    """Square Attack (Andriushchenko et al. 2020) with ``spec.num_steps`` queries."""
+    del step_size
+    return square(
+        logits_fn,
+        x,
+        y,
+        key,
+        eps=eps,
+        num_queries=spec.num_steps,
+        norm=spec.norm,
+        restarts=spec.restarts,
+        bounds=bounds,
+    )
+
+
+register_attack(
+    "square",
+    AttackDef(
+        _run_square,
+        ("margin",),
+        gradient_free=True,
+        doc="Square Attack, score-based random search; steps = queries",
+    ),
+)

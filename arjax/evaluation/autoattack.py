@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from arjax.attacks.apgd import DEFAULT_TARGETS
-from arjax.attacks.ensemble import EnsembleMember, autoattack_members, take_where_broken
+from arjax.attacks.ensemble import EnsembleMember, autoattack_members
+from arjax.attacks.selection import take_where_broken
 from arjax.losses import predictions_correct
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
