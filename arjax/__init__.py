@@ -8,6 +8,7 @@ Public API (DESIGN §8)::
     curve = arjax.evaluation.robust_accuracy(logits_fn, x, y, key, eps=(0.0, 0.1))
     attack = arjax.jit(lambda x, y, key: arjax.attacks.pgd(logits_fn, x, y, key, eps=0.03))
     # arjax.jit: jax.jit plus arjax's XLA options for the CPU backend (arjax.compilation).
+    run = arjax.load_run("runs/quickstart")  # config, data, method, model, restored state
 """
 
 import importlib
@@ -27,6 +28,7 @@ _LAZY = {
     "compiler_options": ("arjax.compilation", "compiler_options"),
     "jit": ("arjax.compilation", "jit"),
     "base_config": ("arjax.experiment.presets", "base_config"),
+    "load_run": ("arjax.experiment.runs", "load_run"),
 }
 
 
@@ -51,6 +53,7 @@ __all__ = [
     "compiler_options",
     "evaluation",
     "jit",
+    "load_run",
     "losses",
     "methods",
     "models",

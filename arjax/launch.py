@@ -23,7 +23,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from arjax import cli, distributed
+from arjax.attack_syntax import FORMAT
 from arjax.config_lib import ConfigError
+from arjax.experiment.migrate import RENAMED_FIELDS
+from arjax.methods.sections import ATTACK_ALIASES
 
 PROG = "arjax-train"
 
@@ -109,11 +112,29 @@ def preflight(args: Sequence[str]) -> None:
             _check_field(config, a[len("--config.") :].split("=", 1)[0])
 
 
+def _has(config, dotted: str) -> bool:
+    node = config
+    for part in dotted.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def _check_field(config, dotted: str) -> None:
     """Raises a UsageError naming ``dotted``'s first unknown part and the nearest field."""
+    if dotted in RENAMED_FIELDS and not _has(config, dotted):
+        raise cli.UsageError(
+            f"flag --config.{dotted}: the field is now --config.{RENAMED_FIELDS[dotted]}"
+        )
     node, done = config, []
     for part in dotted.split("."):
         keys = sorted(node.keys()) if hasattr(node, "keys") else []
+        if done == ["method"] and part in ATTACK_ALIASES and "attack" in keys:
+            raise cli.UsageError(
+                f"flag --config.{dotted}: the training attack is one spec now, e.g. "
+                f"--config.method.attack={node['attack']} ({FORMAT})"
+            )
         if part not in keys:
             section = ".".join(done) or "the config"
             near = cli.closest(part, keys)

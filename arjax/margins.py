@@ -1,11 +1,11 @@
 """IMA per-sample margin table (Ma et al., Algorithm 2), as pure array functions.
 
-The table is a float32 ``[N_train]`` array in the ``TrainState``, indexed by
-each example's stable ``index``. A training step gathers the batch's margins and
-the IMA loss runs BPGD inside them. With ``method.margin_update="batch"`` the step
-scatters the updated values back (only the batch's indices change); with
-``"epoch"`` (the paper) a pass after each epoch (``arjax.training.epoch_margins``)
-updates every entry with the updated model.
+The table is a float32 ``[N_train]`` array, the method state ``{"margins": [N]}`` of
+IMA (and MMA) in the ``TrainState``, indexed by each example's stable ``index``. A
+training step gathers the batch's margins and the IMA loss runs BPGD inside them. With
+``method.margin_update="batch"`` the step scatters the updated values back (only the
+batch's indices change); with ``"epoch"`` (the paper) a pass after each epoch
+(``arjax.training.state_pass``) updates every entry with the updated model.
 
 Update rules (paper, Alg. 2), with ``delta`` = Δε = ε_max / number of
 adversarial epochs:
@@ -26,30 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from arjax.types import Array
-
-# Key under which a method's aux metrics return the batch's new margins [B].
-MARGIN_KEY = "margins"
-
-
-def init_margins(num_examples: int, delta: float) -> Array:
-    """Every margin starts at Δε (Alg. 2 note). Returns float32 ``[N]``."""
-    return jnp.full((num_examples,), delta, jnp.float32)
-
-
-def gather(margins: Array, index: Array) -> Array:
-    """The batch's margins ``[B]`` from the table ``[N]`` by example ``index`` ``[B]``."""
-    return margins[index]
-
-
-def scatter(margins: Array, index: Array, values: Array, valid: Array | None = None) -> Array:
-    """A new table with ``values`` ``[B]`` written at ``index`` ``[B]``; other entries unchanged.
-
-    Indices within one batch are distinct (batches are slices of a permutation), except
-    padding rows, which ``valid`` (bool ``[B]``, None: all rows real) drops.
-    """
-    if valid is not None:
-        index = jnp.where(valid, index, margins.shape[0])  # out of range: dropped
-    return margins.at[index].set(values.astype(margins.dtype), mode="drop")
 
 
 def update(

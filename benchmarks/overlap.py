@@ -40,18 +40,16 @@ def run_loop(cfg, workdir: str, steps: int) -> float:
     """Examples/s of steps 2..``steps`` of one phase loop (step 1 compiles)."""
     import tqdm
 
-    from arjax import methods, parallel
-    from arjax.experiment import setup
+    from arjax import parallel
+    from arjax.experiment import phases, setup
     from arjax.experiment.phase_loop import PhaseLoop
-    from arjax.training import schedule
     from arjax.training.checkpoint import Checkpointer, PreemptionFlag
 
-    methods.resolve(cfg)
     dataset = setup.load_folds(cfg)[0]
     mesh = parallel.make_mesh(0)
     model, params, batch_stats = setup.make_model(cfg, dataset, 0)
     state, tx = setup.initial_state(cfg, dataset, params, batch_stats, 0, mesh)
-    phase = schedule.plan(cfg, workdir)[0]
+    phase = phases.plan(cfg, setup.build_method(cfg), workdir)[0]
     loop = PhaseLoop(
         cfg, [phase], [0], dataset, model, mesh, [Checkpointer(phase.checkpoint_dir)], 0
     )

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         model, params, stats = setup.make_model(cfg, dataset, seed)
         state, tx = setup.initial_state(cfg, dataset, params, stats, seed, mesh)
         states.append(state)
-    loss = methods.make_loss(cfg.method, model, dataset.bounds)
+    loss = methods.make_loss(setup.build_method(cfg), model, dataset.bounds)
     k, batch = cfg.train.steps_per_call, cfg.train.batch_size
     rng = np.random.default_rng(0)
     shape = (args.seeds, k, batch)

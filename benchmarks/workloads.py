@@ -228,15 +228,15 @@ def autoattack_workloads(
     return rows
 
 
-def method_configs(s: Setup, steps: int, bisections: int) -> dict[str, ml_collections.ConfigDict]:
-    """One config per training method (PGD-10 for the adversarial ones)."""
+def method_configs(s: Setup, steps: int, bisections: int) -> dict[str, methods.Method]:
+    """One method per training method (PGD-10 for the adversarial ones)."""
     eps = s.eps
     return {
-        "standard": methods.method_config("standard"),
-        "adversarial_pgd10": methods.method_config("adversarial", eps=eps, num_steps=10),
-        "arfl_pgd10": methods.method_config("arfl", attack="pgd", eps=eps, num_steps=10),
-        "ima": methods.method_config(
-            "ima", delta=eps / 10, eps_max=2 * eps, num_steps=steps, num_bisections=bisections
+        "standard": methods.Standard(),
+        "adversarial_pgd10": methods.Adversarial(attack=f"pgd:linf:{eps!r}:10"),
+        "arfl_pgd10": methods.ARFL(attack=f"pgd:linf:{eps!r}:10"),
+        "ima": methods.IMA(
+            delta=eps / 10, eps_max=2 * eps, num_steps=steps, num_bisections=bisections
         ),
     }
 
@@ -244,11 +244,11 @@ def method_configs(s: Setup, steps: int, bisections: int) -> dict[str, ml_collec
 class StatefulStep:
     """A jitted, state-donating train step called as ``fn()``; the state threads through."""
 
-    def __init__(self, s: Setup, method_cfg: ml_collections.ConfigDict, tx):
-        loss = methods.make_loss(method_cfg, s.model, s.bounds)
-        table = jnp.full((s.x.shape[0],), s.eps) if method_cfg.name == "ima" else None
+    def __init__(self, s: Setup, method: methods.Method, tx):
+        loss = methods.make_loss(method, s.model, s.bounds)
+        table = {"margins": jnp.full((s.x.shape[0],), s.eps)} if method.name == "ima" else None
         params, stats = jax.tree.map(jnp.copy, (s.params, s.stats))  # donated below
-        self.state = create_train_state(params, stats, tx, 0, margins=table)
+        self.state = create_train_state(params, stats, tx, 0, method_state=table)
         self.step = _jit(make_train_step(loss, tx), donate_argnums=0)
         batch = s.x.shape[0]
         self.batch = {"image": s.x, "label": s.y, "index": jnp.arange(batch, dtype=jnp.int32)}

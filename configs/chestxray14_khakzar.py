@@ -3,8 +3,8 @@
 Expected data layout (never downloaded; --config.data.root=/path/to/chestxray14):
     Data_Entry_2017.csv  BBox_List_2017.csv  train_val_list.txt  test_list.txt  images/*.png
 
-Run (§3.2 and §4 as one resumable run, train.schedule="two_phase"): phase 1 trains
-clean until the validation loss has not improved for train.patience=5 evaluations
+Run (§3.2 and §4 as one resumable run, train.phases="two_phase"): phase 1 trains
+clean until the validation loss has not improved for train.best.patience=5 evaluations
 (one every 1000 steps; at most phase1_max_epochs=10), phase 2 fine-tunes with FGSM
 from phase 1's lowest-validation-loss checkpoint, stops the same way (at most
 num_epochs=10), and the final model is phase 2's lowest-validation-loss state:
@@ -26,8 +26,7 @@ or dropout, 224x224 grayscale, ImageNet weights optional
 close to the paper's Fig. 2 (mean ~0.8) for the clean model.
 """
 
-from arjax.experiment.presets import base_config, lesion_smoke
-from arjax.methods import method_config
+from arjax.experiment.presets import base_config, lesion_smoke, method_config
 
 EPS = (0.001, 0.005, 0.01, 0.05)
 
@@ -44,9 +43,8 @@ def _method(variant):
             cls_loss="weighted_bce",
             r=0.0,
             perturb_fraction=0.5,
-            attack="fgsm",
-            attack_loss="weighted_bce",  # Eq. 2 differentiates the training loss of Eq. 1
-            eps=eps,
+            # Eq. 2 differentiates the training loss of Eq. 1
+            attack=f"fgsm:linf:{eps!r}:loss=weighted_bce",
         )
     raise ValueError(f"unknown variant {variant!r}; valid: clean, fgsm0.001, fgsm0.005, ...")
 
@@ -77,10 +75,9 @@ def get_config(arg="fgsm0.005"):
     config.train.log_every = 50
     config.train.eval_every = 1000
     config.train.checkpoint_every = 1000
-    config.train.select_best = "val/loss"
-    config.train.patience = 5
+    config.train.best = dict(metric="val/loss", mode="min", patience=5)
     config.train.phase1_max_epochs = 10
-    config.train.schedule = "single" if variant == "clean" else "two_phase"
+    config.train.phases = "single" if variant == "clean" else "two_phase"
     config.eval.batch_size = 64
     config.eval.adv_attack = "fgsm"
     config.eval.adv_eps = 0.005

@@ -50,8 +50,7 @@ lambda = 10, 100 epochs, AUC as the metric, 5-fold cross-validation by the
 manifest's fold column (one run per test fold). The smoke variant runs one fold.
 """
 
-from arjax.experiment.presets import base_config, lesion_smoke
-from arjax.methods import method_config
+from arjax.experiment.presets import base_config, lesion_smoke, method_config, smoke_attack_steps
 
 ROWS = {
     "standard": "r1",
@@ -61,10 +60,10 @@ ROWS = {
     "dual": "r0.5",
     "dual_arfl": "r0.5_arfl",
 }
-PGD7 = dict(attack="pgd", eps=0.01, num_steps=7, alpha=2.5)
+PGD7 = dict(attack="pgd:linf:0.01:7:alpha=2.5")
 COMPARED = {
     "dsbn": lambda: method_config("dsbn", r=0.5, **PGD7),
-    "trades": lambda: method_config("trades", beta=6.0, eps=0.01, num_steps=7, alpha=2.5),
+    "trades": lambda: method_config("trades", beta=6.0, attack="pgd:linf:0.01:7:loss=kl:alpha=2.5"),
     "mirst": lambda: method_config("mirst", **PGD7),
 }
 
@@ -132,7 +131,7 @@ def get_config(arg="dual_arfl"):
         lesion_smoke(config)
         config.folds = 0  # one fold: seconds (the five-fold run is 5x this)
         config.model.hidden = 64  # a small classifier: seconds, not minutes, on CPU
-        config.method.num_steps = 2
+        smoke_attack_steps(config.method, 2)
         if config.method.name == "mirst":  # two instance levels: fewer batch shapes to compile
             config.method.levels = (0.5, 1.0)
     elif modifier:

@@ -48,11 +48,10 @@ at 1000 epochs gave E dual 96.3 / 76.9 (86.6) and F dual_arfl 96.2 / 77.9 (87.1)
 Append ``--config.train.num_epochs=N`` for a shorter run.
 """
 
-from arjax.experiment.presets import base_config
-from arjax.methods import method_config
+from arjax.experiment.presets import base_config, method_config, smoke_attack_steps
 
-FGSM = dict(attack="fgsm", eps=0.05)
-PGD10 = dict(attack="pgd", eps=0.05, num_steps=10)
+FGSM = dict(attack="fgsm:linf:0.05")
+PGD10 = dict(attack="pgd:linf:0.05:10")
 VARIANTS = {
     "standard": lambda: method_config("standard"),
     "standard_arfl": lambda: method_config("arfl", r=1.0, lam=0.5, **FGSM),
@@ -60,9 +59,9 @@ VARIANTS = {
     "adversarial_arfl": lambda: method_config("arfl", r=0.0, lam=0.5, **FGSM),
     "dual": lambda: method_config("adversarial", r=0.5, **FGSM),
     "dual_arfl": lambda: method_config("arfl", r=0.5, lam=0.5, **FGSM),
-    "adv_eps": lambda: method_config("adversarial", r=0.5, attack="pgd", eps=0.05, num_steps=20),
+    "adv_eps": lambda: method_config("adversarial", r=0.5, attack="pgd:linf:0.05:20"),
     "rand_eps": lambda: method_config("noise", eps=0.05),
-    "trades": lambda: method_config("trades", eps=0.05, num_steps=10),
+    "trades": lambda: method_config("trades", attack="pgd:linf:0.05:10:loss=kl"),
     "mirst": lambda: method_config("mirst", **PGD10),
     "dsbn": lambda: method_config("dsbn", r=0.5, **PGD10),
 }
@@ -98,8 +97,7 @@ def get_config(arg="dual_arfl"):
         config.name += ",smoke"
         config.seeds = (0,)
         config.data.sizes = dict(train=1024, test=256)
-        if "num_steps" in config.method:
-            config.method.num_steps = min(config.method.num_steps, 3)
+        smoke_attack_steps(config.method, 3)
         config.train.update(batch_size=128, num_epochs=2, steps_per_call=4)
         config.train.update(log_every=4, eval_every=8, checkpoint_every=8)
         config.eval.update(batch_size=256, num_steps=5, eps=(0.0, 0.1, 0.2))

@@ -11,8 +11,7 @@ standard model's. Writes report.json, decision_boundary.png,
 accuracy_vs_eps.png and training_curves.png in the workdir.
 """
 
-from arjax.experiment.presets import base_config
-from arjax.methods import method_config
+from arjax.experiment.presets import base_config, method_config
 
 
 def get_config(arg=None):
@@ -21,7 +20,7 @@ def get_config(arg=None):
     config.name = "quickstart: moons, dual adversarial + ARFL"
     config.data.sizes = dict(train=4000, test=1000)
     config.model.hidden = (32, 32)
-    config.method = method_config("arfl", r=0.5, lam=0.5, attack="fgsm", eps=0.05)
+    config.method = method_config("arfl", r=0.5, lam=0.5, attack="fgsm:linf:0.05")
     config.optim.learning_rate = 3e-3
     config.train.batch_size = 128
     config.train.num_epochs = 40

@@ -52,8 +52,7 @@ clean ADI on the 64 test slices ce 0.977, adv0.5 0.967, ima 0.969 (all >= 0.8); 
 import ml_collections
 
 from arjax.config_lib import ConfigError
-from arjax.experiment.presets import base_config
-from arjax.methods import method_config
+from arjax.experiment.presets import base_config, method_config, smoke_attack_steps
 
 # data set -> (data section, U-Net widths, batch size, epochs, eps_max, adv_eps, L2 levels)
 DATASETS = {
@@ -103,9 +102,8 @@ def segmentation_method(variant: str, eps_max: float) -> ml_collections.ConfigDi
         if value is None or value <= 0:
             raise ConfigError(f"unknown variant {variant!r}; valid: {VARIANTS}")
         return method_config(
-            "adversarial", cls_loss="dice_ce", r=0.5, attack="pgd", eps=value, num_steps=20,
-            alpha=4.0, norm="l2",
-        )  # fmt: skip
+            "adversarial", cls_loss="dice_ce", r=0.5, attack=f"pgd:l2:{value!r}:20"
+        )
     raise ConfigError(f"unknown variant {variant!r}; valid: {VARIANTS}")
 
 
@@ -173,9 +171,7 @@ def get_config(arg="ima"):
         config.model.widths = (4, 8)
         config.train.update(batch_size=8, num_epochs=2, log_every=1, checkpoint_every=2)
         config.eval.update(batch_size=8, num_steps=2, eps=(0.0, 0.5), adv_eps=0.5)
-        for field in ("num_steps", "num_bisections"):
-            if field in config.method:
-                config.method[field] = min(config.method[field], 2)
+        smoke_attack_steps(config.method, 2)
         if "margin_update" in config.method:  # no extra compile of the epoch pass
             config.method.margin_update = "batch"
     return config

@@ -25,15 +25,14 @@ fold k+1 validates; runs in runs/lesions_cv/fold_<k>, mean (std) in report.json)
         --config.folds=5 --config.cv.mode=manifest
 """
 
-from arjax.experiment.presets import base_config, lesion_smoke
-from arjax.methods import method_config
+from arjax.experiment.presets import base_config, lesion_smoke, method_config
 
 VARIANTS = {
     "clean": lambda: method_config("standard"),
     "fgsm": lambda: method_config(
-        "adversarial", r=0.0, perturb_fraction=0.5, attack="fgsm", eps=0.01
+        "adversarial", r=0.0, perturb_fraction=0.5, attack="fgsm:linf:0.01"
     ),
-    "arfl": lambda: method_config("arfl", r=0.5, lam=1.0, attack="fgsm", eps=0.01),
+    "arfl": lambda: method_config("arfl", r=0.5, lam=1.0, attack="fgsm:linf:0.01"),
 }
 
 
@@ -59,9 +58,10 @@ def get_config(arg="clean"):
     config.train.log_every = 10
     config.train.eval_every = 30
     config.train.checkpoint_every = 30
-    config.train.select_best = "val/loss"
+    config.train.best = dict(metric="val/loss", mode="min", patience=0)
     if variant == "fgsm":
-        config.train.update(schedule="two_phase", patience=3, phase1_max_epochs=8)
+        config.train.update(phases="two_phase", phase1_max_epochs=8)
+        config.train.best.patience = 3
     config.eval.batch_size = 64
     config.eval.adv_attack = "fgsm"
     config.eval.adv_eps = 0.01

@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 
-from arjax import attacks, parallel
-from arjax.experiment import evaluate, presets, setup, train
-from arjax.experiment import workdir as workdir_lib
-from arjax.methods import method_config
+import arjax
+from arjax import attacks
+from arjax.experiment import evaluate, presets, train
+from arjax.experiment.presets import method_config
 
 SMOKE = os.environ.get("ARJAX_NOTEBOOK_SMOKE") == "1"
 WORKDIR = os.environ.get("ARJAX_WORKDIR", "")
@@ -48,7 +48,7 @@ if not WORKDIR:
     cfg.name = "quickstart: moons, dual adversarial + ARFL"
     cfg.data.sizes = dict(train=512, test=256) if SMOKE else dict(train=4000, test=1000)
     cfg.model.update(hidden=(32, 32), num_outputs=2)
-    cfg.method = method_config("arfl", r=0.5, lam=0.5, attack="fgsm", eps=0.05)
+    cfg.method = method_config("arfl", r=0.5, lam=0.5, attack="fgsm:linf:0.05")
     cfg.optim.learning_rate = 3e-3
     cfg.train.update(batch_size=128, num_epochs=8 if SMOKE else 40, steps_per_call=4)
     cfg.train.update(log_every=4, checkpoint_every=32)
@@ -59,22 +59,19 @@ print("workdir:", WORKDIR, sorted(os.listdir(WORKDIR)))
 # %% [markdown]
 # ## Restore config, data and trained state
 #
-# `load_config` reads `config.json` back into a `ConfigDict`; `restore_state` builds
-# the model from it and restores the best checkpoint when the run kept one, else the
-# latest. `model.logits_fn(params, batch_stats)` is the eval-mode closure attacks take.
+# `arjax.load_run` reads `config.json`, rebuilds the data and the model as training built
+# them, and restores the best checkpoint when the run kept one, else the latest (pass
+# `run="seed_1"` for one of several runs). `run.logits_fn` is the eval-mode closure
+# attacks take; `run.method` the typed training method.
 
 # %%
-cfg = workdir_lib.load_config(WORKDIR)
-datasets = setup.load_folds(cfg)
-run_dir = workdir_lib.find_run_dirs(WORKDIR)[0]
-dataset = workdir_lib.dataset_for_run(datasets, WORKDIR, run_dir)
-seed = workdir_lib.run_seed(cfg, WORKDIR, run_dir)
-model, state, info = setup.restore_state(cfg, dataset, run_dir, seed, parallel.make_mesh(1))
-print(cfg.method.name, info)
+run = arjax.load_run(WORKDIR)
+cfg, dataset = run.config, run.dataset
+print(run.method.name, run.checkpoint, "step", int(run.state.step))
 
 split = dataset.splits["test"]
 x, y = jnp.asarray(split["image"]), jnp.asarray(split["label"])
-logits_fn = model.logits_fn(state.params, state.batch_stats)
+logits_fn = run.logits_fn
 
 # %% [markdown]
 # ## New attacks through the registry

@@ -35,10 +35,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-from arjax import parallel
+import arjax
 from arjax.evaluation import interpret, localization
-from arjax.experiment import setup, train
-from arjax.experiment import workdir as workdir_lib
+from arjax.experiment import train
 
 SMOKE = os.environ.get("ARJAX_NOTEBOOK_SMOKE") == "1"
 # Jupyter starts the kernel in notebooks/; a script run usually starts in the repository.
@@ -64,11 +63,10 @@ print(cfg.model, cfg.method.name)
 
 # %%
 result = train.run(cfg, WORKDIR, progress=False)
-run_dir = workdir_lib.find_run_dirs(WORKDIR)[0]
-dataset = setup.load_folds(cfg)[0]
-model, state, info = setup.restore_state(cfg, dataset, run_dir, 0, parallel.make_mesh(1))
+run = arjax.load_run(WORKDIR)
+dataset, model, state, run_dir = run.dataset, run.model, run.state, run.run_dir
 test = dataset.splits["test"]
-print(info, "clean test AUC", result["summary"]["clean/auc"]["mean"])
+print(run.checkpoint, "clean test AUC", result["summary"]["clean/auc"]["mean"])
 
 # %% [markdown]
 # ## Maps of the annotated test images

@@ -37,11 +37,10 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from arjax import parallel
+import arjax
 from arjax.evaluation import report
-from arjax.experiment import presets, setup, train
-from arjax.experiment import workdir as workdir_lib
-from arjax.methods import method_config
+from arjax.experiment import presets, train
+from arjax.experiment.presets import method_config
 
 SMOKE = os.environ.get("ARJAX_NOTEBOOK_SMOKE") == "1"
 ROOT = os.path.abspath("runs/notebook_moons" + ("_smoke" if SMOKE else ""))
@@ -77,9 +76,9 @@ def moons_config(method):
 
 configs = {
     "IMA": moons_config(method_config("ima", eps_max=0.3, beta=0.5, num_steps=ATTACK_STEPS)),
-    "ARFL": moons_config(method_config("arfl", r=0.5, lam=0.5, attack="fgsm", eps=0.05)),
+    "ARFL": moons_config(method_config("arfl", r=0.5, lam=0.5, attack="fgsm:linf:0.05")),
     "TRADES": moons_config(
-        method_config("trades", eps=0.3, beta=6.0, num_steps=ATTACK_STEPS, alpha=4.0)
+        method_config("trades", beta=6.0, attack=f"pgd:linf:0.3:{ATTACK_STEPS}:loss=kl")
     ),
 }
 print(configs["IMA"].method)
@@ -96,20 +95,18 @@ for label, cfg in configs.items():
 # %% [markdown]
 # ## Restore the trained states
 #
-# `setup.restore_state` rebuilds the model from the config and restores the run's
-# checkpoint: a `ModelFns` (pure functions of the model) and the `TrainState` pytree
-# (params, batch statistics, optimiser state and, for IMA, the `[N_train]` margin table).
+# `arjax.load_run` rebuilds the model from the run's config and restores its checkpoint:
+# a `ModelFns` (pure functions of the model) and the `TrainState` pytree (params, batch
+# statistics, optimiser state and, for IMA, the method state `{"margins": [N_train]}`).
 
 # %%
-mesh = parallel.make_mesh(1)
-dataset = setup.load_folds(configs["IMA"])[0]
-test = dataset.splits["test"]
 trained = {}
-for label, cfg in configs.items():
-    run_dir = workdir_lib.find_run_dirs(os.path.join(ROOT, label.lower()))[0]
-    model, state, info = setup.restore_state(cfg, dataset, run_dir, int(cfg.seeds[0]), mesh)
-    trained[label] = (model, state, run_dir)
-    print(label, info)
+for label in configs:
+    run = arjax.load_run(os.path.join(ROOT, label.lower()))
+    trained[label] = (run.model, run.state, run.run_dir)
+    print(label, run.checkpoint, "step", int(run.state.step))
+dataset = run.dataset
+test = dataset.splits["test"]
 
 # %% [markdown]
 # ## Watch IMA's margins grow
@@ -122,7 +119,7 @@ for label, cfg in configs.items():
 records = report.read_jsonl(os.path.join(trained["IMA"][2], "metrics.jsonl"))
 steps = [r["step"] for r in records if "train/margin_mean" in r]
 margin_mean = [r["train/margin_mean"] for r in records if "train/margin_mean" in r]
-margins = np.asarray(trained["IMA"][1].margins)
+margins = np.asarray(trained["IMA"][1].method_state["margins"])
 
 fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.5))
 ax0.plot(steps, margin_mean, "o-")

@@ -22,13 +22,13 @@ def linear_model(w, b):
 
 def tiny_config(**train) -> ml_collections.ConfigDict:
     """A seconds-long two-moons config (used by end-to-end tests)."""
-    from arjax.methods import method_config
+    from arjax.experiment.presets import method_config
 
     c = base_config()
     c.name = "tiny"
     c.data.sizes = dict(train=512, test=128)
     c.model.hidden = (8, 8)
-    c.method = method_config("arfl", r=0.5, lam=0.5, attack="fgsm", eps=0.05)
+    c.method = method_config("arfl", r=0.5, lam=0.5, attack="fgsm:linf:0.05")
     c.optim.learning_rate = 1e-2
     c.train.batch_size = 64
     c.train.num_epochs = 4
@@ -102,7 +102,7 @@ def compiled_step_setup(method, num_devices, k=3, model=None):
     """A compiled ``k``-step train step of ``method`` on 256 moons points over a mesh.
 
     Args:
-      method: a ``method`` config section.
+      method: a method, or a ``method`` config section (IMA's Δε derived for 10 epochs).
       num_devices: mesh size.
       k: steps per compiled call.
       model: a ``model`` config section (default ``STEP_MODEL``).
@@ -115,7 +115,7 @@ def compiled_step_setup(method, num_devices, k=3, model=None):
     import numpy as np
     import optax
 
-    from arjax import margins, methods, parallel
+    from arjax import methods, parallel
     from arjax.data import moons_splits, train_dataset
     from arjax.models import build_model
     from arjax.training.state import create_train_state
@@ -126,10 +126,9 @@ def compiled_step_setup(method, num_devices, k=3, model=None):
     fns, params, stats = build_model(model_cfg, (2,), 2, seed=0)
     tx = optax.adam(1e-2)
     mesh = parallel.make_mesh(num_devices)
-    registered = methods.METHODS[method.name]
-    floor = registered.table_range(method)[0] if registered.uses_margins else None
-    table = None if floor is None else margins.init_margins(256, floor)
-    state = create_train_state(params, stats, tx, seed=0, margins=table)
+    if not isinstance(method, methods.Method):
+        method = methods.from_config(method, num_epochs=10)
+    state = create_train_state(params, stats, tx, seed=0, method_state=method.init_state(256))
     state = parallel.put_replicated(state, mesh)
     calls = {"traces": 0}
     loss = methods.make_loss(method, fns, None)

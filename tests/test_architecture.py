@@ -1,8 +1,9 @@
 """The layering of ``arjax/`` (issue: one-way dependencies) and the quickstart's numbers.
 
 The import graph is read from the source with ``ast`` (every ``import`` statement,
-also inside functions), so a circle or an upward import fails here before it
-fails a user. Lazy deprecation aliases use ``importlib`` on access and are not edges.
+also inside functions, and every ``lazy_module("arjax...")`` of :mod:`arjax.lazy`), so a
+circle or an upward import fails here before it fails a user. Lazy deprecation aliases
+use ``importlib`` on access and are not edges.
 """
 
 import ast
@@ -32,6 +33,14 @@ def import_graph() -> dict[str, set[str]]:
         package = name if is_pkg else name.rpartition(".")[0]
         edges = set()
         for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", "") == "lazy_module"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and str(node.args[0].value).startswith("arjax")
+            ):
+                edges.add(node.args[0].value)
             if isinstance(node, ast.Import):
                 edges |= {a.name for a in node.names if a.name.startswith("arjax")}
             elif isinstance(node, ast.ImportFrom):
@@ -83,6 +92,7 @@ def test_graph_finds_modules_and_edges():
     graph = import_graph()
     assert "arjax.experiment.train" in graph
     assert "arjax.training.step" in graph["arjax.experiment.phase_loop"]
+    assert "arjax.methods.common" in graph["arjax.methods.ima"]  # a lazy_module edge
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
 
 

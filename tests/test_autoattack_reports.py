@@ -16,7 +16,7 @@ from attack_models import NUM_WRONG, B, data, labels, model
 from helpers import tiny_config
 
 from arjax import evaluate as evaluate_cli
-from arjax import losses, methods, parallel
+from arjax import losses, parallel
 from arjax.attacks import ATTACKS, parse_attack, run_attack
 from arjax.config_lib import ConfigError
 from arjax.evaluation import report as report_lib
@@ -24,7 +24,7 @@ from arjax.evaluation import suite
 from arjax.evaluation.attack_curve import attack_predictions
 from arjax.experiment import evaluate as workdir_eval
 from arjax.experiment import train as loop
-from arjax.experiment.presets import base_config
+from arjax.experiment.presets import base_config, method_config
 from arjax.experiment.summary import format_eval, format_report
 
 KEY = jax.random.key(0)
@@ -224,7 +224,7 @@ def test_training_report_and_evaluate_cli_carry_the_checks(tmp_path, capsys):
     cfg = tiny_config(num_epochs=1, eval_every=4, checkpoint_every=4)
     cfg.data.sizes = dict(train=256, test=64)
     cfg.train.num_devices = 1
-    cfg.method = methods.method_config("standard")
+    cfg.method = method_config("standard")
     cfg.eval.update(attacks=("autoattack-fast:linf:0.1:3",), num_steps=3, masking_steps=3)
     cfg.eval.update(masking_examples=32, eps=(0.0, 0.1, 0.3))
     report = loop.run(cfg, str(tmp_path), progress=False)

@@ -14,7 +14,7 @@ from helpers import scan_body_sizes, tiny_config
 from arjax import attacks, methods
 from arjax.config_lib import ConfigError
 from arjax.experiment import train as loop
-from arjax.experiment.presets import base_config
+from arjax.experiment.presets import base_config, method_config
 from arjax.models import split_model
 from arjax.models.mlp import MLP
 
@@ -69,7 +69,7 @@ def setup(name, num_outputs, **fields):
     fns, params, stats, w2, b2 = tiny_mlp(num_outputs)
     y = labels(num_outputs).astype(np.int32)
     batch = {"image": jnp.asarray(X), "label": jnp.asarray(y)}
-    cfg = methods.method_config(name, eps=EPS, num_steps=STEPS, alpha=ALPHA, **fields)
+    cfg = method_config(name, eps=EPS, num_steps=STEPS, alpha=ALPHA, **fields)
     loss_fn = methods.make_loss(cfg, fns, None)
     f = fns.logits_fn(params, stats, train=False)
     return loss_fn, params, stats, batch, f, y, w2, b2
@@ -101,7 +101,7 @@ HEADS = [3, 1]  # softmax over three classes; one binary logit
 )
 def test_trades_is_ce_plus_beta_kl(num_outputs, fields, beta):
     loss_fn, params, stats, batch, f, y, w2, b2 = setup("trades", num_outputs, **fields)
-    value, (metrics, _) = loss_fn(params, stats, batch, KEY)
+    value, (metrics, *_) = loss_fn(params, stats, batch, None, KEY)
     x_adv = pgd(f, y, "kl")
     assert np.all(np.abs(x_adv - X) <= EPS + 1e-6) and not np.allclose(x_adv, X)
     p, q = probs(np_logits(X, w2, b2)), probs(np_logits(x_adv, w2, b2))
@@ -129,7 +129,7 @@ def test_trades_attack_increases_the_kl():
 @pytest.mark.parametrize("lam", [6.0, 0.0, 1.5])
 def test_mart_is_bce_plus_weighted_kl(num_outputs, lam):
     loss_fn, params, stats, batch, f, y, w2, b2 = setup("mart", num_outputs, lam=lam)
-    value, _ = loss_fn(params, stats, batch, KEY)
+    value, _ = loss_fn(params, stats, batch, None, KEY)
     x_adv = pgd(f, y, "ce")
     p, q = probs(np_logits(X, w2, b2)), probs(np_logits(x_adv, w2, b2))
     rows = np.arange(6)
@@ -142,7 +142,7 @@ def test_mart_is_bce_plus_weighted_kl(num_outputs, lam):
 
 def test_mart_binary_bce_is_twice_the_log_loss():
     loss_fn, params, stats, batch, f, y, w2, b2 = setup("mart", 1, lam=0.0)
-    value, _ = loss_fn(params, stats, batch, KEY)
+    value, _ = loss_fn(params, stats, batch, None, KEY)
     z = np_logits(pgd(f, y, "ce"), w2, b2)
     p_y = np.where(y == 1, 1 / (1 + np.exp(-z)), 1 / (1 + np.exp(z)))
     np.testing.assert_allclose(float(value), np.mean(-2 * np.log(p_y)), rtol=1e-5)
@@ -152,7 +152,7 @@ def test_mart_binary_bce_is_twice_the_log_loss():
 @pytest.mark.parametrize("num_outputs", HEADS)
 def test_gradients_are_finite_and_jittable(name, num_outputs):
     loss_fn, params, stats, batch, *_ = setup(name, num_outputs)
-    grads = jax.jit(jax.grad(lambda p: loss_fn(p, stats, batch, KEY)[0]))(params)
+    grads = jax.jit(jax.grad(lambda p: loss_fn(p, stats, batch, None, KEY)[0]))(params)
     leaves = jax.tree.leaves(grads)
     assert all(np.all(np.isfinite(g)) for g in leaves)
     assert any(np.any(g != 0) for g in leaves)
@@ -163,7 +163,7 @@ def test_training_gradient_does_not_linearise_the_attack_loop(name):
     loss_fn, params, stats, batch, *_ = setup(name, 3)
 
     def value(p):
-        return loss_fn(p, stats, batch, KEY)[0]
+        return loss_fn(p, stats, batch, None, KEY)[0]
 
     plain = scan_body_sizes(jax.make_jaxpr(value)(params).jaxpr)
     assert plain
@@ -180,14 +180,13 @@ def test_mart_boosted_ce_is_finite_for_confident_logits():
 
 
 def test_defaults():
-    t = methods.method_config("trades")
-    assert (t.beta, t.inv_beta, t.num_steps, t.norm, t.alpha) == (6.0, 0.0, 10, "linf", 4.0)
-    assert "attack_loss" not in t and "random_start" not in t
-    m = methods.method_config("mart")
-    assert (m.lam, m.num_steps, m.attack, m.attack_loss, m.random_start) == (
+    t = methods.from_config(method_config("trades"))
+    assert (t.beta, t.inv_beta, t.attack.text) == (6.0, 0.0, "pgd:linf:0.1:10:loss=kl")
+    assert (t.attack.num_steps, t.attack.alpha, t.attack.random_start) == (10, 4.0, True)
+    m = methods.from_config(method_config("mart"))
+    assert (m.lam, m.attack.text, m.attack.loss, m.attack.random_start) == (
         6.0,
-        10,
-        "pgd",
+        "pgd:linf:0.1:10",
         "ce",
         True,
     )
@@ -198,34 +197,35 @@ def test_defaults():
     [
         ("trades", {"beta": -1.0}, "method.beta=-1.0 is out of range"),
         ("trades", {"inv_beta": -0.5}, "method.inv_beta=-0.5 is out of range"),
-        ("trades", {"beta": 1.0, "inv_beta": 2.0}, "method.beta=1.0 and method.inv_beta=2.0"),
-        ("trades", {"eps": 0.0}, "method.eps=0.0 is out of range"),
-        ("trades", {"num_steps": 0}, "method.num_steps=0 is out of range"),
+        ("trades", {"beta": 1.0, "inv_beta": 2.0}, "method.beta=1.0 is set too"),
+        ("trades", {"attack": "pgd:linf:0:10:loss=kl"}, "the radius must be > 0"),
+        ("trades", {"attack": "pgd:linf:0.1:0:loss=kl"}, "steps=0 in method.attack is out"),
+        ("trades", {"attack": "pgd:linf:0.1:10"}, "TRADES maximises the KL by PGD"),
         ("mart", {"lam": -0.1}, "method.lam=-0.1 is out of range"),
-        ("mart", {"attack_loss": "kl"}, "unknown method.attack_loss"),
+        ("mart", {"attack": "pgd:linf:0.1:10:loss=dlr"}, "has no loss 'dlr'"),
     ],
 )
 def test_bad_fields_raise_config_error_naming_them(name, fields, expect):
     cfg = base_config()
-    cfg.method = methods.method_config(name, **fields)
+    cfg.method = method_config(name, **fields)
     with pytest.raises(ConfigError) as info:
-        methods.validate(cfg)
+        methods.from_config(cfg.method)
     assert expect in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["trades", "mart"])
 def test_valid_defaults_pass(name):
     cfg = base_config()
-    cfg.method = methods.method_config(name)
-    methods.validate(cfg)
-    cfg.method = methods.method_config(name, **({"inv_beta": 6.0} if name == "trades" else {}))
-    methods.validate(cfg)
+    cfg.method = method_config(name)
+    methods.from_config(cfg.method)
+    cfg.method = method_config(name, **({"inv_beta": 6.0} if name == "trades" else {}))
+    methods.from_config(cfg.method)
 
 
 @pytest.mark.parametrize("name", ["trades", "mart"])
 def test_short_training_runs(tmp_path, name):
     cfg = tiny_config(num_epochs=1)
-    cfg.method = methods.method_config(name, eps=0.05, num_steps=3)
+    cfg.method = method_config(name, eps=0.05, num_steps=3)
     report = loop.run(cfg, str(tmp_path), progress=False)
     summary = {k: v["mean"] for k, v in report["summary"].items()}
     assert np.isfinite(summary["clean/accuracy"])

@@ -15,6 +15,7 @@ from flax import nnx
 import arjax
 from arjax import methods, parallel
 from arjax.evaluation.attack_curve import attack_predictions
+from arjax.experiment.presets import method_config
 from arjax.models import adapt, split_model
 from arjax.training.checkpoint import Checkpointer
 from arjax.training.state import create_train_state
@@ -121,7 +122,7 @@ def test_split_model_with_dropout_deterministic_in_attacks_random_in_training():
 def test_train_step_with_dropout_advances_rng_state_and_learns():
     model = UserNet(dropout=0.2, batch_norm=True)
     fns, params, stats = adapt(model)
-    cfg = methods.method_config("adversarial", attack="fgsm", eps=0.05)
+    cfg = method_config("adversarial", attack="fgsm", eps=0.05)
     loss = methods.make_loss(cfg, fns, bounds=(0.0, 1.0))
     tx = optax.adam(1e-2)
     state = create_train_state(params, stats, tx, seed=0)
@@ -147,7 +148,7 @@ def test_dropout_model_data_parallel_equals_one_device_and_checkpoints(tmp_path)
     for n in (1, 8):
         fns, params, stats = adapt(UserNet(dropout=0.3))
         tx = optax.sgd(0.1)
-        loss = methods.make_loss(methods.method_config("standard"), fns, None)
+        loss = methods.make_loss(method_config("standard"), fns, None)
         step = compile_multi_step(loss, tx, parallel.make_mesh(n))
         state = create_train_state(params, stats, tx, seed=0)
         state, metrics = step(state, batch, jnp.ones(2, bool))
@@ -173,8 +174,10 @@ def test_make_loss_on_plain_logits_model():
     fns, params, stats = adapt(UserNet())
     x, y = _data()
     for name in ("standard", "trades", "adversarial"):
-        loss = methods.make_loss(methods.method_config(name), fns, bounds=(0.0, 1.0))
-        value, (metrics, new_stats) = jax.jit(loss)(params, stats, _batch(x, y), jax.random.key(0))
+        loss = methods.make_loss(method_config(name), fns, bounds=(0.0, 1.0))
+        value, (metrics, new_stats, _) = jax.jit(loss)(
+            params, stats, _batch(x, y), None, jax.random.key(0)
+        )
         assert np.isfinite(float(value)) and float(value) > 0.0
         assert not np.allclose(new_stats["norm"]["mean"].value, stats["norm"]["mean"].value)
 
@@ -182,9 +185,9 @@ def test_make_loss_on_plain_logits_model():
 def test_arfl_on_plain_logits_names_the_method():
     fns, params, stats = adapt(UserNet(), features=None)
     x, y = _data()
-    loss = methods.make_loss(methods.method_config("arfl"), fns, bounds=(0.0, 1.0))
+    loss = methods.make_loss(method_config("arfl"), fns, bounds=(0.0, 1.0))
     with pytest.raises(ValueError, match=r"'arfl'.*features"):
-        loss(params, stats, _batch(x, y), jax.random.key(0))
+        loss(params, stats, _batch(x, y), None, jax.random.key(0))
 
 
 def test_penultimate_features_are_the_head_input():
@@ -195,8 +198,8 @@ def test_penultimate_features_are_the_head_input():
     expected = jax.nn.relu(model.hidden(x))
     np.testing.assert_allclose(feats, expected, rtol=1e-6)
     np.testing.assert_allclose(logits, model(x), rtol=1e-6)
-    loss = methods.make_loss(methods.method_config("arfl"), fns, bounds=(0.0, 1.0))
-    value, (metrics, _) = loss(params, stats, _batch(*_data()), jax.random.key(0))
+    loss = methods.make_loss(method_config("arfl"), fns, bounds=(0.0, 1.0))
+    value, (metrics, *_) = loss(params, stats, _batch(*_data()), None, jax.random.key(0))
     # L_robust (Hao et al. Eq. 1) of the head's input: -mean(sigmoid(|f|)), in [-1, -1/2]
     robust = -jnp.mean(jax.nn.sigmoid(jnp.abs(expected)))
     np.testing.assert_allclose(metrics["robust_clean"], robust, rtol=1e-5)
@@ -219,8 +222,8 @@ def test_adapt_plain_apply_function():
     x, _ = _data()
     np.testing.assert_allclose(fns.logits_fn(params, stats)(x), x @ w)
     y = jnp.argmax(x @ w, axis=-1)
-    loss = methods.make_loss(methods.method_config("standard"), fns, bounds=(0.0, 1.0))
-    grads = jax.grad(lambda p: loss(p, stats, _batch(x, y), jax.random.key(0))[0])(params)
+    loss = methods.make_loss(method_config("standard"), fns, bounds=(0.0, 1.0))
+    grads = jax.grad(lambda p: loss(p, stats, _batch(x, y), None, jax.random.key(0))[0])(params)
     assert float(jnp.abs(grads["w"]).sum()) > 0.0
 
 

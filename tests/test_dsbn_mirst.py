@@ -17,7 +17,7 @@ from test_baselines import setup as fixed_mlp_setup
 
 from arjax import attacks, methods
 from arjax.config_lib import ConfigError
-from arjax.experiment.presets import base_config
+from arjax.experiment.presets import base_config, method_config
 from arjax.models import build_model, dualize, split_model
 from arjax.models.mlp import MLP
 
@@ -87,7 +87,7 @@ def dsbn_setup(num_outputs, **fields):
     fns, params, stats, w2, b2 = dual_mlp(num_outputs)
     y = labels(num_outputs).astype(np.int32)
     batch = {"image": jnp.asarray(X), "label": jnp.asarray(y)}
-    cfg = methods.method_config("dsbn", eps=EPS, num_steps=STEPS, alpha=ALPHA, **fields)
+    cfg = method_config("dsbn", eps=EPS, num_steps=STEPS, alpha=ALPHA, **fields)
     return methods.make_loss(cfg, fns, None), fns, params, stats, batch, y, w2, b2
 
 
@@ -115,7 +115,7 @@ def test_dsbn_loss_is_the_branch_mix_of_the_equation(num_outputs, r, attack_bran
     loss_fn, _, params, stats, batch, y, w2, b2 = dsbn_setup(
         num_outputs, r=r, attack_branch=attack_branch
     )
-    value, (metrics, new_stats) = loss_fn(params, stats, batch, KEY)
+    value, (metrics, new_stats, _) = loss_fn(params, stats, batch, None, KEY)
     x_adv = pgd(jnp_eval_logits(attack_branch, w2, b2), X, y, EPS, ALPHA * EPS / STEPS)
     assert np.all(np.abs(x_adv - X) <= EPS + 1e-6) and not np.allclose(x_adv, X)
     clean = ce(np_dual_logits(X, "clean", w2, b2, train=True), y).mean()
@@ -137,7 +137,7 @@ def test_dsbn_loss_is_the_branch_mix_of_the_equation(num_outputs, r, attack_bran
 
 def test_dsbn_with_r_one_leaves_the_adversarial_branch_untouched():
     loss_fn, _, params, stats, batch, y, w2, b2 = dsbn_setup(3, r=1.0)
-    value, (_, new_stats) = loss_fn(params, stats, batch, KEY)
+    value, (_, new_stats, _) = loss_fn(params, stats, batch, None, KEY)
     np.testing.assert_allclose(
         float(value), ce(np_dual_logits(X, "clean", w2, b2, train=True), y).mean(), rtol=1e-5
     )
@@ -178,7 +178,7 @@ def test_mirst_loss_is_the_multi_instance_self_training_equation(num_outputs, le
     loss_fn, params, stats, batch, f, y, w2, b2 = fixed_mlp_setup(
         "mirst", num_outputs, levels=levels, beta=beta
     )
-    value, (metrics, _) = loss_fn(params, stats, batch, KEY)
+    value, (metrics, *_) = loss_fn(params, stats, batch, None, KEY)
     k = len(levels)
     radii = np.repeat(np.asarray(levels, np.float32) * EPS, len(X))
     x_inst = pgd(f, np.concatenate([X] * k), np.tile(y, k), radii, ALPHA * radii / STEPS)
@@ -199,7 +199,7 @@ def test_mirst_self_training_target_carries_no_gradient():
     loss_fn, params, stats, batch, f, y, w2, b2 = fixed_mlp_setup(
         "mirst", 3, levels=(1.0,), beta=1.0
     )
-    grads = jax.grad(lambda p: loss_fn(p, stats, batch, KEY)[0])(params)
+    grads = jax.grad(lambda p: loss_fn(p, stats, batch, None, KEY)[0])(params)
     x_inst = jnp.asarray(pgd(f, X, y, np.full(6, EPS, np.float32), ALPHA * EPS / STEPS))
     teacher = jnp.asarray(probs(np_logits(X, w2, b2)), jnp.float32)
 
@@ -224,7 +224,7 @@ def test_gradients_are_finite_and_jittable(name):
         loss_fn, _, params, stats, batch, *_ = dsbn_setup(3)
     else:
         loss_fn, params, stats, batch, *_ = fixed_mlp_setup("mirst", 3)
-    grads = jax.jit(jax.grad(lambda p: loss_fn(p, stats, batch, KEY)[0]))(params)
+    grads = jax.jit(jax.grad(lambda p: loss_fn(p, stats, batch, None, KEY)[0]))(params)
     leaves = jax.tree.leaves(grads)
     assert all(np.all(np.isfinite(g)) for g in leaves)
     assert any(np.any(g != 0) for g in leaves)
@@ -235,8 +235,8 @@ def test_gradients_are_finite_and_jittable(name):
 
 DSBN_MODEL = {**STEP_MODEL, "layer_norm": (), "batch_norm": True, "dual_batch_norm": True}
 STEP_METHODS = {
-    "dsbn": (methods.method_config("dsbn", eps=0.1, num_steps=3), DSBN_MODEL),
-    "mirst": (methods.method_config("mirst", eps=0.1, num_steps=3), None),
+    "dsbn": (method_config("dsbn", eps=0.1, num_steps=3), DSBN_MODEL),
+    "mirst": (method_config("mirst", eps=0.1, num_steps=3), None),
 }
 
 
@@ -265,33 +265,34 @@ def test_step_traces_once_and_eight_devices_equal_one(name):
     [
         ("dsbn", {"attack_branch": "dirty"}, "unknown method.attack_branch 'dirty'"),
         ("dsbn", {"r": 0.0}, "method.r=0.0 is out of range"),
-        ("dsbn", {"eps": -0.1}, "method.eps=-0.1 is out of range"),
+        ("dsbn", {"eps": -0.1}, "eps=-0.1 in method.attack is out of range"),
         ("mirst", {"levels": ()}, "method.levels=()"),
         ("mirst", {"levels": (0.5, 0.0)}, "method.levels=(0.5, 0.0)"),
         ("mirst", {"levels": (1.5,)}, "method.levels=(1.5,)"),
         ("mirst", {"levels": "1/3"}, "method.levels='1/3'"),
         ("mirst", {"beta": -1.0}, "method.beta=-1.0 is out of range"),
-        ("mirst", {"num_steps": 0}, "method.num_steps=0 is out of range"),
+        ("mirst", {"num_steps": 0}, "steps=0 in method.attack is out of range"),
     ],
 )
 def test_bad_fields_raise_config_error_naming_them(name, fields, expect):
     cfg = base_config()
     cfg.model.update(batch_norm=True, dual_batch_norm=True)
-    cfg.method = methods.method_config(name, **fields)
+    cfg.method = method_config(name, **fields)
     with pytest.raises(ConfigError) as info:
-        methods.validate(cfg)
+        methods.from_config(cfg.method)
     assert expect in str(info.value)
 
 
 def test_dsbn_needs_a_dual_batch_norm_model():
-    cfg = base_config()
-    cfg.method = methods.method_config("dsbn")
+    from arjax.models import build_model
+
+    method = methods.from_config(method_config("dsbn"))
+    plain = build_model(ml_collections.ConfigDict(dict(name="mlp", hidden=(4,))), (2,), 2, 0)
     with pytest.raises(ConfigError, match="method dsbn needs model.dual_batch_norm=True"):
-        methods.validate(cfg)
-    cfg.model.update(batch_norm=True, dual_batch_norm=True)
-    methods.validate(cfg)
-    cfg.method = methods.method_config("mirst")
-    methods.validate(cfg)
+        method.check_model(*plain)
+    dual = dict(name="mlp", hidden=(4,), batch_norm=True, dual_batch_norm=True)
+    method.check_model(*build_model(ml_collections.ConfigDict(dual), (2,), 2, 0))
+    methods.from_config(method_config("mirst"))
 
 
 @pytest.mark.parametrize(
@@ -314,11 +315,11 @@ def test_dual_resnet18_has_both_branches_everywhere_and_trains_each():
         dict(name="resnet18", num_outputs=1, input_norm="none", dual_batch_norm=True)
     )
     fns, params, stats = build_model(cfg, (32, 32, 3), 2, seed=0)
-    method = methods.method_config("dsbn", eps=0.03, num_steps=1)
+    method = method_config("dsbn", eps=0.03, num_steps=1)
     loss_fn = jax.jit(methods.make_loss(method, fns, (0.0, 1.0)))
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 32, 32, 3)), jnp.float32)
     batch = {"image": x, "label": jnp.asarray([0, 1, 0, 1])}
-    value, (_, new_stats) = loss_fn(params, stats, batch, KEY)
+    value, (_, new_stats, _) = loss_fn(params, stats, batch, None, KEY)
     assert np.isfinite(float(value))
     moved = {
         b: np.abs(new_stats["bn1"]["norms"][b]["mean"][...] - stats["bn1"]["norms"][b]["mean"][...])

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from helpers import preempt_after_save, tiny_config
 
-from arjax import methods
 from arjax.experiment import setup
 from arjax.experiment import train as loop
+from arjax.experiment.presets import method_config
 from arjax.training import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +50,7 @@ def test_run_writes_report_plots_and_checkpoint(tmp_path):
 def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, method):
     cfg = tiny_config()
     if method in ("ima", "mma"):
-        cfg.method = methods.method_config(method, num_steps=5, num_bisections=4)
+        cfg.method = method_config(method, num_steps=5, num_bisections=4)
         cfg.model.num_outputs = 2
     straight = loop.run(cfg, str(tmp_path / "a"), progress=False)
 

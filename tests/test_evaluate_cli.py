@@ -6,10 +6,11 @@ import os
 import pytest
 from helpers import tiny_config
 
-from arjax import cli, evaluate, methods
+from arjax import cli, evaluate
 from arjax.experiment import evaluate as workdir_eval
 from arjax.experiment import train as loop
 from arjax.experiment import workdir as workdir_lib
+from arjax.experiment.presets import method_config
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def trained(tmp_path_factory):
     cfg.train.steps_per_call = 2
     cfg.train.num_devices = 1  # compiles faster; sharding is tested elsewhere
     cfg.seeds = (0, 1)
-    cfg.method = methods.method_config("standard")
+    cfg.method = method_config("standard")
     cfg.eval.eps = (0.0, 0.2)
     cfg.eval.losses = ("ce",)
     cfg.eval.num_steps = 3

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from arjax import attacks
+from arjax.experiment.presets import method_config
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -21,10 +22,13 @@ def config(name, arg=None):
 
 
 def test_arfl_mammography_attacks_at_test_with_eps2_1e4_and_the_training_step_rule():
+    from arjax import methods
+
     c = config("mammo_arfl", "dual_arfl")
-    assert c.method.eps == 0.01 and c.method.num_steps == 7  # eps_1, PGD-7
+    attack = methods.from_config(c.method).attack
+    assert attack.eps == 0.01 and attack.num_steps == 7  # eps_1, PGD-7
     assert c.eval.adv_eps == 1e-4 and c.eval.num_steps == 7  # eps_2 (§4.1)
-    assert c.eval.alpha == c.method.alpha == 2.5
+    assert c.eval.alpha == attack.alpha == 2.5
     assert 1e-4 in c.eval.eps
 
 
@@ -37,8 +41,10 @@ def test_ima_covid_ce_uses_adamw_and_the_grid_reaches_0_3_with_the_noise_test():
 
 
 def test_khakzar_fgsm_differentiates_the_training_loss():
-    c = config("chestxray14_khakzar", "fgsm0.001")
-    assert c.method.cls_loss == c.method.attack_loss == "weighted_bce"
+    from arjax import methods
+
+    method = methods.from_config(config("chestxray14_khakzar", "fgsm0.001").method)
+    assert method.cls_loss == method.attack.loss == "weighted_bce"
 
 
 @pytest.mark.parametrize("restarts,expect", [(1, 0.4), (3, 1 - 0.6**3)])
@@ -76,8 +82,8 @@ def test_arfl_l_robust_over_the_logits_reads_the_logits_not_the_features():
     model, params, stats = linear_model(w, b)
     robust = {}
     for on in ("features", "logits"):
-        cfg = methods.method_config("arfl", r=1.0, lam=0.5, robust_on=on)
-        _, (metrics, _) = methods.make_loss(cfg, model, None)(params, stats, batch, None)
+        cfg = method_config("arfl", r=1.0, lam=0.5, robust_on=on)
+        _, (metrics, *_) = methods.make_loss(cfg, model, None)(params, stats, batch, None, None)
         robust[on] = float(metrics["robust_clean"])
     z = x @ w + b
     sig = lambda v: 1 / (1 + np.exp(-np.abs(v)))  # noqa: E731
@@ -158,6 +164,6 @@ def test_arfl_rejects_an_unknown_robust_on_naming_the_choices():
     from arjax.experiment.presets import base_config
 
     cfg = base_config()
-    cfg.method = methods.method_config("arfl", robust_on="logit")
+    cfg.method = method_config("arfl", robust_on="logit")
     with pytest.raises(ConfigError, match=r"method\.robust_on 'logit'.*features, logits"):
-        methods.validate(cfg)
+        methods.from_config(cfg.method)

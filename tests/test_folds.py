@@ -9,11 +9,11 @@ import pytest
 from helpers import tiny_config
 
 from arjax import data as data_lib
-from arjax import methods
 from arjax.config_lib import ConfigError
 from arjax.data import folds
 from arjax.experiment import train as loop
 from arjax.experiment.evaluate import evaluate_workdir
+from arjax.experiment.presets import method_config
 
 
 def test_folds_are_disjoint_cover_and_keep_patients_together():
@@ -111,7 +111,7 @@ def test_two_folds_make_two_runs_and_an_aggregate(tmp_path):
     cfg = tiny_config(num_epochs=2, eval_every=8, steps_per_call=8, log_every=8, num_devices=1)
     cfg.data.sizes = dict(train=256, test=64)
     cfg.eval.update(batch_size=64, num_steps=2, eps=(0.0, 0.1), losses=("ce",))
-    cfg.method = methods.method_config("standard")
+    cfg.method = method_config("standard")
     cfg.folds = 2
     report = loop.run(cfg, str(tmp_path), progress=False)
     for k in range(2):

@@ -13,6 +13,7 @@ from flax import nnx
 from helpers import linear_model
 
 from arjax import attacks, margins, methods
+from arjax.experiment.presets import method_config
 from arjax.models import split_model
 
 W = np.array([1.0, -2.0], np.float32)
@@ -30,7 +31,7 @@ def bce(z, y):
 
 def ima_loss(eps, beta=0.5, **fields):
     model, params, stats = linear_model(W, B)
-    cfg = methods.method_config(
+    cfg = method_config(
         "ima",
         beta=beta,
         eps_max=1.0,
@@ -40,9 +41,10 @@ def ima_loss(eps, beta=0.5, **fields):
         **fields,
     )
     loss_fn = methods.make_loss(cfg, model, None)
-    batch = {"image": jnp.asarray(X), "label": jnp.asarray(Y), "margin": jnp.asarray(eps)}
-    value, (metrics, _) = jax.jit(loss_fn)(params, stats, batch, jax.random.key(0))
-    return float(value), metrics
+    batch = {"image": jnp.asarray(X), "label": jnp.asarray(Y)}
+    state = {"margins": jnp.asarray(eps)}
+    value, out = jax.jit(loss_fn)(params, stats, batch, state, jax.random.key(0))
+    return float(value), {**out.metrics, "margins": out.state["margins"]}
 
 
 def test_loss_and_margins_match_algorithms_1_and_2():
@@ -56,7 +58,7 @@ def test_loss_and_margins_match_algorithms_1_and_2():
     l2 = crossed.sum() * np.log(2.0)  # boundary points: logit ~ 0
     want = (0.5 * l01 + 0.5 * l2) / len(X)
     assert value == pytest.approx(want, abs=2e-3)
-    new = np.asarray(metrics[margins.MARGIN_KEY])
+    new = np.asarray(metrics["margins"])
     expect = np.where(crossed, DIST, eps + 0.01)
     expect[~correct] = 0.01
     np.testing.assert_allclose(new, expect, rtol=1e-2, atol=1e-4)
@@ -67,7 +69,7 @@ def test_loss_and_margins_match_algorithms_1_and_2():
 def test_no_nan_when_nothing_or_everything_crosses(scale):
     value, metrics = ima_loss((scale * DIST).astype(np.float32))
     assert np.isfinite(value)
-    assert np.all(np.isfinite(np.asarray(metrics[margins.MARGIN_KEY])))
+    assert np.all(np.isfinite(np.asarray(metrics["margins"])))
 
 
 def test_no_nan_when_no_sample_is_correct():
@@ -78,7 +80,7 @@ def test_no_nan_when_no_sample_is_correct():
         value, metrics = ima_loss(np.full(5, 0.5, np.float32))
         assert np.isfinite(value)
         assert value == pytest.approx(0.5 * bce(Z, Y).sum() / 5, rel=1e-5)
-        np.testing.assert_allclose(metrics[margins.MARGIN_KEY], 0.01)
+        np.testing.assert_allclose(metrics["margins"], 0.01)
     finally:
         Y = saved
 
@@ -141,10 +143,10 @@ def test_bpgd_reuses_the_clean_forward_only_in_the_attacks_mode(monkeypatch, wit
 
     real_bpgd = attacks.bpgd
     monkeypatch.setattr(attacks, "bpgd", spy)
-    cfg = methods.method_config("ima", eps_max=1.0, delta=0.01)
+    cfg = method_config("ima", eps_max=1.0, delta=0.01)
     loss_fn = methods.make_loss(cfg, model, None)
-    eps = jnp.full((len(X),), 0.2)
-    batch = {"image": jnp.asarray(X), "label": jnp.asarray(Y), "margin": eps}
-    value, _ = loss_fn(params, stats, batch, jax.random.key(0))  # eager: concrete values
+    state = {"margins": jnp.full((len(X),), 0.2)}
+    batch = {"image": jnp.asarray(X), "label": jnp.asarray(Y)}
+    value, _ = loss_fn(params, stats, batch, state, jax.random.key(0))  # eager: concrete values
     assert np.isfinite(float(value))
     assert (seen[0] is None) == with_batch_stats

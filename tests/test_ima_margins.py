@@ -6,6 +6,8 @@ margin table, updated through IMA's own code (the training loss's per-batch upda
 pass after each epoch), must reach that distance from below (Δε) and from above (ε_max).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,12 +15,12 @@ import optax
 import pytest
 from helpers import linear_model, preempt_after_save, tiny_config
 
-from arjax import margins, methods, parallel
+from arjax import methods, parallel
 from arjax.config_lib import ConfigError
 from arjax.experiment import train as loop
-from arjax.experiment.presets import base_config
-from arjax.training.epoch_margins import EpochMargins
+from arjax.experiment.presets import base_config, method_config
 from arjax.training.state import create_train_state
+from arjax.training.state_pass import StatePass
 
 D, N, BATCH = 784, 60, 32  # 60 = one full batch and one with 4 padding rows
 BOUNDS = (0.0, 1.0)
@@ -45,7 +47,7 @@ def _problem(norm):
 
 def _method(norm, **fields):
     _, eps_max, delta = SETTINGS[norm]
-    return methods.method_config("ima", norm=norm, eps_max=eps_max, delta=delta, **fields)
+    return methods.IMA(norm=norm, eps_max=eps_max, delta=delta, **fields)
 
 
 def _start(norm):
@@ -61,37 +63,38 @@ def _batch_updates(norm, updates, **fields):
     loss_fn = jax.jit(
         methods.make_loss(_method(norm, margin_update="batch", **fields), model, BOUNDS)
     )
-    eps = jnp.asarray(_start(norm))
+    state = {"margins": jnp.asarray(_start(norm))}
+    batch = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
     for i in range(updates):
-        batch = {"image": jnp.asarray(x), "label": jnp.asarray(y), "margin": eps}
-        _, (metrics, _) = loss_fn(params, stats, batch, jax.random.key(i))
-        eps = metrics[margins.MARGIN_KEY]
-    return np.asarray(eps)
+        _, out = loss_fn(params, stats, batch, state, jax.random.key(i))
+        state = out.state
+    return np.asarray(state["margins"])
 
 
 def _epoch_passes(norm, passes, num_devices=0, batches_per_call=2):
     """The margins after ``passes`` epoch-end passes (margin_update="epoch", the default)."""
     w, x, y = _problem(norm)
     model, params, stats = linear_model(w, 0.0)
-    cfg = _method(norm)
-    assert cfg.margin_update == "epoch"
+    method = _method(norm)
+    assert method.margin_update == "epoch" and method.refreshes_state
     mesh = parallel.make_mesh(num_devices)
-    estimate = methods.make_margin_estimate(cfg, model, BOUNDS)
+    refresh = functools.partial(method.refresh_state, methods.Context(model, BOUNDS))
     split = {"image": x, "label": y}
-    margin_pass = EpochMargins(
-        estimate,
+    margin_pass = StatePass(
+        refresh,
         split,
         batch_size=BATCH,
         mesh=mesh,
         steps_per_epoch=1,
         batches_per_call=batches_per_call,
     )
-    state = create_train_state(params, stats, optax.sgd(0.0), 0, jnp.asarray(_start(norm)))
+    table = {"margins": jnp.asarray(_start(norm))}
+    state = create_train_state(params, stats, optax.sgd(0.0), 0, table)
     state = parallel.put_replicated(state, mesh)
     for _ in range(passes):
         state = margin_pass.run(state)
         state = state.replace(step=state.step + 1)  # a new epoch: fresh random starts
-    return np.asarray(state.margins)
+    return np.asarray(state.method_state["margins"])
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -127,13 +130,11 @@ def test_epoch_timing_leaves_the_table_to_the_pass():
     model, params, stats = linear_model(w, 0.0)
     loss_fn = jax.jit(methods.make_loss(_method("linf"), model, BOUNDS))
     eps = jnp.asarray(_start("linf"))
-    batch = {"image": jnp.asarray(x), "label": jnp.asarray(y), "margin": eps}
-    _, (metrics, _) = loss_fn(params, stats, batch, jax.random.key(0))
-    np.testing.assert_array_equal(metrics[margins.MARGIN_KEY], eps)
-    assert (
-        methods.make_margin_estimate(_method("linf", margin_update="batch"), model, BOUNDS) is None
-    )
-    assert methods.make_margin_estimate(methods.method_config("trades"), model, BOUNDS) is None
+    batch = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
+    _, out = loss_fn(params, stats, batch, {"margins": eps}, jax.random.key(0))
+    np.testing.assert_array_equal(out.state["margins"], eps)
+    assert not _method("linf", margin_update="batch").refreshes_state
+    assert not methods.TRADES().refreshes_state
 
 
 def test_one_pass_updates_every_row_and_padding_writes_nothing():
@@ -157,11 +158,11 @@ def test_the_pass_on_eight_devices_equals_one_device():
 @pytest.mark.parametrize("field,value", [("margin_update", "sometimes"), ("bracket", "last")])
 def test_bad_timing_or_bracket_names_the_field_and_choices(field, value):
     cfg = base_config()
-    cfg.method = methods.method_config("ima", **{field: value})
+    cfg.method = method_config("ima", **{field: value})
     with pytest.raises(ConfigError, match=rf"method\.{field}.*{value}"):
-        methods.validate(cfg)
+        methods.from_config(cfg.method, num_epochs=10)
     with pytest.raises(ConfigError) as info:
-        methods.validate(cfg)
+        methods.from_config(cfg.method, num_epochs=10)
     valid = ("epoch", "batch") if field == "margin_update" else ("clean_to_last_wrong", "recorded")
     assert all(v in str(info.value) for v in valid)
 
@@ -170,16 +171,16 @@ def test_epoch_timing_resumes_to_the_same_result(tmp_path, monkeypatch):
     # 512 examples / batch 64: a pass after steps 8, 16, 24, 32. Calls of 5 steps and a
     # checkpoint at step 12 (mid-epoch): the resumed run must redo nothing and skip nothing.
     cfg = tiny_config(steps_per_call=5, checkpoint_every=12, eval_every=0)
-    cfg.method = methods.method_config("ima", num_steps=5, num_bisections=4)
+    cfg.method = method_config("ima", num_steps=5, num_bisections=4)
     cfg.model.num_outputs = 2
     passes = []
-    original = EpochMargins.run
+    original = StatePass.run
 
     def counted(self, state):
         passes.append(int(state.step))
         return original(self, state)
 
-    monkeypatch.setattr(EpochMargins, "run", counted)
+    monkeypatch.setattr(StatePass, "run", counted)
     straight = loop.run(cfg, str(tmp_path / "a"), progress=False)
     assert passes == [8, 16, 24, 32]
 

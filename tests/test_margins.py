@@ -3,8 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from arjax import margins
+from arjax.training.state import gather_rows, scatter_rows
 
 DELTA, EPS_MAX = 0.01, 0.3
 
@@ -45,22 +47,26 @@ def test_code_options_running_average_and_no_reset():
 
 
 def test_scatter_touches_only_the_batch_indices():
-    table = margins.init_margins(100, DELTA)
+    table = {"margins": jnp.full((100,), DELTA, jnp.float32)}
     index = jnp.array([3, 97, 42, 0])
-    values = jnp.array([0.2, 0.3, 0.15, 0.05])
-    new = jax.jit(margins.scatter)(table, index, values)
-    changed = np.flatnonzero(np.asarray(new) != np.asarray(table))
+    values = {"margins": jnp.array([0.2, 0.3, 0.15, 0.05])}
+    new = jax.jit(scatter_rows)(table, index, values)
+    changed = np.flatnonzero(np.asarray(new["margins"]) != np.asarray(table["margins"]))
     assert sorted(changed.tolist()) == [0, 3, 42, 97]
-    np.testing.assert_allclose(margins.gather(new, index), values)
-    assert new.dtype == jnp.float32
+    np.testing.assert_allclose(gather_rows(new, index)["margins"], values["margins"])
+    assert new["margins"].dtype == jnp.float32
+    valid = jnp.array([True, False, True, True])  # a padding row writes nothing
+    padded = scatter_rows(table, index, values, valid)["margins"]
+    assert float(padded[97]) == pytest.approx(DELTA) and float(padded[3]) == pytest.approx(0.2)
+    assert gather_rows(None, index) is None and scatter_rows(None, index, None) is None
 
 
 def test_repeated_updates_stay_in_range():
     rng = np.random.default_rng(0)
-    table = margins.init_margins(50, DELTA)
+    table = jnp.full((50,), DELTA, jnp.float32)
     for _ in range(40):
         index = jnp.asarray(rng.choice(50, 10, replace=False))
-        cur = margins.gather(table, index)
+        cur = table[index]
         new = margins.update(
             cur,
             jnp.asarray(rng.random(10) > 0.2),
@@ -69,7 +75,7 @@ def test_repeated_updates_stay_in_range():
             delta=DELTA,
             eps_max=EPS_MAX,
         )
-        table = margins.scatter(table, index, new)
+        table = table.at[index].set(new)
     t = np.asarray(table)
     assert t.min() >= DELTA - 1e-7 and t.max() <= EPS_MAX + 1e-7
 

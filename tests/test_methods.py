@@ -5,6 +5,8 @@ With ``logit = w.x + b`` and BCE, the input gradient of the loss is
 the features of a model with no hidden layer are the inputs themselves.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +15,7 @@ from helpers import linear_model, scan_body_sizes
 
 from arjax import methods
 from arjax.config_lib import ConfigError
-from arjax.experiment.presets import base_config
+from arjax.experiment.presets import base_config, method_config
 
 W = np.array([1.5, -2.0], np.float32)
 B = 0.25
@@ -38,9 +40,9 @@ def l_robust_by_hand(features):
 
 def run(name, **fields):
     model, params, stats = linear_model(W, B)
-    loss_fn = methods.make_loss(methods.method_config(name, **fields), model, None)
-    value, (metrics, _) = loss_fn(params, stats, BATCH, jax.random.key(0))
-    return float(value), jax.tree.map(float, metrics)
+    loss_fn = methods.make_loss(method_config(name, **fields), model, None)
+    value, out = loss_fn(params, stats, BATCH, None, jax.random.key(0))
+    return float(value), jax.tree.map(float, out.metrics)
 
 
 def test_standard_is_mean_bce():
@@ -112,17 +114,16 @@ def test_arfl_with_r1_equals_standard_plus_lambda_lrobust():
 
 def test_method_losses_are_differentiable_and_jittable():
     model, params, stats = linear_model(W, B)
-    batch = {**BATCH, "margin": jnp.full((4,), 0.1)}  # IMA reads the batch's margins
-    for name in methods.METHODS:
+    for name, cls in methods.METHODS.items():
+        assert dataclasses.is_dataclass(cls) and cls.name == name
         if name == "dsbn":  # needs a dual-batch-norm model: tests/test_dsbn_mirst.py
             continue
-        cfg = methods.method_config(name)
-        if name == "ima":
-            cfg.delta = 0.01
-        loss_fn = methods.make_loss(cfg, model, None)
-        grads = jax.jit(jax.grad(lambda p, f=loss_fn: f(p, stats, batch, jax.random.key(1))[0]))(
-            params
-        )
+        method = methods.from_config({"name": name}, num_epochs=10)  # IMA: delta from epochs
+        state = method.init_state(4)  # IMA / MMA: the batch's margins
+        loss_fn = methods.make_loss(method, model, None)
+        grads = jax.jit(
+            jax.grad(lambda p, f=loss_fn, s=state: f(p, stats, BATCH, s, jax.random.key(1))[0])
+        )(params)
         assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads)), name
 
 
@@ -136,24 +137,53 @@ def test_method_losses_are_differentiable_and_jittable():
             "trades",
         ),
         ("r", 1.5, "method.r=1.5 is out of range; valid: [0.0, 1.0]"),
-        ("attack", "cw", "valid choices: fgsm, pgd"),
-        ("eps", 0.0, "method.eps=0.0 is out of range"),
-        ("norm", "l1", "valid choices: l2, linf"),
+        ("attack", "cw:linf:0.1", "unknown attack 'cw' in method.attack; valid choices: apgd"),
+        ("attack", "fgsm:linf:0", "method.attack='fgsm:linf:0': the radius must be > 0"),
+        ("attack", "fgsm:l1:0.1", "unknown norm 'l1' in method.attack; valid choices: linf, l2"),
         ("adv_sign", 2.0, "valid choices: -1, 1"),
+        ("lam", -1.0, "method.lam=-1.0 is out of range; valid: [0.0, inf]"),
+        ("robust_on", "logit", "did you mean 'logits'?"),
     ],
 )
 def test_bad_method_fields_name_the_choices(field, value, expect):
     cfg = base_config()
-    cfg.method = methods.method_config("arfl")
+    cfg.method = method_config("arfl")
     cfg.method[field] = value
     with pytest.raises(ConfigError) as info:
-        methods.validate(cfg)
+        methods.from_config(cfg.method)
     assert expect in str(info.value)
 
 
-def test_unknown_override_field():
-    with pytest.raises(ValueError, match="unknown method.lamda"):
-        methods.method_config("arfl", lamda=1.0)
+def test_a_mistyped_method_field_fails_at_construction_with_the_nearest_name():
+    with pytest.raises(ConfigError, match="unknown field method.lamda.*did you mean method.lam"):
+        method_config("arfl", lamda=1.0)
+    with pytest.raises(ConfigError, match="unknown field method.lamda.*did you mean method.lam"):
+        methods.from_config({"name": "arfl", "lamda": 1.0})
+    with pytest.raises(ConfigError, match="unknown method.name 'trade'.*did you mean 'trades'"):
+        methods.from_config({"name": "trade"})
+    with pytest.raises(ConfigError, match="method.beta=-1.0 is out of range"):
+        methods.TRADES(beta=-1.0)
+
+
+def test_old_attack_fields_read_into_one_spec():
+    old = dict(name="adversarial", attack="pgd", norm="l2", eps=0.5, num_steps=7, alpha=2.5)
+    old.update(step_size=None, attack_loss="ce", random_start=True, attack_train_mode=False)
+    method = methods.from_config(old)
+    assert method == methods.Adversarial(attack="pgd:l2:0.5:7:alpha=2.5")
+    assert method.attack.text == "pgd:l2:0.5:7:alpha=2.5"
+    trades = methods.from_config({"name": "trades", "eps": 0.3, "num_steps": 20})
+    assert trades.attack.text == "pgd:linf:0.3:20:loss=kl"
+    with pytest.raises(ConfigError, match="full attack spec, so method.eps cannot be set"):
+        methods.from_config({"name": "adversarial", "attack": "pgd:linf:0.1:3", "eps": 0.2})
+
+
+def test_ima_derives_its_delta_without_writing_the_config():
+    section = method_config("ima", eps_max=0.3)
+    method = methods.from_config(section, num_epochs=30)
+    assert method.delta == pytest.approx(0.01) and section.delta == 0.0
+    assert method == methods.IMA(eps_max=0.3, delta=0.01)
+    with pytest.raises(ConfigError, match="number of epochs"):
+        methods.from_config(section)
 
 
 @pytest.mark.parametrize(
@@ -169,15 +199,13 @@ def test_training_gradient_does_not_linearise_the_attack_loops(name, fields):
     # The attack loops appear in jax.grad(loss) exactly as in the loss itself: the
     # parameters reach the attack with gradients stopped, so no tangent work is traced.
     model, params, stats = linear_model([1.0, -2.0], 0.1)
-    loss = methods.make_loss(methods.method_config(name, **fields), model, None)
-    batch = {
-        "image": jnp.ones((4, 2)),
-        "label": jnp.array([0, 1, 0, 1]),
-        "margin": jnp.full((4,), 0.1),
-    }
+    method = methods.from_config(method_config(name, **fields))
+    loss = methods.make_loss(method, model, None)
+    batch = {"image": jnp.ones((4, 2)), "label": jnp.array([0, 1, 0, 1])}
+    state = method.init_state(4)
 
     def value(p):
-        return loss(p, stats, batch, jax.random.key(0))[0]
+        return loss(p, stats, batch, state, jax.random.key(0))[0]
 
     plain = scan_body_sizes(jax.make_jaxpr(value)(params).jaxpr)
     assert plain  # the attack loops are there

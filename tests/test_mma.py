@@ -17,7 +17,7 @@ from helpers import linear_model, tiny_config
 from arjax import attacks, methods
 from arjax.config_lib import ConfigError
 from arjax.experiment import train as loop
-from arjax.experiment.presets import base_config
+from arjax.experiment.presets import base_config, method_config
 from arjax.training.state import create_train_state
 from arjax.training.step import make_train_step
 
@@ -62,7 +62,7 @@ def _by_hand(c):
 
 def _loss(**fields):
     model, params, stats = linear_model(W, B)
-    cfg = methods.method_config("mma", d_max=D_MAX, num_bisections=30, **fields)
+    cfg = method_config("mma", d_max=D_MAX, num_bisections=30, **fields)
     return methods.make_loss(cfg, model, None), params, stats
 
 
@@ -70,12 +70,13 @@ def _loss(**fields):
 def test_loss_and_margins_match_the_equation(c):
     loss_fn, params, stats = _loss(clean_loss_coeff=c)
     x, y, _ = _batch()
-    batch = {"image": jnp.asarray(x), "label": jnp.asarray(y), "margin": jnp.full(6, RADIUS)}
-    value, (metrics, _) = jax.jit(loss_fn)(params, stats, batch, jax.random.key(0))
+    batch = {"image": jnp.asarray(x), "label": jnp.asarray(y)}
+    state = {"margins": jnp.full(6, RADIUS)}
+    value, out = jax.jit(loss_fn)(params, stats, batch, state, jax.random.key(0))
     want, margins, hinged = _by_hand(c)
     np.testing.assert_allclose(float(value), want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(metrics["margins"]), margins, atol=1e-5)
-    assert float(metrics["hinged"]) == pytest.approx(hinged)
+    np.testing.assert_allclose(np.asarray(out.state["margins"]), margins, atol=1e-5)
+    assert float(out.metrics["hinged"]) == pytest.approx(hinged)
 
 
 def test_ray_extension_finds_the_boundary_beyond_the_ball():
@@ -102,11 +103,11 @@ def test_train_step_updates_the_batch_margins_only():
     table = np.linspace(0.07, 0.2, 20).astype(np.float32)
     index = np.array([3, 17, 5, 0, 11, 8], np.int32)
     table[index] = RADIUS
-    state = create_train_state(params, stats, tx, seed=0, margins=jnp.asarray(table))
+    state = create_train_state(params, stats, tx, 0, method_state={"margins": jnp.asarray(table)})
     x, y, _ = _batch()
     batch = {"image": jnp.asarray(x), "label": jnp.asarray(y), "index": jnp.asarray(index)}
     new_state, _ = jax.jit(make_train_step(loss_fn, tx))(state, batch)
-    new = np.asarray(new_state.margins)
+    new = np.asarray(new_state.method_state["margins"])
     _, want, _ = _by_hand(1.0 / 3.0)
     np.testing.assert_allclose(new[index], want, atol=1e-5)
     untouched = np.setdiff1d(np.arange(20), index)
@@ -114,12 +115,10 @@ def test_train_step_updates_the_batch_margins_only():
 
 
 def test_table_starts_at_the_floor():
-    method = methods.METHODS["mma"]
-    assert method.uses_margins
-    cfg = methods.method_config("mma", d_max=0.2)
-    assert method.table_range(cfg) == pytest.approx((0.04, 0.21))
-    cfg.eps_min = 0.05
-    assert method.table_range(cfg) == pytest.approx((0.05, 0.21))
+    method = methods.MMA(d_max=0.2)
+    assert method.margin_range == pytest.approx((0.04, 0.21))
+    np.testing.assert_allclose(method.init_state(3)["margins"], [0.04] * 3)
+    assert methods.MMA(d_max=0.2, eps_min=0.05).margin_range == pytest.approx((0.05, 0.21))
 
 
 @pytest.mark.parametrize(
@@ -139,15 +138,15 @@ def test_table_starts_at_the_floor():
 )
 def test_bad_fields_fail_naming_them(fields, expect):
     cfg = base_config()
-    cfg.method = methods.method_config("mma", **fields)
+    cfg.method = method_config("mma", **fields)
     with pytest.raises(ConfigError) as info:
-        methods.validate(cfg)
+        methods.from_config(cfg.method)
     assert expect in str(info.value)
 
 
 def test_run_with_bad_d_max_fails_before_compute(tmp_path):
     cfg = tiny_config()
-    cfg.method = methods.method_config("mma", d_max=0.0)
+    cfg.method = method_config("mma", d_max=0.0)
     with pytest.raises(ConfigError, match=r"method.d_max=0.0 is out of range"):
         loop.run(cfg, str(tmp_path), progress=False)
     assert not (tmp_path / "checkpoints").exists()

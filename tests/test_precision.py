@@ -11,6 +11,7 @@ from flax import nnx
 import arjax
 from arjax import methods
 from arjax.config_lib import ConfigError
+from arjax.experiment.presets import method_config
 from arjax.models import ConvSpec, ImaCNN, build_model, split_model
 from arjax.training.state import create_train_state
 from arjax.training.step import make_train_step
@@ -83,7 +84,7 @@ def test_bf16_train_step_loss_within_2_percent_of_float32():
     x, y = _batch()
     batch = {"image": x, "label": y, "index": jnp.arange(x.shape[0], dtype=jnp.int32)}
     tx = optax.adam(1e-2)
-    method = methods.method_config("standard")
+    method = method_config("standard")
     losses, params_after = {}, {}
     for dtype, (model, params, stats) in _models().items():
         loss_fn = methods.make_loss(method, model, (0.0, 1.0))

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from helpers import preempt_after_save, tiny_config
 
-from arjax import methods
 from arjax.config_lib import ConfigError
 from arjax.experiment import phase_loop
+from arjax.experiment import phases as schedule
 from arjax.experiment import train as loop
+from arjax.experiment.presets import method_config
 from arjax.models import build_model
-from arjax.training import checkpoint, optim, schedule
+from arjax.training import checkpoint, optim
 from arjax.training.state import create_train_state
 
 # Scripted validation losses by (phase folder, step); eval_every = 4.
@@ -22,11 +23,10 @@ PHASE2 = {4: 0.9, 8: 0.6, 12: 0.5, 16: 0.7, 20: 0.8, 24: 0.1}  # best 12, stops 
 
 def two_phase_config():
     c = tiny_config(
-        schedule="two_phase",
-        patience=2,
+        phases="two_phase",
+        best=dict(metric="val/loss", mode="min", patience=2),
         phase1_max_epochs=6,
         num_epochs=6,
-        select_best="val/loss",
         eval_every=4,
         checkpoint_every=4,
         log_every=4,
@@ -34,7 +34,7 @@ def two_phase_config():
         num_devices=1,
     )
     c.data.sizes = dict(train=256, val=64, test=64)
-    c.method = methods.method_config("adversarial", r=0.5, attack="fgsm", eps=0.05)
+    c.method = method_config("adversarial", r=0.5, attack="fgsm", eps=0.05)
     c.eval.update(batch_size=64, num_steps=2, eps=(0.0, 0.1), losses=("ce",))
     return c
 
@@ -51,24 +51,22 @@ def restore(path, cfg):
 
 def scripted_validation(monkeypatch):
     """Replaces the validation loss by the scripted sequences (accuracy stays real)."""
-    real = phase_loop._validation_metrics
+    real = phase_loop.PhaseLoop._evaluate
 
-    def fake(cfg, dataset, split, model, state, mesh):
-        ev = real(cfg, dataset, split, model, state, mesh)
-        table = PHASE1 if fake.phase == "clean" else PHASE2
-        ev["loss"] = table[int(state.step)]
-        return ev
+    def fake(self, name, state, mesh, key):
+        values = real(self, name, state, mesh, key)
+        table = PHASE1 if self.phase.name == "clean" else PHASE2
+        values["loss"] = table[int(state.step)]
+        return values
 
-    fake.phase = "clean"
     original_train_phase = loop._train_phase
     starts = {}
 
-    def train_phase(cfg, phase, *args, **kw):
-        fake.phase = phase.name
-        starts[phase.name] = jax.device_get(args[3])  # (params, batch_stats) it starts from
-        return original_train_phase(cfg, phase, *args, **kw)
+    def train_phase(runs, phases, model, inits, **kw):
+        starts[phases[0].name] = jax.device_get(inits[0])  # (params, batch_stats) it starts from
+        return original_train_phase(runs, phases, model, inits, **kw)
 
-    monkeypatch.setattr(phase_loop, "_validation_metrics", fake)
+    monkeypatch.setattr(phase_loop.PhaseLoop, "_evaluate", fake)
     monkeypatch.setattr(loop, "_train_phase", train_phase)
     return starts
 
@@ -135,21 +133,26 @@ def test_two_phase_switches_at_patience_and_keeps_phase2_best(tmp_path, monkeypa
 @pytest.mark.parametrize(
     "train,method,expect",
     [
-        (dict(schedule="three"), None, "unknown train.schedule 'three'; valid choices: single"),
-        (dict(patience=-1), None, r"train.patience=-1 is out of range"),
-        (dict(schedule="two_phase", eval_every=4), None, "needs train.select_best='val/loss'"),
-        (dict(patience=2, eval_every=4), None, "train.patience > 0 needs train.select_best"),
+        (dict(phases="three"), None, "unknown train.phases 'three'; valid choices: single"),
+        # the older names still work: train.schedule, train.patience, train.select_best
+        (dict(schedule="three"), None, "unknown train.phases 'three'; valid choices: single"),
+        (dict(patience=-1), None, r"train.best.patience=-1 must be an integer >= 0"),
+        (dict(phases="two_phase", eval_every=4), None, "needs train.best.metric"),
+        (dict(best=dict(patience=2), eval_every=4), None, "train.best.patience > 0 needs"),
         (
-            dict(schedule="two_phase", select_best="val/loss", eval_every=4),
+            dict(phases="two_phase", best=dict(metric="val/loss"), eval_every=4),
             "standard",
-            "unknown method.name 'standard'; valid choices: adversarial",
+            "must be another method than 'standard'",
         ),
-        (dict(schedule="two_phase", phase1_max_epochs=0), None, "train.phase1_max_epochs=0"),
+        (dict(phases="two_phase", phase1_max_epochs=0), None, "train.phase1_max_epochs=0"),
+        (dict(best=dict(metric="val/acc"), eval_every=4), None, "evaluator 'test' reports"),
+        (dict(best=dict(metric="val/loss", mode="up"), eval_every=4), None, "train.best.mode"),
+        (dict(best=dict(metric="val/loss"), eval_every=0), None, "set evals.test.every"),
     ],
 )
 def test_bad_schedule_fields_are_named(tmp_path, train, method, expect):
     cfg = tiny_config(**train)
     if method:
-        cfg.method = methods.method_config(method)
+        cfg.method = method_config(method)
     with pytest.raises(ConfigError, match=expect):
         loop.run(cfg, str(tmp_path), progress=False)

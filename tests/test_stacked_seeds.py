@@ -60,7 +60,7 @@ def test_vmapped_seeds_refuse_per_seed_stopping():
     cfg.train.vmap_seeds = True
     cfg.train.select_best = "val/loss"
     with pytest.raises(ConfigError, match="train.vmap_seeds=True cannot be combined with "
-                       "train.select_best='val/loss'"):  # fmt: skip
+                       "train.best.metric='val/loss'"):  # fmt: skip
         loop.run(cfg, "/nonexistent/never-made", progress=False)
 
 
@@ -86,8 +86,8 @@ def test_non_finite_loss_names_its_step_with_overlap(tmp_path, monkeypatch, pref
     def poisoned(*args, **kwargs):
         loss_fn = make_loss(*args, **kwargs)
 
-        def loss(params, batch_stats, batch, key):
-            value, aux = loss_fn(params, batch_stats, batch, key)
+        def loss(params, batch_stats, batch, state, key):
+            value, aux = loss_fn(params, batch_stats, batch, state, key)
             hit = jnp.any(batch["index"] == poison)
             return jnp.where(hit, jnp.nan, value), aux
 

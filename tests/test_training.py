@@ -10,17 +10,18 @@ from helpers import STEP_MODEL
 from helpers import compiled_step_setup as setup
 
 from arjax import methods, parallel
+from arjax.experiment.presets import method_config
 from arjax.models import build_model
 from arjax.training.state import create_train_state
 from arjax.training.step import compile_multi_step
 
 MODEL = ml_collections.ConfigDict(STEP_MODEL)
 
-PGD = methods.method_config("adversarial", r=0.5, attack="pgd", eps=0.1, num_steps=5)
-IMA = methods.method_config(  # the per-batch update (the pass: tests/test_ima_margins.py)
+PGD = method_config("adversarial", r=0.5, attack="pgd", eps=0.1, num_steps=5)
+IMA = method_config(  # the per-batch update (the pass: tests/test_ima_margins.py)
     "ima", eps_max=0.3, delta=0.01, num_steps=5, num_bisections=4, margin_update="batch"
 )
-MMA = methods.method_config("mma", d_max=0.3, eps_min=0.01, num_steps=5, num_bisections=4)
+MMA = method_config("mma", d_max=0.3, eps_min=0.01, num_steps=5, num_bisections=4)
 
 
 @pytest.mark.parametrize("method", [PGD, IMA, MMA], ids=["pgd", "ima", "mma"])
@@ -52,13 +53,16 @@ def test_eight_devices_equal_one_device(method):
         for i in range(2):
             state, metrics = step(state, batches(3 * i), jnp.ones(3, bool))
         assert state.params["head"]["kernel"].value.sharding.num_devices == n
-        results.append(jax.tree.map(np.asarray, (state.params, state.margins, metrics["loss"])))
+        results.append(
+            jax.tree.map(np.asarray, (state.params, state.method_state, metrics["loss"]))
+        )
     (p1, m1, l1), (p8, m8, l8) = results
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), p1, p8)
     np.testing.assert_allclose(l1, l8, rtol=1e-5)
     if method.name in ("ima", "mma"):
         # 6 batches of 64 over 256 examples: every margin moved off its initial value
         # at least once, and both runs agree (bisection is discrete: allow 1e-4).
+        m1, m8 = m1["margins"], m8["margins"]
         assert np.mean(m1 != 0.01) > 0.5
         np.testing.assert_allclose(m1, m8, atol=1e-4)
     # and training moved the parameters
@@ -115,7 +119,7 @@ def test_batch_norm_statistics_update_inside_the_compiled_step():
     fns, params, stats = split_model(Net(nnx.Rngs(0)))
     tx = optax.sgd(0.1)
     step = compile_multi_step(
-        methods.make_loss(methods.method_config("standard"), fns, None), tx, parallel.make_mesh(1)
+        methods.make_loss(method_config("standard"), fns, None), tx, parallel.make_mesh(1)
     )
     state = create_train_state(params, stats, tx, seed=0)
     x = np.tile(np.arange(3, dtype=np.float32), (2, 4, 1))  # [k=2, B=4, 3], column means 0, 1, 2

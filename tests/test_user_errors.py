@@ -51,9 +51,21 @@ def _at_root(monkeypatch):
         ([QUICK, "--config.train.num_devices=9"], "only 8 devices are visible"),
         ([LESIONS, "--config.eval.adv_eps=5.0"], "eval.adv_eps=5.0 is beyond the data range"),
         (
-            ["--config=configs/synthetic_lesions.py:arfl,smoke", "--config.method.eps=2.0"],
-            "method.eps=2.0 is beyond",
+            [
+                "--config=configs/synthetic_lesions.py:arfl,smoke",
+                "--config.method.attack=fgsm:linf:2",
+            ],
+            "method.attack='fgsm:linf:2.0': eps=2.0 is beyond",
         ),
+        (  # the older spelling names the new one
+            ["--config=configs/synthetic_lesions.py:arfl,smoke", "--config.method.eps=2.0"],
+            "one spec now, e.g. --config.method.attack=fgsm:linf:0.01",
+        ),
+        (
+            [QUICK, "--config.train.select_best=val/loss"],
+            "the field is now --config.train.best.metric",
+        ),
+        ([QUICK, "--config.method.lamda=1"], "did you mean 'method.lam'?"),
         (
             ["--config=configs/mammo_arfl.py", "--config.data.manifest=/no/such.csv"],
             "/no/such.csv",

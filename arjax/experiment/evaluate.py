@@ -24,7 +24,7 @@ import tqdm
 from jax.sharding import Mesh
 
 from arjax import data as data_lib
-from arjax import faults, methods, parallel
+from arjax import faults, parallel
 from arjax import margins as margin_table
 from arjax.config_lib import ConfigError
 from arjax.evaluation import report as report_lib
@@ -108,7 +108,7 @@ def evaluate_run(
       cfg: the validated experiment config (its ``eval`` section says what to run).
       dataset: the loaded splits.
       model: the model's pure functions.
-      state: the trained state (params, batch_stats, margins).
+      state: the trained state (params, batch_stats, method state).
       run_dir: the run directory the files go to.
       seed: the run's seed.
       mesh: device mesh.
@@ -161,17 +161,18 @@ def evaluate_run(
 
 
 def _margin_report(cfg, state: TrainState, run_dir: str, result: dict) -> None:
-    """``result["margins"]`` and ``margin_histogram.png`` when the state has a margin table."""
-    if state.margins is None:
+    """``result["margins"]`` and ``margin_histogram.png`` when the method keeps margins."""
+    method = setup.build_method(cfg)
+    if method.margin_range is None or state.method_state is None:
         return
-    values = np.asarray(jax.device_get(state.margins))
-    floor, ceiling = methods.METHODS[cfg.method.name].table_range(cfg.method)
+    values = np.asarray(jax.device_get(state.method_state["margins"]))
+    floor, ceiling = method.margin_range
     result["margins"] = margin_table.statistics(values, delta=floor, eps_max=ceiling)
     report_lib.plot_histogram(
         values,
         os.path.join(run_dir, "margin_histogram.png"),
-        title=f"{cfg.method.name.upper()} margins (median {result['margins']['median']:.3f})",
-        xlabel=f"margin ({cfg.method.norm})",
+        title=f"{method.name.upper()} margins (median {result['margins']['median']:.3f})",
+        xlabel=f"margin ({method.norm})",
     )
 
 

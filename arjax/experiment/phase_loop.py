@@ -15,6 +15,7 @@ evaluation, preemption stop and the phase's end. ``depth = 0`` is the synchronou
 loop (read, put, run, fetch).
 """
 
+import functools
 import os
 import time
 
@@ -26,16 +27,18 @@ from arjax import data as data_lib
 from arjax import distributed, faults, methods, parallel
 from arjax.data.prefetch import Prefetcher
 from arjax.data.streaming import BatchStream
-from arjax.evaluation import suite
+from arjax.evaluation.evaluators import Evaluator, key_for
+from arjax.experiment import phases as phases_lib
 from arjax.experiment import summary
 from arjax.experiment import workdir as workdir_lib
-from arjax.training import schedule
+from arjax.experiment.evals import BestPolicy
+from arjax.experiment.evaluate import EVAL_KEY_TAG
 from arjax.training.checkpoint import BestCheckpoint, PreemptionFlag
-from arjax.training.epoch_margins import EpochMargins
 from arjax.training.state import TrainState
+from arjax.training.state_pass import StatePass
 from arjax.training.step import compile_multi_step
 
-_INTERVALS = ("log_every", "eval_every", "checkpoint_every")
+_INTERVALS = ("log_every", "checkpoint_every")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -75,13 +78,19 @@ class PhaseLoop:
       mesh: the training mesh.
       ckpts: each run's checkpointer.
       start: the step the phase continues from.
+      evaluators: the run's evaluators by name (``config.evals``).
+      policy: the best-checkpoint policy (``train.best``).
       stacked: the state has a leading run axis.
     """
 
-    def __init__(self, cfg, phases, seeds, dataset, model, mesh, ckpts, start, *, stacked=False):
+    def __init__(
+        self, cfg, phases, seeds, dataset, model, mesh, ckpts, start, *,
+        evaluators: dict[str, Evaluator], policy: BestPolicy, stacked: bool = False,
+    ):  # fmt: skip
         self.cfg, self.phases, self.seeds, self.dataset = cfg, phases, tuple(seeds), dataset
         self.phase = phases[0]
         self.model, self.mesh, self.ckpts, self.stacked = model, mesh, ckpts, stacked
+        self.evaluators, self.policy = evaluators, policy
         train = dataset.splits["train"]
         self.spe = data_lib.steps_per_epoch(data_lib.split_length(train), cfg.train.batch_size)
         self.total = self.spe * self.phase.num_epochs
@@ -89,8 +98,7 @@ class PhaseLoop:
             workdir_lib.MetricsWriter(os.path.join(p.directory, "metrics.jsonl"), resume_step=start)
             for p in phases
         ]
-        select = cfg.train.get("select_best", "")
-        self.bests = [BestCheckpoint(p.directory, select) for p in phases]
+        self.bests = [BestCheckpoint(p.directory, policy.metric, policy.mode) for p in phases]
         self.best = self.bests[0]
         self.streams: list[BatchStream] = []
         self.feed: Prefetcher | None = None
@@ -101,11 +109,11 @@ class PhaseLoop:
 
     def finished(self) -> bool:
         """The phase has run its steps or stopped early (patience)."""
-        return self.step >= self.total or schedule.should_stop(
-            self.step, self.best.step, self.phase.patience, self.cfg.train.eval_every
+        return self.step >= self.total or phases_lib.should_stop(
+            self.step, self.best.step, self.policy.patience, self.policy.every
         )
 
-    def _calls(self, step: int, margin_pass: EpochMargins):
+    def _calls(self, step: int, state_pass: StatePass):
         """``(start, stop, device batches, valid)`` of every call from ``step`` to the end."""
         tcfg, k = self.cfg.train, self.cfg.train.steps_per_call
         sharding = parallel.batch_sharding(self.mesh, leading_axes=3 if self.stacked else 2)
@@ -113,7 +121,8 @@ class PhaseLoop:
             stop = min(
                 step + k,
                 *(_boundary(step, tcfg[f], self.total) for f in _INTERVALS),
-                margin_pass.next_boundary(step, self.total),
+                *(_boundary(step, ev.every, self.total) for ev in self.evaluators.values()),
+                state_pass.next_boundary(step, self.total),
             )
             n = stop - step
             runs = []
@@ -131,12 +140,14 @@ class PhaseLoop:
         self.step = int(np.asarray(state.step).reshape(-1)[0])
         depth = int(tcfg.get("prefetch", 0))
         if not self.finished():
-            loss_fn = methods.make_loss(phase.method, self.model, self.dataset.bounds)
+            method, ctx = phase.method, methods.Context(self.model, self.dataset.bounds)
+            loss_fn = methods.make_loss(method, self.model, self.dataset.bounds)
             multi_step = compile_multi_step(loss_fn, tx, self.mesh, stacked=self.stacked)
-            estimate = methods.make_margin_estimate(phase.method, self.model, self.dataset.bounds)
-            margin_pass = EpochMargins(
-                estimate, self.dataset.splits["train"], batch_size=tcfg.batch_size,
-                mesh=self.mesh, steps_per_epoch=self.spe, batches_per_call=tcfg.steps_per_call,
+            refresh = functools.partial(method.refresh_state, ctx)
+            state_pass = StatePass(
+                refresh if method.refreshes_state else None, self.dataset.splits["train"],
+                batch_size=tcfg.batch_size, mesh=self.mesh, steps_per_epoch=self.spe,
+                batches_per_call=tcfg.steps_per_call,
             )  # fmt: skip
             for seed in self.seeds:
                 ds = data_lib.train_dataset(
@@ -148,7 +159,7 @@ class PhaseLoop:
                     process_count=jax.process_count(),
                 )
                 self.streams.append(BatchStream(ds, self.step, tcfg.get("num_workers", 0)))
-            self.feed = Prefetcher(self._calls(self.step, margin_pass), depth)
+            self.feed = Prefetcher(self._calls(self.step, state_pass), depth)
         self._clock = (time.perf_counter(), 0)
         pending = None
         while not self.finished():
@@ -156,18 +167,18 @@ class PhaseLoop:
             state, metrics = multi_step(state, batches, valid)
             faults.point("step")
             self.step = stop
-            state = margin_pass.after_steps(state, stop)  # IMA's Alg. 2 after an epoch
+            state = state_pass.after_steps(state, stop)  # e.g. IMA's Alg. 2 after an epoch
             bar.update(stop - start)
             if pending is not None:
                 self._record(*pending, bar)
             pending = (start, stop, metrics)
             checkpoint = bool(tcfg.checkpoint_every) and stop % tcfg.checkpoint_every == 0
-            evaluate = _due(stop, tcfg.eval_every, self.total)
-            if depth == 0 or checkpoint or evaluate or stop >= self.total:
+            due = [n for n, ev in self.evaluators.items() if _due(stop, ev.every, self.total)]
+            if depth == 0 or checkpoint or due or stop >= self.total:
                 self._record(*pending, bar)
                 pending = None
-            if evaluate:
-                self._validate(state)
+            if due:
+                self._validate(state, due)
             if checkpoint:
                 self._save(state, wait=False)
             if distributed.any_process(bool(preempted)):
@@ -186,7 +197,7 @@ class PhaseLoop:
                 steps=self.step,
                 early_stopped=self.step < self.total,
                 best_step=best.step,
-                best_val_loss=best.value if best.step is not None else None,
+                **self._best_summary(best),
                 diverged=summary.diverged(losses, f"{phase.name} (seed {seed})"),
             )
             for seed, best, losses in zip(self.seeds, self.bests, self.losses, strict=True)
@@ -237,15 +248,41 @@ class PhaseLoop:
         for ckpt in self.ckpts if wait else ():
             ckpt.wait()
 
-    def _validate(self, state: TrainState) -> None:
-        """Classification metrics on the validation split: a record and the best-state offer."""
-        split = "val" if "val" in self.dataset.splits else "test"
+    def _best_summary(self, best: BestCheckpoint) -> dict:
+        """The best checkpoint's value for ``schedule.json`` (None before any).
+
+        ``best_val_loss`` for no policy and for the lowest validation loss (the name runs
+        always had), else ``best_metric`` and ``best_value``.
+        """
+        value = best.value if best.step is not None else None
+        policy = self.policy
+        if not policy.enabled or (policy.key == "loss" and policy.mode == "min"):
+            return {"best_val_loss": value}
+        return {"best_metric": policy.metric, "best_value": value}
+
+    def _evaluate(self, name: str, state: TrainState, mesh, key) -> dict:
+        """Evaluator ``name``'s metrics of one run's (localised) ``state``."""
+        ev = self.evaluators[name]
+        return ev(
+            self.model, state.params, state.batch_stats, self.dataset.splits[ev.split],
+            mesh=mesh, key=key, bounds=self.dataset.bounds,
+        )  # fmt: skip
+
+    def _validate(self, state: TrainState, due: list[str]) -> None:
+        """The due evaluators on each run's state: records, and the best-state offer."""
         mesh = parallel.evaluation_mesh(self.mesh)
-        runs = zip(self._states(state), self.writers, self.bests, strict=True)
-        for run_state, writer, best in runs:
-            ev = _validation_metrics(self.cfg, self.dataset, split, self.model, run_state, mesh)
-            writer.write({"step": self.step, **{f"{split}/{k}": v for k, v in ev.items()}})
-            best.offer(run_state, ev, self.step)
+        runs = zip(self.seeds, self._states(state), self.writers, self.bests, strict=True)
+        for seed, run_state, writer, best in runs:
+            # a multi-process run's state spans every process's devices: localise it
+            local = parallel.localize(run_state, mesh)
+            base = jax.random.fold_in(jax.random.key(seed), EVAL_KEY_TAG)
+            record = {"step": self.step}
+            for name in due:
+                values = self._evaluate(name, local, mesh, key_for(base, name, self.step))
+                record.update({f"{name}/{k}": v for k, v in values.items()})
+                if name == self.policy.evaluator:
+                    best.offer(run_state, values, self.step)
+            writer.write(record)
 
     def close(self) -> None:
         """Stops the prefetch thread; closes the checkpointers and the batch streams."""
@@ -257,16 +294,3 @@ class PhaseLoop:
             stream.close()
         for best in self.bests:
             best.close()
-
-
-def _validation_metrics(cfg, dataset, split, model, state, mesh) -> dict:
-    """Classification metrics (loss, accuracy, ...) of one run's ``state`` on ``split``.
-
-    ``state`` is localised onto the evaluation ``mesh`` first (a multi-process
-    run's state spans every process's devices).
-    """
-    local = parallel.localize(state, mesh)
-    logits, labels = suite.predict_split(
-        model, local, dataset.splits[split], batch_size=cfg.eval.batch_size, mesh=mesh
-    )
-    return suite.classification_metrics(logits, labels)

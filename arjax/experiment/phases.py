@@ -1,10 +1,10 @@
-"""Training schedules: one phase, or Khakzar's clean-then-adversarial two phases; early stopping.
+"""Training phases: one, or Khakzar's clean-then-adversarial two; early stopping.
 
 Khakzar et al. (seed 002) §3.2: "we initially train the network without
 adversarial loss, and after convergence, we continue training with the
 adversarial loss"; §4: "the training is continued until the validation loss
 diverges, and the model with the smallest validation loss is used".
-``train.schedule`` selects:
+``train.phases`` selects:
 
 * ``"single"``: the configured method for at most ``train.num_epochs``.
 * ``"two_phase"``: phase 1 trains clean (method ``standard`` with the
@@ -15,9 +15,10 @@ diverges, and the model with the smallest validation loss is used".
   state (phase 1's best is phase 2's start, not a candidate: it would pick
   the clean model whenever adversarial training raises the clean loss).
 
-In every phase, ``train.patience > 0`` stops the phase once the validation
-loss has not improved for ``patience`` evaluations (every
-``train.eval_every`` steps); 0 runs the phase to its maximum length.
+In every phase, ``train.best.patience > 0`` stops the phase once the best metric
+(``train.best.metric``, e.g. the validation loss) has not improved for ``patience``
+evaluations of its evaluator; 0 runs the phase to its maximum length
+(:mod:`arjax.experiment.evals`).
 
 Each phase has its own step counter, optimiser state and learning-rate
 schedule, laid over that phase's *maximum* length (``optim.schedule`` cosine
@@ -42,11 +43,12 @@ import os
 import ml_collections
 
 from arjax import distributed
-from arjax.config_lib import ConfigError, check_choice, check_range
-from arjax.methods import METHODS, method_config
+from arjax.config_lib import ConfigError, check_range
+from arjax.experiment.evals import check_best
+from arjax.methods import Method, Standard
 from arjax.training.checkpoint import Checkpointer
 
-SCHEDULES = ("single", "two_phase")
+PHASES = ("single", "two_phase")
 SUMMARY_FILE = "schedule.json"
 
 
@@ -59,65 +61,62 @@ class Phase:
       run_dir: the run directory the phase belongs to.
       directory: where the phase's ``metrics.jsonl`` and ``best/`` go.
       checkpoint_dir: the phase's periodic checkpoints.
-      method: the phase's ``method`` config section.
+      method: the phase's method.
       num_epochs: the phase's maximum length in epochs.
-      patience: evaluations without improvement before it stops (0: never).
     """
 
     name: str
     run_dir: str
     directory: str
     checkpoint_dir: str
-    method: ml_collections.ConfigDict
+    method: Method
     num_epochs: int
-    patience: int
 
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Checks ``train.schedule``, ``train.patience`` and ``train.phase1_max_epochs``.
+def validate(cfg: ml_collections.ConfigDict, method: Method) -> None:
+    """Checks ``train.phases``, ``train.phase1_max_epochs`` and what they need.
 
     Raises:
       ConfigError: naming the field and the valid choices or range, or the
         field a two-phase / early-stopping run also needs.
     """
     tcfg = cfg.train
-    name = tcfg.get("schedule", "single")
-    if name not in SCHEDULES:
-        raise ConfigError(f"unknown train.schedule {name!r}; valid choices: {', '.join(SCHEDULES)}")
-    if "patience" in tcfg:
-        check_range(cfg, "train.patience", 0, integer=True)
+    name = tcfg.get("phases", "single")
+    if name not in PHASES:
+        raise ConfigError(f"unknown train.phases {name!r}; valid choices: {', '.join(PHASES)}")
     if "phase1_max_epochs" in tcfg:
         check_range(cfg, "train.phase1_max_epochs", 1, integer=True)
-    patience = tcfg.get("patience", 0)
-    if (patience or name == "two_phase") and tcfg.get("select_best", "") != "val/loss":
-        why = "train.patience > 0" if patience else "train.schedule='two_phase'"
+    metric, _, patience = check_best(cfg)
+    if (patience or name == "two_phase") and not metric:
+        why = "train.best.patience > 0" if patience else "train.phases='two_phase'"
         raise ConfigError(
-            f"{why} needs train.select_best='val/loss' and train.eval_every > 0 "
-            f"(validation evaluations); got select_best={tcfg.get('select_best', '')!r}"
+            f"{why} needs train.best.metric (e.g. 'val/loss') and its evaluator running "
+            "during training (train.eval_every > 0); got train.best.metric=''"
         )
-    if name == "two_phase":  # phase 1 is the clean phase; phase 2 must be another method
-        check_choice(cfg, "method.name", set(METHODS) - {"standard"})
+    if name == "two_phase" and isinstance(method, Standard):
+        raise ConfigError(
+            "train.phases='two_phase' trains clean, then method.name: it must be another "
+            "method than 'standard'"
+        )
 
 
-def clean_method(method: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def clean_method(method: Method) -> Method:
     """Phase 1's method: ``standard`` training with ``method``'s classification loss."""
-    return method_config("standard", cls_loss=method.get("cls_loss", "ce"))
+    return Standard(cls_loss=method.cls_loss)
 
 
-def plan(cfg: ml_collections.ConfigDict, workdir: str) -> list[Phase]:
+def plan(cfg: ml_collections.ConfigDict, method: Method, workdir: str) -> list[Phase]:
     """The phases of a run in ``workdir``, in order (see the module docstring)."""
     tcfg = cfg.train
-    patience = int(tcfg.get("patience", 0))
     last = Phase(
         name="train",
         run_dir=workdir,
         directory=workdir,
         checkpoint_dir=os.path.join(workdir, "checkpoints"),
-        method=cfg.method,
+        method=method,
         num_epochs=int(tcfg.num_epochs),
-        patience=patience,
     )
-    if tcfg.get("schedule", "single") == "single":
+    if tcfg.get("phases", "single") == "single":
         return [last]
     first_dir = os.path.join(workdir, "phase1")
     first = Phase(
@@ -125,9 +124,8 @@ def plan(cfg: ml_collections.ConfigDict, workdir: str) -> list[Phase]:
         run_dir=workdir,
         directory=first_dir,
         checkpoint_dir=os.path.join(first_dir, "state"),
-        method=clean_method(cfg.method),
+        method=clean_method(method),
         num_epochs=int(tcfg.get("phase1_max_epochs", tcfg.num_epochs)),
-        patience=patience,
     )
     return [first, dataclasses.replace(last, name="adversarial")]
 
@@ -145,7 +143,7 @@ def resume_index(phases: list[Phase]) -> int:
 
 
 def should_stop(step: int, best_step: int | None, patience: int, eval_every: int) -> bool:
-    """Early stopping: no lower validation loss in the last ``patience`` evaluations.
+    """Early stopping: no better best metric in the last ``patience`` evaluations.
 
     Evaluations happen every ``eval_every`` steps, so this is a function of
     the step and the best step alone, and a restarted run decides exactly as

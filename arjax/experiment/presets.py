@@ -6,8 +6,22 @@
 
 import ml_collections
 
+from arjax import attack_syntax
 from arjax.config_lib import ConfigError
-from arjax.methods import method_config
+from arjax.methods import default_section
+
+
+def method_config(name: str, **overrides) -> ml_collections.ConfigDict:
+    """A ``method`` config section: the method's defaults updated by ``overrides``.
+
+    The training attack is one spec, ``attack="pgd:linf:0.1:20"``; the older separate
+    fields (``attack="pgd", eps=0.1, num_steps=20, ...``) are read into it. Values are
+    checked when the run builds the method (``arjax.methods.from_config``).
+
+    Raises:
+      ConfigError: an unknown method or field, naming the nearest.
+    """
+    return ml_collections.ConfigDict(default_section(name, **overrides))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -25,9 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
     Sections: ``data`` (dataset by name), ``model`` (network by name),
     ``method`` (training method by name, see ``arjax.methods``), ``optim``,
     ``train`` (batching, epochs, logging/eval/checkpoint intervals in steps,
-    ``steps_per_call`` steps fused into one compiled call; ``schedule``
-    ``"single"`` or Khakzar's ``"two_phase"`` with early stopping after
-    ``patience`` evaluations, see ``arjax.training.schedule``), ``eval`` (final
+    ``steps_per_call`` steps fused into one compiled call; ``phases``
+    ``"single"`` or Khakzar's ``"two_phase"``, see ``arjax.experiment.phases``; ``best``,
+    the best-checkpoint policy with early stopping), ``evals`` (the evaluators run
+    during training, see ``arjax.evaluation.evaluators``), ``eval`` (final
     evaluation: clean metrics, metrics under each attack of ``attacks`` (or
     the one at ``adv_eps``) for "adversarial accuracy / AUC", sensitivity and
     specificity at a threshold chosen on ``threshold_split``, the
@@ -78,16 +93,17 @@ def base_config() -> ml_collections.ConfigDict:
         num_devices=0,
         # grain worker processes decoding file-backed data (0: in the host loop)
         num_workers=0,
-        # "val/loss": keep the lowest-validation-loss state and evaluate it at the end
-        select_best="",
+        # the best-checkpoint policy: keep the state with the best value of `metric`
+        # ("<evaluator>/<metric>" of `evals`, e.g. "val/loss", "val_pgd/accuracy"; "" off)
+        # by `mode` ("min" / "max") and evaluate it at the end; stop a phase after
+        # `patience` evaluations without improvement (0: never)
+        best=dict(metric="", mode="min", patience=0),
         # a finished run's workdir to take parameters from
         init_from="",
         # "single": method for num_epochs; "two_phase" (Khakzar §3.2): clean training
         # (standard, same cls_loss) for <= phase1_max_epochs, then the method for
         # <= num_epochs from the best phase-1 state
-        schedule="single",
-        # stop a phase after this many evaluations without a lower val loss (0: never)
-        patience=0,
+        phases="single",
         phase1_max_epochs=10,
         # host/device overlap: calls whose batches are read and put on the devices ahead
         # (a background thread), metrics fetched one call late; 0: synchronous loop
@@ -98,6 +114,11 @@ def base_config() -> ml_collections.ConfigDict:
         # the workdir, or $ARJAX_CACHE_DIR), "off", or a directory
         compilation_cache="auto",
     )
+    # evaluators run during training, by name: {name: {type, split, every, ...}}
+    # (arjax.evaluation.evaluators: "classification", "robust"); their metrics go to
+    # metrics.jsonl as "<name>/<metric>". Empty: one classification evaluator on the
+    # val split (else test) every train.eval_every steps, named after its split.
+    c.evals = {}
     c.eval = dict(
         split="test",
         batch_size=1000,
@@ -177,13 +198,12 @@ def ima_experiment_method(variant: str) -> ml_collections.ConfigDict:
             break
         if prefix == "rand":
             return method_config("noise", eps=value)
-        if prefix == "adv":
-            return method_config(
-                "adversarial", r=0.5, attack="pgd", eps=value, num_steps=20, alpha=4.0
-            )
+        if prefix == "adv":  # PGD-20, alpha 4 (the registry's default step rule)
+            return method_config("adversarial", r=0.5, attack=f"pgd:linf:{value!r}:20")
         if prefix == "trades":
             beta = {} if bare else {"beta": value}
-            return method_config("trades", eps=IMA_MAX_NOISE, num_steps=20, alpha=4.0, **beta)
+            attack = f"pgd:linf:{IMA_MAX_NOISE!r}:20:loss=kl"
+            return method_config("trades", attack=attack, **beta)
         return method_config("mma", d_max=IMA_MAX_NOISE if bare else value, num_steps=20)
     raise ConfigError(
         f"unknown variant {variant!r}; valid: {IMA_VARIANTS}, each optionally with "
@@ -194,12 +214,17 @@ def ima_experiment_method(variant: str) -> ml_collections.ConfigDict:
 def smoke_attack_steps(method: ml_collections.ConfigDict, steps: int = 3) -> None:
     """Cuts a method's training attack to ``steps`` PGD (and bisection) steps, in place.
 
-    For the seconds-long ``smoke`` variants of image configs, where every attack step
-    is another forward and backward pass of a ConvNet.
+    For the seconds-long ``smoke`` variants, where every attack step is another forward
+    and backward pass of the network. Acts on the ``attack`` spec's steps and on IMA's /
+    MMA's ``num_steps`` and ``num_bisections``.
     """
     for field in ("num_steps", "num_bisections"):
         if field in method:
             method[field] = min(method[field], steps)
+    if "attack" in method:
+        _, _, _, now, _ = attack_syntax.split_spec(method.attack)
+        if now is not None and int(now) > steps:
+            method.attack = attack_syntax.with_steps(method.attack, steps)
 
 
 def ima_image_config(arg: str, *, tfds_name: str, model_variant: str, image_shape: tuple):

@@ -15,7 +15,6 @@ import numpy as np
 import optax
 
 from arjax import data as data_lib
-from arjax import margins as margin_table
 from arjax import methods, parallel
 from arjax.config_lib import ConfigError
 from arjax.data import folds as folds_lib
@@ -67,6 +66,15 @@ def load_folds(cfg: ml_collections.ConfigDict) -> list[data_lib.DatasetSplits]:
     return datasets
 
 
+def build_method(cfg: ml_collections.ConfigDict) -> methods.Method:
+    """The run's method from ``cfg.method`` (Δε & co. derived from ``train.num_epochs``).
+
+    Raises:
+      ConfigError: an unknown method or field (the nearest named), a value out of range.
+    """
+    return methods.from_config(cfg.method, num_epochs=int(cfg.train.num_epochs))
+
+
 def check_radii(cfg: ml_collections.ConfigDict, dataset: data_lib.DatasetSplits) -> None:
     """Rejects attack radii beyond the data range, naming the field and the range.
 
@@ -76,7 +84,7 @@ def check_radii(cfg: ml_collections.ConfigDict, dataset: data_lib.DatasetSplits)
     bounds (two moons: coordinates in the plane) accept any radius.
 
     Raises:
-      ConfigError: a ``method.eps``/``eps_max``, ``eval.adv_eps``/``eps``/``eps_l2``
+      ConfigError: a ``method.attack``/``eps``/``eps_max``, ``eval.adv_eps``/``eps``/``eps_l2``
         or ``eval.attacks`` radius above the limit of its norm.
     """
     if dataset.bounds is None:
@@ -86,11 +94,15 @@ def check_radii(cfg: ml_collections.ConfigDict, dataset: data_lib.DatasetSplits)
     lo, hi = dataset.bounds
     dim = int(np.prod(dataset.input_shape))
     limit = {"linf": hi - lo, "l2": (hi - lo) * dim**0.5}
+    method = build_method(cfg)
     radii = [
-        (f"method.{f}", cfg.method[f], cfg.method.get("norm", "linf"))
+        (f"method.{f}", getattr(method, f), getattr(method, "norm", "linf"))
         for f in ("eps", "eps_max")
-        if f in cfg.method
+        if hasattr(method, f)
     ]
+    if isinstance(method, methods.AttackMethod):
+        spec = method.attack
+        radii.append((f"method.attack={spec.text!r}: eps", spec.eps, spec.norm))
     radii += [(f"eval.eps[{i}]", e, cfg.eval.norm) for i, e in enumerate(cfg.eval.get("eps", ()))]
     radii += [(f"eval.eps_l2[{i}]", e, "l2") for i, e in enumerate(cfg.eval.get("eps_l2", ()))]
     radii += [
@@ -138,7 +150,7 @@ def initial_state(
     seed: int,
     mesh: jax.sharding.Mesh,
     *,
-    method: ml_collections.ConfigDict | None = None,
+    method: methods.Method | None = None,
     num_epochs: int | None = None,
 ) -> tuple[TrainState, optax.GradientTransformation]:
     """A fresh replicated :class:`TrainState` and its optimiser, as a phase starts.
@@ -150,23 +162,19 @@ def initial_state(
       batch_stats: initial batch statistics.
       seed: the run's seed.
       mesh: device mesh (the state is replicated on it).
-      method: the phase's ``method`` section (default ``cfg.method``).
+      method: the phase's method (default: the config's, :func:`build_method`).
       num_epochs: the phase's length (default ``cfg.train.num_epochs``).
 
     Returns:
-      ``(state, tx)``; ``state.margins`` is the margin table when the method keeps one
-      (IMA, MMA), every entry at the table's floor.
+      ``(state, tx)``; ``state.method_state`` is the method's fresh per-example state
+      (IMA, MMA: margins at their floor), or None.
     """
-    method = cfg.method if method is None else method
+    method = build_method(cfg) if method is None else method
     num_epochs = cfg.train.num_epochs if num_epochs is None else num_epochs
     n_train = data_lib.split_length(dataset.splits["train"])
     total = data_lib.steps_per_epoch(n_train, cfg.train.batch_size) * int(num_epochs)
     tx = optim.make_optimizer(cfg.optim, total, params)
-    table = None
-    registered = methods.METHODS[method.name]
-    if registered.uses_margins:
-        table = margin_table.init_margins(n_train, registered.table_range(method)[0])
-    state = create_train_state(params, batch_stats, tx, seed, margins=table)
+    state = create_train_state(params, batch_stats, tx, seed, method.init_state(n_train))
     return parallel.put_replicated(state, mesh), tx
 
 
@@ -223,7 +231,7 @@ def init_from(run_dir: str, state: TrainState, seed: int) -> TrainState:
     ``train.init_from``: fine-tune from another experiment's run (e.g. a
     clean model shared by several adversarial runs; ``train.schedule =
     "two_phase"`` does Khakzar's clean-then-adversarial schedule in one run).
-    Step, optimiser state and margins start fresh.
+    Step, optimiser state and the method's state start fresh.
     """
     if not os.path.isdir(run_dir):
         raise ConfigError(f"train.init_from={run_dir!r} is not a run directory")

@@ -14,9 +14,11 @@ checkpoints, ``result.json`` and report row; the numbers equal the sequential
 runs' up to float rounding. A restart restores every seed at the newest step all
 of them saved, and a finished seed is not evaluated again.
 
-Supported with the single-phase schedule, without ``train.select_best``,
-``train.patience``, ``train.init_from`` or the epoch-wise margin pass
-(``margin_update="epoch"``); :func:`validate` names the field otherwise.
+Supported with a single phase, without a best checkpoint (``train.best.metric``),
+``train.init_from`` or a per-epoch method-state pass (IMA's ``margin_update="epoch"``);
+:func:`validate` names the field otherwise. Evaluators run on every seed. The setup and
+the loop are the sequential runs' (:func:`arjax.experiment.train.train_runs`); this
+module holds what only the stacked layout needs.
 """
 
 import logging
@@ -24,22 +26,17 @@ import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
-import tqdm
 
-from arjax import data as data_lib
 from arjax import parallel
 from arjax.config_lib import ConfigError
-from arjax.experiment import setup
-from arjax.experiment.evaluate import evaluate_trained
-from arjax.experiment.phase_loop import PhaseLoop, run_slice
-from arjax.training import schedule
-from arjax.training.checkpoint import Checkpointer, PreemptionFlag
+from arjax.methods import Method
+from arjax.training.checkpoint import Checkpointer
 from arjax.training.state import TrainState
 
 log = logging.getLogger("arjax")
 
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
+def validate(cfg: ml_collections.ConfigDict, method: Method) -> None:
     """Checks ``train.vmap_seeds`` against the features a stacked run cannot have.
 
     Raises:
@@ -51,11 +48,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if not flag:
         return
     conflicts = {
-        "train.schedule": cfg.train.get("schedule", "single") != "single",
-        "train.select_best": bool(cfg.train.get("select_best", "")),
-        "train.patience": bool(cfg.train.get("patience", 0)),
+        "train.phases": cfg.train.get("phases", "single") != "single",
+        "train.best.metric": bool(cfg.train.best.get("metric", "")),
         "train.init_from": bool(cfg.train.get("init_from", "")),
-        "method.margin_update": cfg.method.get("margin_update", "batch") == "epoch",
+        "method.margin_update": method.refreshes_state,
     }
     for field, bad in conflicts.items():
         if bad:
@@ -66,17 +62,19 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
 
 def _get(cfg: ml_collections.ConfigDict, dotted: str):
-    section, _, name = dotted.partition(".")
-    return cfg[section][name]
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
-def _stack(states: list[TrainState], mesh: jax.sharding.Mesh) -> TrainState:
+def stack(states: list[TrainState], mesh: jax.sharding.Mesh) -> TrainState:
     """``[S, ...]`` leaves from ``S`` states, replicated on ``mesh``."""
     stack = jax.jit(lambda *s: jax.tree.map(lambda *a: jnp.stack(a), *s))
     return parallel.put_replicated(stack(*states), mesh)
 
 
-def _restore(ckpts: list[Checkpointer], likes: list[TrainState]) -> list[TrainState] | None:
+def restore_common(ckpts: list[Checkpointer], likes: list[TrainState]) -> list[TrainState] | None:
     """Every seed at the newest step all of them saved; None when none saved any.
 
     Raises:
@@ -93,65 +91,3 @@ def _restore(ckpts: list[Checkpointer], likes: list[TrainState]) -> list[TrainSt
         )
     step = max(common)
     return [c.restore(like, step) for c, like in zip(ckpts, likes, strict=True)]
-
-
-def train_seeds(
-    cfg: ml_collections.ConfigDict,
-    seeds: tuple[int, ...],
-    run_dirs: list[str],
-    dataset: data_lib.DatasetSplits,
-    *,
-    preempted: PreemptionFlag,
-    progress: bool = True,
-) -> list[dict]:
-    """Trains (or resumes) ``seeds`` as one stacked state; returns each seed's evaluation.
-
-    Args:
-      cfg: the validated experiment config (``train.vmap_seeds=True``).
-      seeds: the seeds, one run each.
-      run_dirs: each seed's run directory.
-      dataset: the loaded splits.
-      preempted: set by SIGTERM; the loop then saves every seed and raises ``Preempted``.
-      progress: show a progress bar.
-
-    Returns:
-      the seeds' evaluation dicts, in ``seeds`` order (each also in its ``result.json``).
-    """
-    done = [setup.finished_result(d) for d in run_dirs]  # also creates the directories
-    if all(r is not None for r in done):
-        return done
-    tcfg = cfg.train
-    mesh = parallel.make_mesh(tcfg.get("num_devices", 0))
-    phases = [schedule.plan(cfg, d)[0] for d in run_dirs]
-    model, likes, tx = None, [], None
-    for seed in seeds:
-        model, params, batch_stats = setup.make_model(cfg, dataset, seed)
-        state, tx = setup.initial_state(cfg, dataset, params, batch_stats, seed, mesh)
-        likes.append(state)
-    max_keep = tcfg.get("max_checkpoints", 2)
-    ckpts = [Checkpointer(p.checkpoint_dir, max_keep) for p in phases]
-    restored = _restore(ckpts, likes)
-    if restored is not None:
-        log.info("resumed seeds %s from step %d", seeds, int(restored[0].step))
-    state = _stack(restored or likes, mesh)
-    start = int(jax.device_get(state.step)[0])
-    loop = PhaseLoop(cfg, phases, seeds, dataset, model, mesh, ckpts, start, stacked=True)
-    label = f"seeds {', '.join(map(str, seeds))} (vmapped)"
-    bar = tqdm.tqdm(total=loop.total, initial=start, disable=not progress, unit="step", desc=label)
-    try:
-        state = loop.run(state, tx, bar, preempted)
-    finally:
-        bar.close()
-        loop.close()
-    results = []
-    for i, (seed, run_dir, phase) in enumerate(zip(seeds, run_dirs, phases, strict=True)):
-        if done[i] is not None:
-            results.append(done[i])
-            continue
-        schedule.record(phase, loop.summaries[i])
-        result = evaluate_trained(
-            cfg, dataset, model, run_slice(state, i), run_dir, seed=seed, mesh=mesh,
-            info={"steps": loop.step},
-        )  # fmt: skip
-        results.append(result)
-    return results

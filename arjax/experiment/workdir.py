@@ -23,6 +23,7 @@ from arjax import data as data_lib
 from arjax import distributed, faults
 from arjax.config_lib import ConfigError, to_json
 from arjax.evaluation.report import write_text
+from arjax.experiment.migrate import migrate_dict
 
 log = logging.getLogger("arjax")
 
@@ -47,13 +48,11 @@ HOST_ONLY_FIELDS = frozenset({"train.prefetch", "train.compilation_cache"})
 # Fields added to the presets after runs were made without them, each with the value
 # that does what those runs did: a config.json that lacks the field matches a config
 # holding that value, so an older workdir still resumes.
+# (``method.*`` fields need none: methods are compared as objects, see ``_same_method``.)
 ADDED_FIELDS: dict[str, object] = {
     "train.vmap_seeds": False,
     "model.features_at": "post_activation",
-    "method.robust_on": "features",
     "model.dtype": "float32",
-    "method.dice_threshold": 0.6,
-    "method.shrink_misclassified": False,
 }
 
 
@@ -76,13 +75,16 @@ def check_config(workdir: str, cfg: ml_collections.ConfigDict, *, update: bool =
             old = f.read()
         if old != text:
             try:
-                old_flat = _flatten(json.loads(old))
+                old_dict = migrate_dict(json.loads(old))  # fields renamed since it was written
             except json.JSONDecodeError as e:
                 msg = f"{path} is not valid JSON ({e}); delete it to start over"
                 raise ConfigError(msg) from e
+            old_flat = _flatten(json.loads(json.dumps(old_dict)))
             new_flat = _flatten(json.loads(text))
             keys = old_flat.keys() | new_flat.keys()
             diff = sorted(k for k in keys if old_flat.get(k) != new_flat.get(k))
+            if _same_method(old_dict, cfg):  # e.g. old attack fields vs one spec
+                diff = [k for k in diff if not k.startswith("method.")]
             if any(not _compatible(k, old_flat, new_flat) for k in diff):
                 raise ConfigError(
                     f"{path} holds a run with a different config (fields {diff[:6]}); "
@@ -93,6 +95,24 @@ def check_config(workdir: str, cfg: ml_collections.ConfigDict, *, update: bool =
                 write_text(path, text)
         return
     write_text(path, text)
+
+
+def _same_method(old: dict, cfg: ml_collections.ConfigDict) -> bool:
+    """Whether a stored config's method equals ``cfg``'s once both are read as methods.
+
+    Configs written by older code spell the same method differently (the training attack
+    as separate fields, IMA's derived Δε written into ``method.delta``, fields added
+    since with their old behaviour as default): equal method objects train the same.
+    """
+    from arjax import methods
+
+    try:
+        epochs = int(old["train"]["num_epochs"])
+        before = methods.from_config(old["method"], num_epochs=epochs)
+        now = methods.from_config(cfg.method, num_epochs=int(cfg.train.num_epochs))
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return False
+    return before == now
 
 
 def _compatible(key: str, old: dict, new: dict) -> bool:
@@ -156,6 +176,8 @@ def _tuples(value):
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved experiment config a workdir was trained with (``config.json``).
 
+    Written by older arjax, it is read in today's fields (:mod:`arjax.experiment.migrate`).
+
     Raises:
       ConfigError: naming the missing or unreadable file.
     """
@@ -164,7 +186,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"{path} not found: {workdir!r} is not an arjax workdir")
     try:
         with open(path) as f:
-            return ml_collections.ConfigDict(_tuples(json.load(f)))
+            return ml_collections.ConfigDict(_tuples(migrate_dict(json.load(f))))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is not valid JSON: {e}") from e
 

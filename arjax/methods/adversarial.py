@@ -18,108 +18,92 @@ then a scatter back), so ``p = 0.5`` costs half the attack passes.
 ``clip(x + U(-eps, eps))``.
 """
 
-import jax
-import jax.numpy as jnp
-import ml_collections
+from __future__ import annotations
 
-from arjax.config_lib import check_range
-from arjax.methods.context import (
-    MethodContext,
-    accuracy,
-    attack_defaults,
-    mean,
-    validate_attack,
-    validate_common,
+import dataclasses
+
+from arjax.lazy import lazy_module
+from arjax.methods.base import (
+    AttackMethod,
+    LossOutput,
+    Method,
+    check_range,
+    register_method,
 )
 
-
-def perturbed_subset(key, batch_size: int, fraction: float) -> jax.Array:
-    """Indices ``[round(fraction * B)]`` of a uniformly random subset of the batch."""
-    count = int(round(fraction * batch_size))
-    return jax.random.permutation(key, batch_size)[:count]
+common = lazy_module("arjax.methods.common")
+jax = lazy_module("jax")
+jnp = lazy_module("jax.numpy")
 
 
-def mixed_adversarial_batch(ctx: MethodContext, params, batch_stats, x, y, key) -> jax.Array:
-    """The batch ``x'`` with a random ``perturb_fraction`` of it attacked.
+@register_method("adversarial")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Adversarial(AttackMethod):
+    """Mixed clean/adversarial loss (ARFL Eq. 4; module docstring).
 
-    Args:
-      ctx: method context (attack fields in ``ctx.cfg``).
-      params: model parameters.
-      batch_stats: batch statistics.
-      x: inputs ``[B, ...]``.
-      y: labels ``[B]`` or ``[B, C]``.
-      key: PRNG key.
-
-    Returns:
-      ``[B, ...]``: adversarial where chosen, clean elsewhere; gradients stopped.
+    Attributes:
+      r: weight of the clean term, in [0, 1] (1: no attack at all).
+      perturb_fraction: fraction of each batch that is attacked, in (0, 1].
+      attack: the training attack (default IMA's ``adv eps``: PGD-20, alpha 4).
     """
-    fraction = ctx.cfg.get("perturb_fraction", 1.0)
-    k_subset, k_attack = jax.random.split(key)
-    if fraction >= 1.0:
-        return ctx.attack(params, batch_stats, x, y, k_attack)
-    idx = perturbed_subset(k_subset, x.shape[0], fraction)
-    x_adv = ctx.attack(params, batch_stats, x[idx], y[idx], k_attack)
-    return x.at[idx].set(x_adv)
+
+    r: float = 0.5
+    perturb_fraction: float = 1.0
+
+    def validate(self) -> None:
+        """Checks ``r`` and ``perturb_fraction``."""
+        super().validate()
+        check_range(self, "r", 0.0, 1.0)
+        check_range(self, "perturb_fraction", 0.0, 1.0, lo_open=True)
+
+    def adversarial_batch(self, ctx, params, batch_stats, x, y, key):
+        """``x'``: the batch with a random ``perturb_fraction`` of it attacked."""
+        return common.mixed_adversarial_batch(
+            ctx, self.attack, self.attack_train_mode, self.perturb_fraction,
+            params, batch_stats, x, y, key,
+        )  # fmt: skip
+
+    def loss(self, ctx, params, batch_stats, batch, state, key):
+        """``r L_cls(x) + (1 - r) L_cls(x')``; metrics: clean and adversarial accuracies."""
+        del state
+        x, y = batch["image"], batch["label"]
+        logits, _, stats = ctx.model.apply(params, batch_stats, x, train=True)
+        clean = common.mean(common.cls_loss(self.cls_loss, logits, y))
+        metrics = {"accuracy": common.accuracy(logits, y), "loss_clean": clean}
+        if self.r >= 1.0:  # static: no attack at all
+            return clean, LossOutput({**metrics, "loss": clean}, stats)
+        x_adv = self.adversarial_batch(ctx, params, batch_stats, x, y, key)
+        logits_adv, _, stats = ctx.model.apply(params, stats, x_adv, train=True)
+        adv = common.mean(common.cls_loss(self.cls_loss, logits_adv, y))
+        r = self.r
+        value = r * clean + (1.0 - r) * adv if r > 0 else adv
+        metrics.update(loss=value, loss_adv=adv, accuracy_adv=common.accuracy(logits_adv, y))
+        return value, LossOutput(metrics, stats)
 
 
-def loss(ctx: MethodContext, params, batch_stats, batch, key):
-    """Mixed clean/adversarial loss (ARFL Eq. 4; see module docstring).
-
-    Returns:
-      ``(loss [], (metrics, new_batch_stats))``; metrics hold the clean and
-      adversarial batch accuracies.
-    """
-    x, y = batch["image"], batch["label"]
-    r = ctx.cfg.r
-    logits, _, stats = ctx.model.apply(params, batch_stats, x, train=True)
-    clean = mean(ctx.cls_loss(logits, y))
-    metrics = {"accuracy": accuracy(logits, y), "loss_clean": clean}
-    if r >= 1.0:  # static: no attack at all
-        return clean, ({**metrics, "loss": clean}, stats)
-    x_adv = mixed_adversarial_batch(ctx, params, batch_stats, x, y, key)
-    logits_adv, _, stats = ctx.model.apply(params, stats, x_adv, train=True)
-    adv = mean(ctx.cls_loss(logits_adv, y))
-    value = r * clean + (1.0 - r) * adv if r > 0 else adv
-    metrics.update(loss=value, loss_adv=adv, accuracy_adv=accuracy(logits_adv, y))
-    return value, (metrics, stats)
-
-
-def noise_loss(ctx: MethodContext, params, batch_stats, batch, key):
+@register_method("noise")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Noise(Method):
     """``rand eps``: mean loss on ``clip(x + U(-eps, eps))`` (IMA paper baseline).
 
-    Returns:
-      ``(loss [], (metrics, new_batch_stats))``.
+    Attributes:
+      eps: the noise half-width, > 0.
     """
-    x, y = batch["image"], batch["label"]
-    eps = ctx.cfg.eps
-    noisy = x + jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
-    if ctx.bounds is not None:
-        noisy = jnp.clip(noisy, *ctx.bounds)
-    logits, _, stats = ctx.model.apply(params, batch_stats, noisy, train=True)
-    value = mean(ctx.cls_loss(logits, y))
-    return value, ({"loss": value, "accuracy": accuracy(logits, y)}, stats)
 
+    eps: float = 0.1
 
-def defaults() -> dict:
-    """Default ``method`` fields of ``adversarial`` (IMA's ``adv eps``: PGD-20, r = 0.5)."""
-    return dict(name="adversarial", cls_loss="ce", r=0.5, perturb_fraction=1.0, **attack_defaults())
+    def validate(self) -> None:
+        """Checks ``eps``."""
+        super().validate()
+        check_range(self, "eps", 0.0, lo_open=True)
 
-
-def noise_defaults() -> dict:
-    """Default ``method`` fields of ``noise``."""
-    return dict(name="noise", cls_loss="ce", eps=0.1)
-
-
-def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Checks ``method.*`` fields of ``adversarial``."""
-    validate_common(cfg)
-    check_range(cfg, "method.r", 0.0, 1.0)
-    check_range(cfg, "method.perturb_fraction", 0.0, 1.0, lo_open=True)
-    if cfg.method.r < 1.0:
-        validate_attack(cfg)
-
-
-def validate_noise(cfg: ml_collections.ConfigDict) -> None:
-    """Checks ``method.*`` fields of ``noise``."""
-    validate_common(cfg)
-    check_range(cfg, "method.eps", 0.0, lo_open=True)
+    def loss(self, ctx, params, batch_stats, batch, state, key):
+        """The mean classification loss on the noisy batch."""
+        del state
+        x, y = batch["image"], batch["label"]
+        noisy = x + jax.random.uniform(key, x.shape, x.dtype, -self.eps, self.eps)
+        if ctx.bounds is not None:
+            noisy = jnp.clip(noisy, *ctx.bounds)
+        logits, _, stats = ctx.model.apply(params, batch_stats, noisy, train=True)
+        value = common.mean(common.cls_loss(self.cls_loss, logits, y))
+        return value, LossOutput({"loss": value, "accuracy": common.accuracy(logits, y)}, stats)

@@ -16,20 +16,21 @@ paper's "features" tested for Table 1, docs/fidelity.md). ``r = 1`` is standard
 training + ARFL (Eq. 2) and runs no attack.
 """
 
-import jax.numpy as jnp
-import ml_collections
+from __future__ import annotations
 
-from arjax import losses
-from arjax.config_lib import ConfigError, check_choice, check_range
-from arjax.methods.adversarial import mixed_adversarial_batch
-from arjax.methods.context import (
-    MethodContext,
-    accuracy,
-    attack_defaults,
-    mean,
-    validate_attack,
-    validate_common,
-)
+import dataclasses
+from typing import TYPE_CHECKING
+
+from arjax.lazy import lazy_module
+from arjax.methods.adversarial import Adversarial
+from arjax.methods.base import LossOutput, check_choice, check_range, field_error, register_method
+
+if TYPE_CHECKING:
+    from arjax.attacks import AttackSpec
+
+common = lazy_module("arjax.methods.common")
+jnp = lazy_module("jax.numpy")
+losses = lazy_module("arjax.losses")
 
 # What L_robust (Eq. 1) is computed on: the model's feature output, or its logits.
 ROBUST_ON = ("features", "logits")
@@ -51,74 +52,71 @@ def _as_map(logits):
     return logits[:, None] if logits.ndim == 1 else logits
 
 
-def loss(ctx: MethodContext, params, batch_stats, batch, key):
-    """ARFL Eq. 5 (Eq. 2 when ``r = 1``).
+@register_method("arfl")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ARFL(Adversarial):
+    """ARFL Eq. 5 (Eq. 2 when ``r = 1``); defaults are the two-moons setting.
 
-    Returns:
-      ``(loss [], (metrics, new_batch_stats))``.
+    Attributes:
+      r: weight of the clean ``L_overall`` term (1 standard, 0 Madry, 0.5 dual).
+      lam: lambda, the weight of ``L_robust``.
+      adv_sign: ``s``, the sign of the adversarial ``L_robust`` term (-1 as printed).
+      robust_on: ``"features"`` (the model's feature output) or ``"logits"``.
+      perturb_fraction: fraction of each batch that is attacked.
+      attack: the training attack (two-moons: FGSM eps_1 = 0.05).
     """
-    x, y = batch["image"], batch["label"]
-    cfg = ctx.cfg
-    lam, r = cfg.lam, cfg.r
-    y_pm1 = _pm1(y)
-    logits, feats, stats = ctx.model.apply(params, batch_stats, x, train=True)
-    if cfg.get("robust_on", "features") == "logits":
-        feats = _as_map(logits)
-    elif feats is None:
-        raise ValueError(
-            "method 'arfl' needs the model's features (L_robust, Hao et al. Eq. 1, is computed "
-            "on the penultimate layer / last convolutional map), but the model returns plain "
-            "logits: adapt it with arjax.models.adapt(model, features='penultimate') or "
-            "return (logits, features) from it"
+
+    lam: float = 0.5
+    adv_sign: float = -1.0
+    robust_on: str = "features"
+    attack: AttackSpec = "fgsm:linf:0.05"
+
+    def validate(self) -> None:
+        """Checks ``lam``, ``robust_on``, ``adv_sign`` and the mixing fields."""
+        super().validate()
+        check_range(self, "lam", 0.0)
+        check_choice(self, "robust_on", ROBUST_ON)
+        if self.adv_sign not in (-1, 1):
+            raise field_error(self, "adv_sign", "valid choices: -1, 1")
+
+    def loss(self, ctx, params, batch_stats, batch, state, key):
+        """ARFL Eq. 5; metrics hold both terms of each part and the accuracies."""
+        del state
+        x, y = batch["image"], batch["label"]
+        lam, r = self.lam, self.r
+        y_pm1 = _pm1(y)
+        logits, feats, stats = ctx.model.apply(params, batch_stats, x, train=True)
+        if self.robust_on == "logits":
+            feats = _as_map(logits)
+        elif feats is None:
+            raise ValueError(
+                "method 'arfl' needs the model's features (L_robust, Hao et al. Eq. 1, is "
+                "computed on the penultimate layer / last convolutional map), but the model "
+                "returns plain logits: adapt it with arjax.models.adapt(model, "
+                "features='penultimate') or return (logits, features) from it"
+            )
+        cls_clean = common.mean(common.cls_loss(self.cls_loss, logits, y))
+        rob_clean = common.mean(losses.arfl_robust(feats, y_pm1))
+        overall = cls_clean + lam * rob_clean
+        metrics = {
+            "accuracy": common.accuracy(logits, y),
+            "loss_clean": cls_clean,
+            "robust_clean": rob_clean,
+        }
+        if r >= 1.0:
+            return overall, LossOutput({**metrics, "loss": overall}, stats)
+        x_adv = self.adversarial_batch(ctx, params, batch_stats, x, y, key)
+        logits_adv, feats_adv, stats = ctx.model.apply(params, stats, x_adv, train=True)
+        if self.robust_on == "logits":
+            feats_adv = _as_map(logits_adv)
+        cls_adv = common.mean(common.cls_loss(self.cls_loss, logits_adv, y))
+        rob_adv = common.mean(losses.arfl_robust(feats_adv, y_pm1))
+        adv_term = cls_adv + self.adv_sign * lam * rob_adv
+        value = (1.0 - r) * adv_term + r * overall if r > 0 else adv_term
+        metrics.update(
+            loss=value,
+            loss_adv=cls_adv,
+            robust_adv=rob_adv,
+            accuracy_adv=common.accuracy(logits_adv, y),
         )
-    cls_clean = mean(ctx.cls_loss(logits, y))
-    rob_clean = mean(losses.arfl_robust(feats, y_pm1))
-    overall = cls_clean + lam * rob_clean
-    metrics = {
-        "accuracy": accuracy(logits, y),
-        "loss_clean": cls_clean,
-        "robust_clean": rob_clean,
-    }
-    if r >= 1.0:
-        return overall, ({**metrics, "loss": overall}, stats)
-    x_adv = mixed_adversarial_batch(ctx, params, batch_stats, x, y, key)
-    logits_adv, feats_adv, stats = ctx.model.apply(params, stats, x_adv, train=True)
-    if cfg.get("robust_on", "features") == "logits":
-        feats_adv = _as_map(logits_adv)
-    cls_adv = mean(ctx.cls_loss(logits_adv, y))
-    rob_adv = mean(losses.arfl_robust(feats_adv, y_pm1))
-    adv_term = cls_adv + cfg.adv_sign * lam * rob_adv
-    value = (1.0 - r) * adv_term + r * overall if r > 0 else adv_term
-    metrics.update(
-        loss=value, loss_adv=cls_adv, robust_adv=rob_adv, accuracy_adv=accuracy(logits_adv, y)
-    )
-    return value, (metrics, stats)
-
-
-def defaults() -> dict:
-    """Default ``method`` fields (two-moons: FGSM eps_1 = 0.05, lambda = 0.5, r = 0.5)."""
-    fields = attack_defaults()
-    fields.update(attack="fgsm", eps=0.05)
-    return dict(
-        name="arfl",
-        cls_loss="ce",
-        r=0.5,
-        lam=0.5,
-        adv_sign=-1.0,
-        robust_on="features",
-        perturb_fraction=1.0,
-        **fields,
-    )
-
-
-def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Checks ``method.*`` fields of ``arfl``."""
-    validate_common(cfg)
-    check_range(cfg, "method.r", 0.0, 1.0)
-    check_range(cfg, "method.lam", 0.0)
-    check_range(cfg, "method.perturb_fraction", 0.0, 1.0, lo_open=True)
-    check_choice(cfg, "method.robust_on", ROBUST_ON)
-    if cfg.method.adv_sign not in (-1, 1, -1.0, 1.0):
-        raise ConfigError(f"method.adv_sign={cfg.method.adv_sign!r}; valid choices: -1, 1")
-    if cfg.method.r < 1.0:
-        validate_attack(cfg)
+        return value, LossOutput(metrics, stats)

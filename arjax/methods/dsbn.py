@@ -26,63 +26,67 @@ The model must be built with ``model.dual_batch_norm=True`` (and so have batch
 norms: ResNet-18 with ``norm="batch"``, VGG16 or the MLP with ``batch_norm=True``).
 """
 
+from __future__ import annotations
+
 import dataclasses
 
-import ml_collections
+from arjax.config_lib import ConfigError
+from arjax.lazy import lazy_module
+from arjax.methods.adversarial import Adversarial
+from arjax.methods.base import Context, LossOutput, check_choice, check_range, register_method
 
-from arjax.config_lib import ConfigError, check_choice, check_range
-from arjax.methods.context import (
-    MethodContext,
-    accuracy,
-    attack_defaults,
-    mean,
-    validate_attack,
-    validate_common,
-)
-from arjax.models.dual_norm import BRANCHES, CLEAN, branch_model
+common = lazy_module("arjax.methods.common")
+dual_norm = lazy_module("arjax.models.dual_norm")
 
-ADVERSARIAL = BRANCHES[1]
+# The two branches of a dual batch norm (arjax.models.dual_norm.BRANCHES).
+CLEAN, ADVERSARIAL = "clean", "adversarial"
 
 
-def loss(ctx: MethodContext, params, batch_stats, batch, key):
+@register_method("dsbn")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DSBN(Adversarial):
     """DSBN loss ``r L_cls(f_c(x)) + (1 - r) L_cls(f_a(x'))`` (module docstring).
 
-    Returns:
-      ``(loss [], (metrics, new_batch_stats))``; the new statistics hold both
-      branches, each updated by its own forward.
+    Attributes:
+      r: weight of the clean-branch term, in (0, 1].
+      attack_branch: the branch the attack runs through (``"adversarial"``: AdvProp).
+      attack: the training attack (default PGD-20, alpha 4).
     """
-    x, y = batch["image"], batch["label"]
-    cfg = ctx.cfg
-    r = cfg.r
-    clean_model = branch_model(ctx.model, params, batch_stats, CLEAN)
-    logits, _, stats = clean_model.apply(params, batch_stats, x, train=True)
-    value = mean(ctx.cls_loss(logits, y))
-    metrics = {"accuracy": accuracy(logits, y), "loss_clean": value}
-    if r >= 1.0:  # static: the adversarial branch is not used
-        return value, ({**metrics, "loss": value}, stats)
-    adv_model = branch_model(ctx.model, params, batch_stats, ADVERSARIAL)
-    attacker = adv_model if cfg.attack_branch == ADVERSARIAL else clean_model
-    x_adv = dataclasses.replace(ctx, model=attacker).attack(params, batch_stats, x, y, key)
-    logits_adv, _, stats = adv_model.apply(params, stats, x_adv, train=True)
-    adv = mean(ctx.cls_loss(logits_adv, y))
-    value = r * value + (1.0 - r) * adv
-    metrics.update(loss=value, loss_adv=adv, accuracy_adv=accuracy(logits_adv, y))
-    return value, (metrics, stats)
 
+    attack_branch: str = ADVERSARIAL
 
-def defaults() -> dict:
-    """Default ``method`` fields of ``dsbn`` (r = 0.5, PGD-20 through the adversarial BN)."""
-    return dict(name="dsbn", cls_loss="ce", r=0.5, attack_branch=ADVERSARIAL, **attack_defaults())
+    def validate(self) -> None:
+        """Checks ``r`` (> 0) and ``attack_branch``."""
+        super().validate()
+        check_range(self, "r", 0.0, 1.0, lo_open=True)
+        check_choice(self, "attack_branch", (CLEAN, ADVERSARIAL))
 
+    def check_model(self, model, params, batch_stats) -> None:
+        """The model must have dual batch norms (``model.dual_batch_norm=True``)."""
+        try:
+            dual_norm.branch_model(model, params, batch_stats, CLEAN)
+        except ValueError:
+            raise ConfigError(
+                "method dsbn needs model.dual_batch_norm=True (a model with batch norms: "
+                "resnet18 with norm='batch', or vgg16 / mlp with batch_norm=True)"
+            ) from None
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Checks ``method.*`` fields of ``dsbn`` and that the model has dual batch norms."""
-    validate_common(cfg)
-    check_range(cfg, "method.r", 0.0, 1.0, lo_open=True)
-    check_choice(cfg, "method.attack_branch", BRANCHES)
-    validate_attack(cfg)
-    if not cfg.get("model", {}).get("dual_batch_norm", False):
-        raise ConfigError(
-            "method dsbn needs model.dual_batch_norm=True (a model with batch norms: "
-            "resnet18 with norm='batch', or vgg16 / mlp with batch_norm=True)"
-        )
+    def loss(self, ctx, params, batch_stats, batch, state, key):
+        """The DSBN loss; the new statistics hold both branches, each from its own pass."""
+        del state
+        x, y = batch["image"], batch["label"]
+        r = self.r
+        clean_model = dual_norm.branch_model(ctx.model, params, batch_stats, CLEAN)
+        logits, _, stats = clean_model.apply(params, batch_stats, x, train=True)
+        value = common.mean(common.cls_loss(self.cls_loss, logits, y))
+        metrics = {"accuracy": common.accuracy(logits, y), "loss_clean": value}
+        if r >= 1.0:  # static: the adversarial branch is not used
+            return value, LossOutput({**metrics, "loss": value}, stats)
+        adv_model = dual_norm.branch_model(ctx.model, params, batch_stats, ADVERSARIAL)
+        attacker = adv_model if self.attack_branch == ADVERSARIAL else clean_model
+        x_adv = self.adversarial(Context(attacker, ctx.bounds), params, batch_stats, x, y, key)
+        logits_adv, _, stats = adv_model.apply(params, stats, x_adv, train=True)
+        adv = common.mean(common.cls_loss(self.cls_loss, logits_adv, y))
+        value = r * value + (1.0 - r) * adv
+        metrics.update(loss=value, loss_adv=adv, accuracy_adv=common.accuracy(logits_adv, y))
+        return value, LossOutput(metrics, stats)

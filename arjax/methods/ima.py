@@ -14,7 +14,7 @@ Per batch, with the batch's margins ``eps_i`` gathered from the margin table:
    * ``"epoch"`` (default, the paper: "the sample margins are updated after each
      epoch", Alg. 2 "update margin estimation after an epoch"): the training step
      leaves the table alone; after each epoch a pass over the training split
-     (:func:`estimate_margins`, run by ``arjax.training.epoch_margins``) classifies
+     (:meth:`IMA.refresh_state`, run by ``arjax.training.state_pass``) classifies
      every sample with the updated model and refines or expands its margin from a
      new BPGD search. Costs one more BPGD per training sample and epoch (Moons: the
      pass takes about as long as the epoch's training steps).
@@ -50,155 +50,165 @@ eval mode, margins after each epoch. Options reproducing the authors' public cod
 ``reset_misclassified = False``, ``attack_train_mode = True``.
 """
 
-import jax
-import jax.numpy as jnp
-import ml_collections
+from __future__ import annotations
 
-from arjax import attacks, margins
-from arjax.config_lib import check_choice, check_range
-from arjax.methods.context import MethodContext, attack_logits_fn, validate_common
+import dataclasses
+
+from arjax.config_lib import ConfigError
+from arjax.lazy import lazy_module
+from arjax.methods.base import (
+    BoundarySearchMethod,
+    LossOutput,
+    check_choice,
+    check_range,
+    register_method,
+    set_derived,
+)
+
+common = lazy_module("arjax.methods.common")
+jax = lazy_module("jax")
+jnp = lazy_module("jax.numpy")
+margins = lazy_module("arjax.margins")
 
 # When Alg. 2 runs: "epoch" (paper: a pass after each epoch with the updated model, see
-# estimate_margins) or "batch" (from the training step's own BPGD, before its update).
+# refresh_state) or "batch" (from the training step's own BPGD, before its update).
 MARGIN_UPDATES = ("epoch", "batch")
 
 
-def loss(ctx: MethodContext, params, batch_stats, batch, key):
-    """IMA loss (Alg. 1) and the batch's margin update (Alg. 2).
+@register_method("ima")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IMA(BoundarySearchMethod):
+    """IMA (Ma et al., Algorithms 1-3); module docstring. State: ``{"margins": [N]}``.
 
-    Args:
-      ctx: method context.
-      params: model parameters.
-      batch_stats: batch statistics.
-      batch: ``image`` ``[B, ...]``, ``label`` ``[B]``, ``margin`` ``[B]`` (gathered
-        from the table by the training step).
-      key: PRNG key for BPGD's random start.
-
-    Returns:
-      ``(loss [], (metrics, new_batch_stats))``; ``metrics[margins.MARGIN_KEY]``
-      holds the new margins ``[B]`` for the step to scatter: Alg. 2's update with
-      ``margin_update="batch"``, the margins unchanged with ``"epoch"`` (the pass after
-      the epoch updates them).
+    Attributes:
+      beta: weight of the noisy-sample term L2 (Alg. 1), in [0, 1].
+      eps_max: the margins' ceiling ε_max.
+      delta: Δε, the expansion step and the floor; 0 means ε_max / ``num_epochs``
+        (the paper's "number of adversarial training epochs"), computed here.
+      margin_update: ``"epoch"`` (the paper) or ``"batch"``.
+      margin_momentum: 1 replaces a margin by its new estimate; < 1 keeps a running
+        average (the authors' code).
+      reset_misclassified: a misclassified sample's margin goes back to Δε (paper).
+      dice_threshold: segmentation: "correct" is Dice >= this.
+      shrink_misclassified: segmentation: a misclassified sample's margin shrinks by Δε.
+      num_epochs: the run's epoch count, from which ``delta = 0`` is derived (not a
+        field; ``arjax.methods.from_config`` passes ``train.num_epochs``).
+      (and the BPGD fields of :class:`~arjax.methods.base.BoundarySearchMethod`)
     """
-    cfg = ctx.cfg
-    x, y, eps = batch["image"], batch["label"], batch["margin"]
-    beta = cfg.beta
-    logits, _, stats = ctx.model.apply(params, batch_stats, x, train=True)
-    correct = ctx.correct(jax.lax.stop_gradient(logits), y)
-    ce = ctx.cls_loss(logits, y)
-    l0 = jnp.sum(jnp.where(correct, 0.0, ce))
-    l1 = jnp.sum(jnp.where(correct, ce, 0.0))
-    found = ctx.boundary_search(params, batch_stats, x, y, key, eps, logits)
-    use = correct & found.crossed
-    logits_n, _, stats = ctx.model.apply(params, stats, found.images, train=True)
-    l2 = jnp.sum(jnp.where(use, ctx.cls_loss(logits_n, y), 0.0))
-    batch_size = x.shape[0]
-    value = ((1.0 - beta) * (l0 + l1) + beta * l2) / batch_size
-    if cfg.margin_update == "batch":
-        new_margins = _updated(cfg, eps, correct, found)
-    else:  # "epoch": the pass after the epoch updates them (estimate_margins)
-        new_margins = eps
-    metrics = {
-        "loss": value,
-        "accuracy": jnp.mean(correct),
-        "crossed": jnp.mean(use),
-        "margin_mean": jnp.mean(new_margins),
-        margins.MARGIN_KEY: new_margins,
-    }
-    return value, (metrics, stats)
 
+    beta: float = 0.5
+    eps_max: float = 0.3
+    delta: float = 0.0
+    margin_update: str = "epoch"
+    margin_momentum: float = 1.0
+    reset_misclassified: bool = True
+    # segmentation (Ma et al., Experiments on Segmentation): "correct" = Dice >= this
+    dice_threshold: float = 0.6
+    # segmentation: a misclassified sample's margin shrinks by delta instead of the
+    # re-initialisation to delta (Alg. 2 line 4 "replaced by refine/shrink")
+    shrink_misclassified: bool = False
+    num_epochs: dataclasses.InitVar[int | None] = None
 
-def estimate_margins(ctx: MethodContext, params, batch_stats, batch, key):
-    """Alg. 2 for one batch with the model as it is now: the ``margin_update="epoch"`` pass.
+    def __post_init__(self, num_epochs: int | None) -> None:
+        if not self.delta:
+            if not num_epochs:
+                raise ConfigError(
+                    "method.delta=0 means eps_max / the number of epochs, but no epoch count "
+                    "was given: pass num_epochs=... or set method.delta"
+                )
+            set_derived(self, "delta", self.eps_max / num_epochs)
+        super().__post_init__()
 
-    The paper's timing: after each epoch, every training sample is classified by the
-    updated model (misclassified: re-initialise to Δε), then BPGD inside its margin
-    refines (crossed) or expands (not crossed) it. The classification and BPGD run in
-    the attack's mode (eval mode unless ``method.attack_train_mode``).
+    def validate(self) -> None:
+        """Checks every field (BPGD's too)."""
+        super().validate()
+        check_range(self, "beta", 0.0, 1.0)
+        check_range(self, "eps_max", 0.0, lo_open=True)
+        check_range(self, "delta", 0.0, self.eps_max)
+        check_range(self, "margin_momentum", 0.0, 1.0, lo_open=True)
+        check_range(self, "dice_threshold", 0.0, 1.0)
+        check_choice(self, "margin_update", MARGIN_UPDATES)
 
-    Args:
-      ctx: method context.
-      params: model parameters (after the epoch's updates).
-      batch_stats: batch statistics.
-      batch: ``image`` ``[B, ...]``, ``label`` ``[B]``, ``margin`` ``[B]`` (the table's).
-      key: PRNG key for BPGD's random start.
+    @property
+    def margin_range(self) -> tuple[float, float]:
+        """``(delta, eps_max)``: the margins' floor (and initial value) and ceiling."""
+        return float(self.delta), float(self.eps_max)
 
-    Returns:
-      float ``[B]`` new margins in ``[delta, eps_max]``.
-    """
-    x, y, eps = batch["image"], batch["label"], batch["margin"]
-    f = attack_logits_fn(ctx.model, params, batch_stats, ctx.cfg.attack_train_mode)
-    logits = f(x)
-    correct = ctx.correct(logits, y)
-    found = ctx.boundary_search(
-        params, batch_stats, x, y, key, eps, logits, logits_in_attack_mode=True
-    )
-    return _updated(ctx.cfg, eps, correct, found)
+    @property
+    def refreshes_state(self) -> bool:
+        """The paper's timing: the margins are re-estimated after each epoch."""
+        return self.margin_update == "epoch"
 
+    def loss(self, ctx, params, batch_stats, batch, state, key):
+        """IMA loss (Alg. 1) and the batch's margin update (Alg. 2).
 
-def _updated(cfg, eps, correct, found: attacks.BoundaryResult):
-    """Alg. 2's rules (:func:`arjax.margins.update`) on one BPGD result: ``[B]``."""
-    return margins.update(
-        eps,
-        correct,
-        found.crossed,
-        found.distance,
-        delta=cfg.delta,
-        eps_max=cfg.eps_max,
-        momentum=cfg.margin_momentum,
-        reset_misclassified=cfg.reset_misclassified,
-        shrink_misclassified=cfg.get("shrink_misclassified", False),
-    )
+        Args:
+          ctx: the model and the data's bounds.
+          params: model parameters.
+          batch_stats: batch statistics.
+          batch: ``image`` ``[B, ...]``, ``label`` ``[B]``.
+          state: ``{"margins": [B]}``, the batch's margins.
+          key: PRNG key for BPGD's random start.
 
+        Returns:
+          ``(loss [], LossOutput(metrics, new_batch_stats, {"margins": [B]}))``: Alg. 2's
+          update with ``margin_update="batch"``, the margins unchanged with ``"epoch"``
+          (the pass after the epoch updates them, :meth:`refresh_state`).
+        """
+        x, y, eps = batch["image"], batch["label"], state["margins"]
+        logits, _, stats = ctx.model.apply(params, batch_stats, x, train=True)
+        correct = common.correct_fn(self.dice_threshold)(jax.lax.stop_gradient(logits), y)
+        ce = common.cls_loss(self.cls_loss, logits, y)
+        l0 = jnp.sum(jnp.where(correct, 0.0, ce))
+        l1 = jnp.sum(jnp.where(correct, ce, 0.0))
+        found = common.boundary_search(
+            ctx, self, params, batch_stats, x, y, key, eps, logits,
+            dice_threshold=self.dice_threshold,
+        )  # fmt: skip
+        use = correct & found.crossed
+        logits_n, _, stats = ctx.model.apply(params, stats, found.images, train=True)
+        l2 = jnp.sum(jnp.where(use, common.cls_loss(self.cls_loss, logits_n, y), 0.0))
+        value = ((1.0 - self.beta) * (l0 + l1) + self.beta * l2) / x.shape[0]
+        new = self._updated(eps, correct, found) if self.margin_update == "batch" else eps
+        metrics = {
+            "loss": value,
+            "accuracy": jnp.mean(correct),
+            "crossed": jnp.mean(use),
+            "margin_mean": jnp.mean(new),
+        }
+        return value, LossOutput(metrics, stats, {"margins": new})
 
-def defaults() -> dict:
-    """Default ``method`` fields (paper: beta 0.5, BPGD 20 + 10 steps, alpha 4)."""
-    return dict(
-        name="ima",
-        cls_loss="ce",
-        beta=0.5,
-        eps_max=0.3,
-        delta=0.0,
-        num_steps=20,
-        num_bisections=10,
-        alpha=4.0,
-        norm="linf",
-        attack_loss="ce",
-        random_start=True,
-        bracket="clean_to_last_wrong",
-        side="middle",
-        margin_update="epoch",
-        margin_momentum=1.0,
-        reset_misclassified=True,
-        attack_train_mode=False,
-        # segmentation (Ma et al., Experiments on Segmentation): "correct" = Dice >= this
-        dice_threshold=0.6,
-        # segmentation: a misclassified sample's margin shrinks by delta instead of the
-        # re-initialisation to delta (Alg. 2 line 4 "replaced by refine/shrink")
-        shrink_misclassified=False,
-    )
+    def refresh_state(self, ctx, params, batch_stats, batch, state, key):
+        """Alg. 2 for one batch with the model as it is now (``margin_update="epoch"``).
 
+        The paper's timing: after each epoch, every training sample is classified by the
+        updated model (misclassified: re-initialise to Δε), then BPGD inside its margin
+        refines (crossed) or expands (not crossed) it. The classification and BPGD run
+        in the attack's mode (eval mode unless ``attack_train_mode``).
 
-def resolve(cfg: ml_collections.ConfigDict) -> None:
-    """Fills ``method.delta`` = ε_max / number of adversarial epochs when it is 0."""
-    if not cfg.method.delta:
-        cfg.method.delta = cfg.method.eps_max / cfg.train.num_epochs
+        Returns:
+          ``{"margins": [B]}`` in ``[delta, eps_max]``.
+        """
+        x, y, eps = batch["image"], batch["label"], state["margins"]
+        f = common.attack_logits_fn(ctx.model, params, batch_stats, self.attack_train_mode)
+        logits = f(x)
+        correct = common.correct_fn(self.dice_threshold)(logits, y)
+        found = common.boundary_search(
+            ctx, self, params, batch_stats, x, y, key, eps, logits,
+            dice_threshold=self.dice_threshold, logits_in_attack_mode=True,
+        )  # fmt: skip
+        return {"margins": self._updated(eps, correct, found)}
 
-
-def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Checks ``method.*`` fields of ``ima``."""
-    validate_common(cfg)
-    check_range(cfg, "method.beta", 0.0, 1.0)
-    check_range(cfg, "method.eps_max", 0.0, lo_open=True)
-    check_range(cfg, "method.delta", 0.0, cfg.method.eps_max)
-    check_range(cfg, "method.num_steps", 1, integer=True)
-    check_range(cfg, "method.num_bisections", 0, integer=True)
-    check_range(cfg, "method.alpha", 0.0, lo_open=True)
-    check_range(cfg, "method.margin_momentum", 0.0, 1.0, lo_open=True)
-    if "dice_threshold" in cfg.method:
-        check_range(cfg, "method.dice_threshold", 0.0, 1.0)
-    check_choice(cfg, "method.norm", attacks.NORMS)
-    check_choice(cfg, "method.attack_loss", ("ce", "margin"))
-    check_choice(cfg, "method.bracket", attacks.BRACKETS)
-    check_choice(cfg, "method.margin_update", MARGIN_UPDATES)
-    check_choice(cfg, "method.side", ("middle", "correct", "wrong"))
+    def _updated(self, eps, correct, found):
+        """Alg. 2's rules (:func:`arjax.margins.update`) on one BPGD result: ``[B]``."""
+        return margins.update(
+            eps,
+            correct,
+            found.crossed,
+            found.distance,
+            delta=self.delta,
+            eps_max=self.eps_max,
+            momentum=self.margin_momentum,
+            reset_misclassified=self.reset_misclassified,
+            shrink_misclassified=self.shrink_misclassified,
+        )

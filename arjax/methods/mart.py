@@ -20,20 +20,22 @@ A single binary logit ``z`` is treated as the equivalent two-class softmax over 
 supported.
 """
 
-import jax
-import jax.numpy as jnp
-import ml_collections
+from __future__ import annotations
 
-from arjax.config_lib import check_range
-from arjax.losses.classification import head_kind
-from arjax.methods.context import (
-    MethodContext,
-    accuracy,
-    attack_defaults,
-    mean,
-    validate_attack,
-)
-from arjax.types import Array
+import dataclasses
+from typing import TYPE_CHECKING
+
+from arjax.lazy import lazy_module
+from arjax.methods.base import AttackMethod, LossOutput, check_range, register_method
+
+if TYPE_CHECKING:
+    from arjax.attacks import AttackSpec
+    from arjax.types import Array
+
+common = lazy_module("arjax.methods.common")
+jax = lazy_module("jax")
+jnp = lazy_module("jax.numpy")
+classification = lazy_module("arjax.losses.classification")
 
 
 def two_class_logits(logits: Array, labels: Array) -> tuple[Array, Array]:
@@ -44,7 +46,7 @@ def two_class_logits(logits: Array, labels: Array) -> tuple[Array, Array]:
     Raises:
       ValueError: for a multi-label head.
     """
-    kind = head_kind(logits, labels)
+    kind = classification.head_kind(logits, labels)
     if kind == "softmax":
         return logits, labels
     if kind == "binary":
@@ -82,36 +84,40 @@ def mart_terms(clean_logits, adv_logits, labels) -> tuple[Array, Array, Array]:
     return boosted_ce(adv, y), categorical_kl(clean, adv), 1.0 - p_y
 
 
-def loss(ctx: MethodContext, params, batch_stats, batch, key):
+@register_method("mart")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MART(AttackMethod):
     """MART loss ``mean_b[BCE(x'_b) + lam * KL(p(x_b) || p(x'_b)) (1 - p_y(x_b))]``.
 
-    Returns:
-      ``(loss [], (metrics, new_batch_stats))``.
+    Attributes:
+      lam: weight of the misclassification-weighted KL (the code's ``beta``; paper 6).
+      attack: PGD on the cross-entropy (default PGD-10).
     """
-    x, y = batch["image"], batch["label"]
-    logits, _, stats = ctx.model.apply(params, batch_stats, x, train=True)
-    x_adv = ctx.attack(params, batch_stats, x, y, key)
-    logits_adv, _, stats = ctx.model.apply(params, stats, x_adv, train=True)
-    bce, kl, weight = mart_terms(logits, logits_adv, y)
-    adv = mean(bce)
-    robust = mean(kl * weight)
-    value = adv + ctx.cfg.lam * robust
-    metrics = {
-        "loss": value,
-        "loss_adv": adv,
-        "loss_kl": robust,
-        "accuracy": accuracy(logits, y),
-        "accuracy_adv": accuracy(logits_adv, y),
-    }
-    return value, (metrics, stats)
 
+    lam: float = 6.0
+    attack: AttackSpec = "pgd:linf:0.1:10"
 
-def defaults() -> dict:
-    """Default ``method`` fields of ``mart`` (lam = 6, PGD-10 on the CE, linf)."""
-    return dict(name="mart", lam=6.0, **{**attack_defaults(), "num_steps": 10})
+    def validate(self) -> None:
+        """Checks ``lam``."""
+        super().validate()
+        check_range(self, "lam", 0.0)
 
-
-def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Checks ``method.*`` fields of ``mart``."""
-    check_range(cfg, "method.lam", 0.0)
-    validate_attack(cfg)
+    def loss(self, ctx, params, batch_stats, batch, state, key):
+        """The MART loss; metrics hold both terms and both accuracies."""
+        del state
+        x, y = batch["image"], batch["label"]
+        logits, _, stats = ctx.model.apply(params, batch_stats, x, train=True)
+        x_adv = self.adversarial(ctx, params, batch_stats, x, y, key)
+        logits_adv, _, stats = ctx.model.apply(params, stats, x_adv, train=True)
+        bce, kl, weight = mart_terms(logits, logits_adv, y)
+        adv = common.mean(bce)
+        robust = common.mean(kl * weight)
+        value = adv + self.lam * robust
+        metrics = {
+            "loss": value,
+            "loss_adv": adv,
+            "loss_kl": robust,
+            "accuracy": common.accuracy(logits, y),
+            "accuracy_adv": common.accuracy(logits_adv, y),
+        }
+        return value, LossOutput(metrics, stats)

@@ -26,96 +26,90 @@ al. 2020 / Carmon et al. 2019 on the extra instances. The choices, all fields:
 ``sigmoid`` of one binary logit. The drop-max layer of MIRST-DM is not implemented.
 """
 
-import jax
-import jax.numpy as jnp
-import ml_collections
+from __future__ import annotations
 
-from arjax.attacks.objectives import kl_objective
-from arjax.config_lib import ConfigError, check_range, get_path
-from arjax.methods.context import (
-    MethodContext,
-    accuracy,
-    attack_defaults,
-    mean,
-    validate_attack,
-    validate_common,
-)
+import dataclasses
+
+from arjax.lazy import lazy_module
+from arjax.methods.base import AttackMethod, LossOutput, check_range, field_error, register_method
+
+common = lazy_module("arjax.methods.common")
+jax = lazy_module("jax")
+jnp = lazy_module("jax.numpy")
+objectives = lazy_module("arjax.attacks.objectives")
 
 DEFAULT_LEVELS = (1.0 / 3.0, 2.0 / 3.0, 1.0)
 
 
-def instances(ctx: MethodContext, params, batch_stats, x, y, key) -> tuple[jax.Array, jax.Array]:
-    """The ``K`` adversarial instances of the batch, one per level.
-
-    Args:
-      ctx: method context (``levels``, ``eps`` and the attack fields in ``ctx.cfg``).
-      params: model parameters.
-      batch_stats: batch statistics.
-      x: inputs ``[B, ...]``.
-      y: labels ``[B]`` or ``[B, C]``.
-      key: PRNG key.
-
-    Returns:
-      ``(x_inst [K * B, ...], y_inst [K * B, ...])``, level-major (rows ``k * B .. (k + 1)
-      * B - 1`` are level ``k``); gradients stopped.
-    """
-    levels = tuple(ctx.cfg.levels)
-    k = len(levels)
-    xs = jnp.concatenate([x] * k)
-    ys = jnp.concatenate([y] * k)
-    radii = jnp.repeat(jnp.asarray(levels, x.dtype) * ctx.cfg.eps, x.shape[0])
-    return ctx.attack(params, batch_stats, xs, ys, key, eps=radii), ys
-
-
-def loss(ctx: MethodContext, params, batch_stats, batch, key):
+@register_method("mirst")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MIRST(AttackMethod):
     """MIRST loss (module docstring's ``L``).
 
-    Returns:
-      ``(loss [], (metrics, new_batch_stats))``; metrics hold the clean and instance
-      terms, the self-training KL and the clean and largest-level accuracies.
+    Attributes:
+      levels: the instances' radii as fractions of the attack's eps, each in (0, 1].
+      beta: weight of the self-training KL.
+      attack: the attack making the instances (default PGD-20 on the CE, alpha 4).
     """
-    x, y = batch["image"], batch["label"]
-    k = len(ctx.cfg.levels)
-    logits, _, stats = ctx.model.apply(params, batch_stats, x, train=True)
-    x_inst, y_inst = instances(ctx, params, batch_stats, x, y, key)
-    logits_inst, _, stats = ctx.model.apply(params, stats, x_inst, train=True)
-    clean = mean(ctx.cls_loss(logits, y))
-    per_level = jnp.mean(ctx.cls_loss(logits_inst, y_inst).reshape(k, -1), axis=1)  # [K]
-    supervised = (clean + jnp.sum(per_level)) / (k + 1)
-    teacher = jax.lax.stop_gradient(jnp.concatenate([logits] * k))
-    self_training = mean(kl_objective(logits_inst, y_inst, teacher))
-    value = supervised + ctx.cfg.beta * self_training
-    last = slice((k - 1) * x.shape[0], None)  # the largest level's instances
-    metrics = {
-        "loss": value,
-        "loss_clean": clean,
-        "loss_adv": jnp.mean(per_level),
-        "loss_kl": self_training,
-        "accuracy": accuracy(logits, y),
-        "accuracy_adv": accuracy(logits_inst[last], y_inst[last]),
-    }
-    return value, (metrics, stats)
 
+    levels: tuple[float, ...] = DEFAULT_LEVELS
+    beta: float = 1.0
 
-def defaults() -> dict:
-    """Default ``method`` fields of ``mirst`` (levels eps * (1/3, 2/3, 1), beta = 1, PGD-20)."""
-    return dict(name="mirst", cls_loss="ce", levels=DEFAULT_LEVELS, beta=1.0, **attack_defaults())
-
-
-def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Checks ``method.*`` fields of ``mirst``; ``levels`` is a non-empty tuple in (0, 1]."""
-    validate_common(cfg)
-    check_range(cfg, "method.beta", 0.0)
-    levels = get_path(cfg, "method.levels")
-    bad = (
-        not isinstance(levels, tuple | list)
-        or not levels
-        or any(isinstance(v, bool) or not isinstance(v, int | float) for v in levels)
-        or any(not 0.0 < v <= 1.0 for v in levels)
-    )
-    if bad:
-        raise ConfigError(
-            f"method.levels={levels!r}: needs a non-empty tuple of fractions of method.eps, "
-            "each in (0, 1], e.g. (0.333, 0.667, 1.0)"
+    def validate(self) -> None:
+        """Checks ``beta`` and ``levels`` (a non-empty tuple of fractions in (0, 1])."""
+        super().validate()
+        check_range(self, "beta", 0.0)
+        levels = self.levels
+        bad = (
+            not isinstance(levels, tuple | list)
+            or not levels
+            or any(isinstance(v, bool) or not isinstance(v, int | float) for v in levels)
+            or any(not 0.0 < v <= 1.0 for v in levels)
         )
-    validate_attack(cfg)
+        if bad:
+            raise field_error(
+                self, "levels", "needs a non-empty tuple of fractions of the attack's eps, "
+                "each in (0, 1], e.g. (0.333, 0.667, 1.0)",
+            )  # fmt: skip
+
+    def instances(self, ctx, params, batch_stats, x, y, key):
+        """The ``K`` adversarial instances of the batch, one per level.
+
+        Returns:
+          ``(x_inst [K * B, ...], y_inst [K * B, ...])``, level-major (rows ``k * B ..
+          (k + 1) * B - 1`` are level ``k``); gradients stopped.
+        """
+        k = len(self.levels)
+        xs = jnp.concatenate([x] * k)
+        ys = jnp.concatenate([y] * k)
+        radii = jnp.repeat(jnp.asarray(self.levels, x.dtype) * self.attack.eps, x.shape[0])
+        return self.adversarial(ctx, params, batch_stats, xs, ys, key, eps=radii), ys
+
+    def loss(self, ctx, params, batch_stats, batch, state, key):
+        """The MIRST loss.
+
+        Metrics hold the clean and instance terms, the self-training KL and the clean and
+        largest-level accuracies.
+        """
+        del state
+        x, y = batch["image"], batch["label"]
+        k = len(self.levels)
+        logits, _, stats = ctx.model.apply(params, batch_stats, x, train=True)
+        x_inst, y_inst = self.instances(ctx, params, batch_stats, x, y, key)
+        logits_inst, _, stats = ctx.model.apply(params, stats, x_inst, train=True)
+        clean = common.mean(common.cls_loss(self.cls_loss, logits, y))
+        per_level = jnp.mean(common.cls_loss(self.cls_loss, logits_inst, y_inst).reshape(k, -1), 1)
+        supervised = (clean + jnp.sum(per_level)) / (k + 1)
+        teacher = jax.lax.stop_gradient(jnp.concatenate([logits] * k))
+        self_training = common.mean(objectives.kl_objective(logits_inst, y_inst, teacher))
+        value = supervised + self.beta * self_training
+        last = slice((k - 1) * x.shape[0], None)  # the largest level's instances
+        metrics = {
+            "loss": value,
+            "loss_clean": clean,
+            "loss_adv": jnp.mean(per_level),
+            "loss_kl": self_training,
+            "accuracy": common.accuracy(logits, y),
+            "accuracy_adv": common.accuracy(logits_inst[last], y_inst[last]),
+        }
+        return value, LossOutput(metrics, stats)

@@ -39,106 +39,102 @@ comes from one train-mode forward pass over the mixed batch (``x + δ*`` where f
 ``x``).
 """
 
-import jax
-import jax.numpy as jnp
-import ml_collections
+from __future__ import annotations
 
-from arjax import attacks, losses, margins
-from arjax.config_lib import check_choice, check_range
-from arjax.methods.context import MethodContext, validate_common
+import dataclasses
+
+from arjax.lazy import lazy_module
+from arjax.methods.base import (
+    BoundarySearchMethod,
+    LossOutput,
+    check_range,
+    register_method,
+)
+
+common = lazy_module("arjax.methods.common")
+jax = lazy_module("jax")
+jnp = lazy_module("jax.numpy")
+losses = lazy_module("arjax.losses")
 
 # eps_min = 0 means this fraction of d_max (the authors' code's mineps / hinge_maxeps).
 EPS_MIN_FRACTION = 0.2
 
 
-def margin_range(cfg: ml_collections.ConfigDict) -> tuple[float, float]:
-    """``(eps_min, search_scale * d_max)``: the table's floor (initial value) and ceiling.
+@register_method("mma")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MMA(BoundarySearchMethod):
+    """MMA loss ``c · mean CE(x) + (1 - c) · L^MMA`` (module docstring); margins in the state.
 
-    Args:
-      cfg: the ``method`` section of ``mma``.
+    Attributes:
+      d_max: the hinge; samples whose margin reaches it get no adversarial loss.
+      clean_loss_coeff: ``c``, the weight of the clean loss (0: "OMMA").
+      eps_min: the margins' floor; 0 means ``EPS_MIN_FRACTION * d_max``.
+      search_scale: the search ceiling ``search_scale * d_max`` (AN-PGD's extension).
+      (and the BPGD fields of :class:`~arjax.methods.base.BoundarySearchMethod`, with
+      MMA's defaults alpha 2.5, the logit-margin loss and the ``clean_to_last`` bracket)
     """
-    floor = cfg.eps_min or EPS_MIN_FRACTION * cfg.d_max
-    return float(floor), float(cfg.search_scale * cfg.d_max)
 
+    d_max: float = 0.3
+    clean_loss_coeff: float = 1.0 / 3.0
+    eps_min: float = 0.0
+    search_scale: float = 1.05
+    alpha: float = 2.5
+    attack_loss: str = "margin"
+    bracket: str = "clean_to_last"
 
-def loss(ctx: MethodContext, params, batch_stats, batch, key):
-    """MMA loss ``c · mean CE(x) + (1 - c) · L^MMA`` and the batch's new margins.
+    def validate(self) -> None:
+        """Checks every field (BPGD's too)."""
+        super().validate()
+        check_range(self, "d_max", 0.0, lo_open=True)
+        check_range(self, "clean_loss_coeff", 0.0, 1.0)
+        check_range(self, "search_scale", 1.0)
+        check_range(self, "eps_min", 0.0, self.d_max)  # 0 means EPS_MIN_FRACTION * d_max
 
-    Args:
-      ctx: method context.
-      params: model parameters.
-      batch_stats: batch statistics.
-      batch: ``image`` ``[B, ...]``, ``label`` ``[B]``, ``margin`` ``[B]`` (the previous
-        margins, gathered from the table by the training step).
-      key: PRNG key for the PGD random start.
+    @property
+    def margin_range(self) -> tuple[float, float]:
+        """``(eps_min, search_scale * d_max)``: the margins' floor (initial value), ceiling."""
+        floor = self.eps_min or EPS_MIN_FRACTION * self.d_max
+        return float(floor), float(self.search_scale * self.d_max)
 
-    Returns:
-      ``(loss [], (metrics, new_batch_stats))``; ``metrics[margins.MARGIN_KEY]`` holds
-      the new margins ``[B]`` for the step to scatter.
-    """
-    cfg = ctx.cfg
-    x, y = batch["image"], batch["label"]
-    floor, ceiling = margin_range(cfg)
-    radius = jnp.clip(batch["margin"], floor, ceiling)
-    logits, _, stats = ctx.model.apply(params, batch_stats, x, train=True)
-    correct = losses.predictions_correct(jax.lax.stop_gradient(logits), y)
-    clean = jnp.mean(ctx.cls_loss(logits, y))
-    found = ctx.boundary_search(params, batch_stats, x, y, key, radius, logits, extend_to=ceiling)
-    # One forward pass over the batch as MMA trains on it: x + δ* for correctly
-    # classified samples whose search flipped them, x for the others (BPGD returns x).
-    logits_m, _, stats = ctx.model.apply(params, stats, found.images, train=True)
-    hinged = correct & found.crossed & (found.distance < cfg.d_max)
-    weight = jnp.where(correct, hinged, True).astype(logits_m.dtype)
-    mma = jnp.sum(weight * ctx.cls_loss(logits_m, y)) / x.shape[0]
-    c = cfg.clean_loss_coeff
-    value = c * clean + (1.0 - c) * mma
-    estimate = jnp.where(found.crossed, found.distance, ceiling)
-    new_margins = jnp.clip(jnp.where(correct, estimate, floor), floor, ceiling)
-    metrics = {
-        "loss": value,
-        "loss_clean": clean,
-        "loss_mma": mma,
-        "accuracy": jnp.mean(correct),
-        "hinged": jnp.mean(hinged),
-        "margin_mean": jnp.mean(new_margins),
-        margins.MARGIN_KEY: new_margins,
-    }
-    return value, (metrics, stats)
+    def loss(self, ctx, params, batch_stats, batch, state, key):
+        """MMA loss and the batch's new margins.
 
+        Args:
+          ctx: the model and the data's bounds.
+          params: model parameters.
+          batch_stats: batch statistics.
+          batch: ``image`` ``[B, ...]``, ``label`` ``[B]``.
+          state: ``{"margins": [B]}``, the batch's previous margins.
+          key: PRNG key for the PGD random start.
 
-def defaults() -> dict:
-    """Default ``method`` fields of ``mma`` (see the module docstring for their sources)."""
-    return dict(
-        name="mma",
-        cls_loss="ce",
-        d_max=0.3,
-        clean_loss_coeff=1.0 / 3.0,
-        eps_min=0.0,
-        search_scale=1.05,
-        num_steps=20,
-        num_bisections=10,
-        alpha=2.5,
-        norm="linf",
-        attack_loss="margin",
-        random_start=True,
-        bracket="clean_to_last",
-        side="middle",
-        attack_train_mode=False,
-    )
-
-
-def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Checks ``method.*`` fields of ``mma``."""
-    validate_common(cfg)
-    check_range(cfg, "method.d_max", 0.0, lo_open=True)
-    check_range(cfg, "method.clean_loss_coeff", 0.0, 1.0)
-    check_range(cfg, "method.search_scale", 1.0)
-    # 0 means EPS_MIN_FRACTION * d_max.
-    check_range(cfg, "method.eps_min", 0.0, cfg.method.d_max)
-    check_range(cfg, "method.num_steps", 1, integer=True)
-    check_range(cfg, "method.num_bisections", 0, integer=True)
-    check_range(cfg, "method.alpha", 0.0, lo_open=True)
-    check_choice(cfg, "method.norm", attacks.NORMS)
-    check_choice(cfg, "method.attack_loss", attacks.BPGD_LOSSES)
-    check_choice(cfg, "method.bracket", attacks.BRACKETS)
-    check_choice(cfg, "method.side", attacks.SIDES)
+        Returns:
+          ``(loss [], LossOutput(metrics, new_batch_stats, {"margins": [B]}))``.
+        """
+        x, y = batch["image"], batch["label"]
+        floor, ceiling = self.margin_range
+        radius = jnp.clip(state["margins"], floor, ceiling)
+        logits, _, stats = ctx.model.apply(params, batch_stats, x, train=True)
+        correct = losses.predictions_correct(jax.lax.stop_gradient(logits), y)
+        clean = jnp.mean(common.cls_loss(self.cls_loss, logits, y))
+        found = common.boundary_search(
+            ctx, self, params, batch_stats, x, y, key, radius, logits, extend_to=ceiling
+        )
+        # One forward pass over the batch as MMA trains on it: x + δ* for correctly
+        # classified samples whose search flipped them, x for the others (BPGD returns x).
+        logits_m, _, stats = ctx.model.apply(params, stats, found.images, train=True)
+        hinged = correct & found.crossed & (found.distance < self.d_max)
+        weight = jnp.where(correct, hinged, True).astype(logits_m.dtype)
+        mma = jnp.sum(weight * common.cls_loss(self.cls_loss, logits_m, y)) / x.shape[0]
+        c = self.clean_loss_coeff
+        value = c * clean + (1.0 - c) * mma
+        estimate = jnp.where(found.crossed, found.distance, ceiling)
+        new = jnp.clip(jnp.where(correct, estimate, floor), floor, ceiling)
+        metrics = {
+            "loss": value,
+            "loss_clean": clean,
+            "loss_mma": mma,
+            "accuracy": jnp.mean(correct),
+            "hinged": jnp.mean(hinged),
+            "margin_mean": jnp.mean(new),
+        }
+        return value, LossOutput(metrics, stats, {"margins": new})

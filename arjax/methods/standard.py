@@ -5,40 +5,34 @@ nnU-Net's deep-supervision sum over the decoder's resolutions
 (:func:`arjax.losses.deep_supervision_loss`).
 """
 
-import ml_collections
+from __future__ import annotations
 
-from arjax import losses
-from arjax.methods.context import MethodContext, accuracy, mean, validate_common
+import dataclasses
 
+from arjax.lazy import lazy_module
+from arjax.methods.base import LossOutput, Method, register_method
 
-def loss(ctx: MethodContext, params, batch_stats, batch, key):
-    """``mean_i L_cls(f(x_i), y_i)`` over the batch.
-
-    Args:
-      ctx: method context.
-      params: model parameters.
-      batch_stats: batch statistics.
-      batch: ``{"image": [B, ...], "label": [B] | [B, C]}``.
-      key: unused (standard training is deterministic given the batch).
-
-    Returns:
-      ``(loss [], (metrics, new_batch_stats))``.
-    """
-    del key
-    logits, features, new_stats = ctx.model.apply(params, batch_stats, batch["image"], train=True)
-    aux = features.get("deep_supervision") if isinstance(features, dict) else None
-    if aux and ctx.cfg.get("cls_loss", "ce") == "dice_ce":  # a U-Net with deep supervision
-        value = mean(losses.deep_supervision_loss(logits, aux, batch["label"]))
-    else:
-        value = mean(ctx.cls_loss(logits, batch["label"]))
-    return value, ({"loss": value, "accuracy": accuracy(logits, batch["label"])}, new_stats)
+common = lazy_module("arjax.methods.common")
+losses = lazy_module("arjax.losses")
 
 
-def defaults() -> dict:
-    """Default ``method`` fields."""
-    return dict(name="standard", cls_loss="ce")
+@register_method("standard")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Standard(Method):
+    """``mean_i L_cls(f(x_i), y_i)`` over the batch (fields: ``cls_loss``)."""
 
+    def loss(self, ctx, params, batch_stats, batch, state, key):
+        """The mean classification loss; ``key`` is unused (deterministic given the batch).
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Checks ``method.*`` fields."""
-    validate_common(cfg)
+        Returns:
+          ``(loss [], LossOutput(metrics, new_batch_stats))``.
+        """
+        del key, state
+        x, y = batch["image"], batch["label"]
+        logits, features, new_stats = ctx.model.apply(params, batch_stats, x, train=True)
+        aux = features.get("deep_supervision") if isinstance(features, dict) else None
+        if aux and self.cls_loss == "dice_ce":  # a U-Net with deep supervision
+            value = common.mean(losses.deep_supervision_loss(logits, aux, y))
+        else:
+            value = common.mean(common.cls_loss(self.cls_loss, logits, y))
+        return value, LossOutput({"loss": value, "accuracy": common.accuracy(logits, y)}, new_stats)

@@ -15,101 +15,85 @@ single binary logit (multi-label heads: the per-class Bernoulli KLs summed).
 
 ``beta = 6`` is the paper's CIFAR-10 value. IMA (Ma et al.) writes the same weight as
 ``1/beta``: ``inv_beta > 0`` sets ``beta = 1 / inv_beta``; setting both is an error.
+The attack is ``method.attack`` with the KL objective (``"pgd:linf:0.1:10:loss=kl"``: any
+radius, norm, steps and step rule; PGD on the KL from a random start is fixed).
 """
 
-import jax
-import ml_collections
+from __future__ import annotations
 
-from arjax import attacks
-from arjax.attacks.objectives import kl_objective
-from arjax.config_lib import ConfigError, check_choice, check_range
-from arjax.methods.context import (
-    MethodContext,
-    accuracy,
-    attack_defaults,
-    attack_logits_fn,
-    mean,
-    validate_common,
-)
+import dataclasses
+from typing import TYPE_CHECKING
+
+from arjax.lazy import lazy_module
+from arjax.methods.base import AttackMethod, LossOutput, check_range, field_error, register_method
+
+if TYPE_CHECKING:
+    from arjax.attacks import AttackSpec
+
+common = lazy_module("arjax.methods.common")
+objectives = lazy_module("arjax.attacks.objectives")
 
 DEFAULT_BETA = 6.0
-# Attack fields TRADES fixes: always PGD on the KL objective from a random start.
-_FIXED_ATTACK_FIELDS = ("attack", "attack_loss", "random_start")
 
 
-def effective_beta(cfg: ml_collections.ConfigDict) -> float:
-    """``beta``, or ``1 / inv_beta`` when ``inv_beta > 0`` (IMA's notation)."""
-    inv = cfg.get("inv_beta", 0.0)
-    return 1.0 / inv if inv > 0 else cfg.beta
-
-
-def kl_attack(ctx: MethodContext, params, batch_stats, x, y, key) -> jax.Array:
-    """``x'``: PGD maximising ``KL(P(x) || P(x'))``, random start, gradients stopped.
-
-    The step is ``method.step_size`` when set, else ``alpha * eps / num_steps`` (the
-    rule of :meth:`MethodContext.attack`). The clean logits the KL is taken from are
-    computed by the attack's own model (eval mode unless ``attack_train_mode``).
-    """
-    cfg = ctx.cfg
-    f = attack_logits_fn(ctx.model, params, batch_stats, cfg.get("attack_train_mode", False))
-    step = cfg.get("step_size", None) or cfg.alpha * cfg.eps / cfg.num_steps
-    return attacks.pgd(
-        f,
-        x,
-        y,
-        key,
-        eps=cfg.eps,
-        step_size=step,
-        num_steps=cfg.num_steps,
-        norm=cfg.norm,
-        loss="kl",
-        random_start=True,
-        bounds=ctx.bounds,
-    )
-
-
-def loss(ctx: MethodContext, params, batch_stats, batch, key):
+@register_method("trades")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TRADES(AttackMethod):
     """TRADES loss ``mean_b[L_cls(x_b) + beta * KL(P(x_b) || P(x'_b))]``.
 
-    Returns:
-      ``(loss [], (metrics, new_batch_stats))``; metrics hold the two terms and the
-      clean and adversarial accuracies.
+    Attributes:
+      beta: weight of the KL term (the TRADES paper's 1/lambda).
+      inv_beta: IMA's notation: > 0 sets ``beta = 1 / inv_beta``.
+      attack: PGD on the KL from a random start (``loss=kl``).
     """
-    x, y = batch["image"], batch["label"]
-    logits, _, stats = ctx.model.apply(params, batch_stats, x, train=True)
-    x_adv = kl_attack(ctx, params, batch_stats, x, y, key)
-    logits_adv, _, stats = ctx.model.apply(params, stats, x_adv, train=True)
-    natural = mean(ctx.cls_loss(logits, y))
-    robust = mean(kl_objective(logits_adv, y, logits))
-    value = natural + effective_beta(ctx.cfg) * robust
-    metrics = {
-        "loss": value,
-        "loss_clean": natural,
-        "loss_kl": robust,
-        "accuracy": accuracy(logits, y),
-        "accuracy_adv": accuracy(logits_adv, y),
-    }
-    return value, (metrics, stats)
 
+    beta: float = DEFAULT_BETA
+    inv_beta: float = 0.0
+    attack: AttackSpec = "pgd:linf:0.1:10:loss=kl"
 
-def defaults() -> dict:
-    """Default ``method`` fields of ``trades`` (beta = 6, PGD-10 on the KL, linf)."""
-    attack = {k: v for k, v in attack_defaults().items() if k not in _FIXED_ATTACK_FIELDS}
-    attack["num_steps"] = 10
-    return dict(name="trades", cls_loss="ce", beta=DEFAULT_BETA, inv_beta=0.0, **attack)
+    def validate(self) -> None:
+        """Checks ``beta``/``inv_beta`` and that the attack is PGD on the KL."""
+        super().validate()
+        check_range(self, "beta", 0.0)
+        check_range(self, "inv_beta", 0.0)
+        if self.inv_beta != 0.0 and self.beta != DEFAULT_BETA:
+            raise field_error(
+                self, "inv_beta",
+                f"method.beta={self.beta!r} is set too; give one (inv_beta > 0 means "
+                "beta = 1/inv_beta)",
+            )  # fmt: skip
+        spec = self.attack
+        if spec.attack != "pgd" or spec.loss != "kl" or not spec.random_start:
+            raise field_error(
+                self, "attack", "TRADES maximises the KL by PGD from a random start: use "
+                "pgd:<norm>:<eps>:<steps>:loss=kl",
+            )  # fmt: skip
 
+    @property
+    def effective_beta(self) -> float:
+        """``beta``, or ``1 / inv_beta`` when ``inv_beta > 0`` (IMA's notation)."""
+        return 1.0 / self.inv_beta if self.inv_beta > 0 else self.beta
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Checks ``method.*`` fields of ``trades``."""
-    validate_common(cfg)
-    check_range(cfg, "method.beta", 0.0)
-    check_range(cfg, "method.inv_beta", 0.0)
-    if cfg.method.inv_beta != 0.0 and cfg.method.beta != DEFAULT_BETA:
-        raise ConfigError(
-            f"method.beta={cfg.method.beta!r} and method.inv_beta={cfg.method.inv_beta!r} "
-            "are both set; give one (inv_beta > 0 means beta = 1/inv_beta)"
-        )
-    check_choice(cfg, "method.norm", attacks.NORMS)
-    check_range(cfg, "method.eps", 0.0, lo_open=True)
-    check_range(cfg, "method.num_steps", 1, integer=True)
-    check_range(cfg, "method.alpha", 0.0, lo_open=True)
+    def loss(self, ctx, params, batch_stats, batch, state, key):
+        """The TRADES loss; metrics hold the two terms and both accuracies.
+
+        ``x'`` maximises ``KL(P(x) || P(x'))`` by PGD; the clean logits the KL is taken
+        from are computed by the attack's own model (eval mode unless
+        ``attack_train_mode``).
+        """
+        del state
+        x, y = batch["image"], batch["label"]
+        logits, _, stats = ctx.model.apply(params, batch_stats, x, train=True)
+        x_adv = self.adversarial(ctx, params, batch_stats, x, y, key)
+        logits_adv, _, stats = ctx.model.apply(params, stats, x_adv, train=True)
+        natural = common.mean(common.cls_loss(self.cls_loss, logits, y))
+        robust = common.mean(objectives.kl_objective(logits_adv, y, logits))
+        value = natural + self.effective_beta * robust
+        metrics = {
+            "loss": value,
+            "loss_clean": natural,
+            "loss_kl": robust,
+            "accuracy": common.accuracy(logits, y),
+            "accuracy_adv": common.accuracy(logits_adv, y),
+        }
+        return value, LossOutput(metrics, stats)

@@ -18,7 +18,7 @@ Example::
 
     fns, params, stats = arjax.models.adapt(my_module)
     x_adv = arjax.attacks.pgd(fns.logits_fn(params, stats), x, y, key, eps=0.03)
-    loss = arjax.methods.make_loss(arjax.methods.method_config("trades"), fns, (0.0, 1.0))
+    loss = arjax.methods.make_loss(arjax.method_config("trades"), fns, (0.0, 1.0))
 """
 
 import dataclasses

@@ -17,7 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from arjax import distributed, faults
-from arjax.training.state import TrainState
+from arjax.training.state import TrainState, saved_layout
 
 log = logging.getLogger("arjax")
 
@@ -33,7 +33,9 @@ class Checkpointer:
     def __init__(self, directory: str, max_to_keep: int = 2):
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+        )
 
     def latest_step(self) -> int | None:
         """The newest saved step, or None."""
@@ -48,10 +50,24 @@ class Checkpointer:
         faults.point("checkpoint")  # the write is in flight (orbax saves asynchronously)
 
     def restore(self, like: TrainState, step: int | None = None) -> TrainState:
-        """Restores a step (default: the latest) into the structure and shardings of ``like``."""
+        """Restores a step (default: the latest) into the structure and shardings of ``like``.
+
+        A checkpoint written by older code (older ``TrainState`` fields, e.g. ``margins``
+        before ``method_state``) is read into today's layout
+        (:func:`arjax.training.state.saved_layout`).
+        """
         step = self.latest_step() if step is None else step
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        target, rebuild = saved_layout(like, self._saved_fields(step))
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        return rebuild(self.manager.restore(step, args=ocp.args.StandardRestore(abstract)))
+
+    def _saved_fields(self, step: int) -> set[str] | None:
+        """The top-level field names of the saved state (None when unreadable)."""
+        try:
+            tree = self.manager.item_metadata(step).tree
+        except Exception:  # damaged metadata: let the restore report it
+            return None
+        return set(tree) if hasattr(tree, "keys") else None
 
     def restore_newest_good(self, like: TrainState) -> TrainState | None:
         """The newest checkpoint that restores; unreadable newer ones are set aside.
@@ -179,23 +195,27 @@ class PreemptionFlag:
 
 
 class BestCheckpoint:
-    """Keeps the state with the lowest validation loss.
+    """Keeps the state with the best value of one evaluator's metric.
 
-    Khakzar et al. §4: "the model with the smallest validation loss is used".
-    Saved under ``<workdir>/best`` with ``best.json`` (step and value) so a
-    resumed run knows the best so far. Disabled when ``metric`` is empty.
+    Khakzar et al. §4: "the model with the smallest validation loss is used"
+    (``"val/loss"``, ``mode="min"``); robust early stopping (Rice, Wong & Kolter 2020)
+    keeps the largest robust validation accuracy (``"val_pgd/accuracy"``, ``"max"``).
+    Saved under ``<workdir>/best`` with ``best.json`` (step and value) so a resumed run
+    knows the best so far. Disabled when ``metric`` is empty.
 
     Args:
       workdir: the run directory.
-      metric: ``""`` (off) or ``"val/loss"`` / ``"test/loss"``-style key whose
-        split-free name (``loss``) is looked up in the evaluation dict.
+      metric: ``""`` (off) or ``"<evaluator>/<metric>"``; the part after the evaluator's
+        name is looked up in that evaluator's results.
+      mode: ``"min"`` or ``"max"``: which direction is better.
     """
 
-    def __init__(self, workdir: str, metric: str):
+    def __init__(self, workdir: str, metric: str, mode: str = "min"):
         self.enabled = bool(metric)
-        self.metric = metric.split("/")[-1] if metric else ""
+        self.metric = metric.split("/", 1)[-1] if metric else ""
+        self.sign = 1.0 if mode == "min" else -1.0
         self.step: int | None = None
-        self.value = math.inf
+        self.value = math.inf * self.sign
         self._meta = os.path.join(workdir, "best", "best.json")
         self._ckpt = None
         if self.enabled:
@@ -206,11 +226,11 @@ class BestCheckpoint:
                 self.step, self.value = meta["step"], meta["value"]
 
     def offer(self, state: TrainState, evaluation: dict, step: int) -> bool:
-        """Saves ``state`` if ``evaluation[metric]`` is the lowest so far."""
+        """Saves ``state`` if ``evaluation[metric]`` is the best so far (ties keep the first)."""
         if not self.enabled:
             return False
         value = float(evaluation[self.metric])
-        if not value < self.value:
+        if not self.sign * value < self.sign * self.value:
             return False
         self._ckpt.save(state)
         self._ckpt.wait()

@@ -1,18 +1,18 @@
-"""IMA's margin update after each epoch with the updated model (Ma et al., Algorithm 2).
+"""A method's per-example state refreshed after each epoch, over the training split.
 
-The paper's Algorithm 2 ("update margin estimation after an epoch") runs, once the
-epoch's optimiser steps are done, over every training sample: classify it with the
-updated model, re-initialise the margin of a misclassified sample, and refine or expand
-the others from a BPGD search inside their margins. ``method.margin_update="epoch"``
-selects this timing; with ``"batch"`` the training step updates the batch's margins
-from its own BPGD result instead (no pass).
+A method whose :attr:`~arjax.methods.Method.refreshes_state` is true re-estimates its
+state with the updated model once the epoch's optimiser steps are done: IMA's
+Algorithm 2 ("update margin estimation after an epoch", ``method.margin_update=
+"epoch"``) classifies every training sample, re-initialises the margin of a
+misclassified one, and refines or expands the others from a BPGD search inside their
+margins (:meth:`arjax.methods.IMA.refresh_state`). With ``"batch"`` the training step
+updates the batch's margins from its own BPGD result instead (no pass).
 
 The pass is compiled and data-parallel (batches sharded over the mesh, the state
 replicated and donated), ``train.steps_per_call`` batches per call, over the training
-split in its stored order. It
-changes only ``state.margins``; its randomness (BPGD's random start) is
-``fold_in(fold_in(step_key(state), PASS_TAG), batch_number)``, a pure function of the
-state, so a run resumed from a checkpoint repeats it exactly.
+split in its stored order. It changes only ``state.method_state``; its randomness
+(BPGD's random start) is ``fold_in(fold_in(step_key(state), PASS_TAG), batch_number)``,
+a pure function of the state, so a run resumed from a checkpoint repeats it exactly.
 """
 
 from collections.abc import Callable
@@ -22,24 +22,23 @@ import numpy as np
 from jax.sharding import Mesh
 
 from arjax import compilation, parallel
-from arjax import margins as margin_table
 from arjax.data.pipeline import eval_batches
-from arjax.training.state import TrainState, step_key
+from arjax.training.state import TrainState, gather_rows, scatter_rows, step_key
 from arjax.types import Array, Batch, PRNGKey, PyTree
 
 # Separates the pass's keys from the training step's (fold_in(base, step) itself).
 PASS_TAG = 0x4D415247  # "MARG"
 
-# estimate(params, batch_stats, batch, key) -> new margins [B]; ``batch`` holds
-# ``image``, ``label`` and the table's ``margin`` [B] (arjax.methods.ima.estimate_margins).
-MarginEstimate = Callable[[PyTree, PyTree, Batch, PRNGKey], Array]
+# refresh(params, batch_stats, batch, rows, key) -> new rows: a bound
+# arjax.methods.Method.refresh_state (``batch`` holds ``image`` and ``label``).
+Refresh = Callable[[PyTree, PyTree, Batch, PyTree, PRNGKey], PyTree]
 
 
-def make_pass_step(estimate: MarginEstimate) -> Callable[[TrainState, Batch, Array], TrainState]:
-    """Algorithm 2 on one batch of the pass: ``(state, batch, batch_number) -> state``.
+def make_pass_step(refresh: Refresh) -> Callable[[TrainState, Batch, Array], TrainState]:
+    """The refresh on one batch of the pass: ``(state, batch, batch_number) -> state``.
 
     Args:
-      estimate: the method's per-batch margin estimate with its context bound.
+      refresh: the method's per-batch state refresh with its context bound.
 
     Returns:
       a pure function; ``batch`` holds ``image`` ``[B, ...]``, ``label``, ``index``
@@ -49,24 +48,24 @@ def make_pass_step(estimate: MarginEstimate) -> Callable[[TrainState, Batch, Arr
 
     def pass_step(state: TrainState, batch: Batch, batch_number: Array) -> TrainState:
         index = batch["index"]
-        current = margin_table.gather(state.margins, index)
+        rows = gather_rows(state.method_state, index)
         key = jax.random.fold_in(jax.random.fold_in(step_key(state), PASS_TAG), batch_number)
-        inputs = {"image": batch["image"], "label": batch["label"], "margin": current}
-        new = estimate(state.params, state.batch_stats, inputs, key)
-        table = margin_table.scatter(state.margins, index, new, valid=batch["mask"] > 0)
-        return state.replace(margins=table)
+        inputs = {"image": batch["image"], "label": batch["label"]}
+        new = refresh(state.params, state.batch_stats, inputs, rows, key)
+        valid = batch["mask"] > 0
+        return state.replace(method_state=scatter_rows(state.method_state, index, new, valid))
 
     return pass_step
 
 
-def make_pass_call(estimate: MarginEstimate) -> Callable[[TrainState, Batch, Array], TrainState]:
+def make_pass_call(refresh: Refresh) -> Callable[[TrainState, Batch, Array], TrainState]:
     """``k`` batches of the pass in one call: ``(state, batches [k, B, ...], numbers [k])``.
 
     One ``lax.scan`` over :func:`make_pass_step` (no loop for ``k = 1``: XLA:CPU runs
     convolutions much slower inside a while loop, see ``arjax.training.step``), so that
     tiny models are not bound by one Python dispatch per batch.
     """
-    pass_step = make_pass_step(estimate)
+    pass_step = make_pass_step(refresh)
 
     def pass_call(state: TrainState, batches: Batch, numbers: Array) -> TrainState:
         if numbers.shape[0] == 1:
@@ -80,12 +79,12 @@ def make_pass_call(estimate: MarginEstimate) -> Callable[[TrainState, Batch, Arr
     return pass_call
 
 
-class EpochMargins:
+class StatePass:
     """The host side of the pass: when it is due and the loop over the training split.
 
     Args:
-      estimate: the method's per-batch margin estimate, or None (no pass: every method
-        but IMA, and IMA with ``margin_update="batch"``).
+      refresh: the method's per-batch state refresh, or None (no pass: every method
+        whose ``refreshes_state`` is false, e.g. IMA with ``margin_update="batch"``).
       train_split: the training split (``image``, ``label``; an array dict or source).
       batch_size: the pass's global batch size (the training one: same memory as a step).
       mesh: the ``('data',)`` device mesh.
@@ -98,7 +97,7 @@ class EpochMargins:
 
     def __init__(
         self,
-        estimate: MarginEstimate | None,
+        refresh: Refresh | None,
         train_split,
         *,
         batch_size: int,
@@ -106,13 +105,13 @@ class EpochMargins:
         steps_per_epoch: int,
         batches_per_call: int = 1,
     ):
-        self.enabled = estimate is not None
+        self.enabled = refresh is not None
         self.split, self.batch_size, self.mesh = train_split, batch_size, mesh
         self.steps_per_epoch, self.batches_per_call = steps_per_epoch, batches_per_call
         if self.enabled:
             repl = parallel.replicated(mesh)
             self._call = compilation.jit(
-                make_pass_call(estimate),
+                make_pass_call(refresh),
                 in_shardings=(repl, parallel.batch_sharding(mesh, leading_axes=2), repl),
                 out_shardings=repl,
                 donate_argnums=0,
@@ -131,7 +130,7 @@ class EpochMargins:
         return self.run(state)
 
     def run(self, state: TrainState) -> TrainState:
-        """One pass of Algorithm 2 over the whole training split with ``state``'s model."""
+        """One refresh pass over the whole training split with ``state``'s model."""
         k = self.batches_per_call
         batches = [
             {f: b[f] for f in self._FIELDS}

@@ -15,11 +15,11 @@ import optax
 from jax.sharding import Mesh
 
 from arjax import compilation, parallel
-from arjax import margins as margin_table
-from arjax.training.state import TrainState, step_key
+from arjax.training.state import TrainState, gather_rows, scatter_rows, step_key
 from arjax.types import Batch, Metrics
 
-# loss(params, batch_stats, batch, key) -> (loss, (metrics, new_batch_stats))
+# loss(params, batch_stats, batch, state_rows, key) -> (loss, LossOutput(metrics,
+# new_batch_stats, new_state_rows)): a bound arjax.methods.Method.loss.
 MethodLoss = Callable
 
 
@@ -29,33 +29,25 @@ def make_train_step(
     """One optimiser update on the batch.
 
     The step key is ``fold_in(state.rng, state.step)``, so a resumed run
-    draws the same randomness as an uninterrupted one. When the state holds
-    a margin table (IMA), the batch's margins are gathered into
-    ``batch["margin"]`` and the method's updated values (returned under
-    ``margins.MARGIN_KEY`` in its metrics) are scattered back.
+    draws the same randomness as an uninterrupted one. When the method keeps a
+    per-example state (IMA/MMA margins), the batch's rows are gathered by its
+    ``index`` for the loss and the rows it returns are scattered back.
     """
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        if state.margins is not None:
-            batch = {**batch, "margin": margin_table.gather(state.margins, batch["index"])}
+        rows = gather_rows(state.method_state, batch["index"])
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (metrics, batch_stats)), grads = grad_fn(
-            state.params, state.batch_stats, batch, step_key(state)
-        )
+        (loss, out), grads = grad_fn(state.params, state.batch_stats, batch, rows, step_key(state))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics)
-        table = state.margins
-        if table is not None:
-            new = metrics.pop(margin_table.MARGIN_KEY)
-            table = margin_table.scatter(table, batch["index"], new)
+        metrics = dict(out.metrics)
         metrics.update(loss=loss, grad_norm=optax.global_norm(grads))
         new_state = state.replace(
             step=state.step + 1,
             params=params,
-            batch_stats=batch_stats,
+            batch_stats=out.batch_stats,
             opt_state=opt_state,
-            margins=table,
+            method_state=scatter_rows(state.method_state, batch["index"], out.state),
         )
         return new_state, metrics
 
