@@ -36,8 +36,8 @@ def _config(image_size: int, steps: int, batch: int, prefetch: int):
     return cfg
 
 
-def run_loop(cfg, workdir: str, steps: int) -> float:
-    """Examples/s of steps 2..``steps`` of one phase loop (step 1 compiles)."""
+def train_steps(cfg, workdir: str, steps: int):
+    """Runs the first ``steps`` steps of seed 0's single phase of ``cfg``; returns the phase."""
     import tqdm
 
     from arjax import methods, parallel
@@ -62,6 +62,12 @@ def run_loop(cfg, workdir: str, steps: int) -> float:
     finally:
         loop.close()
         flag.close()
+    return phase
+
+
+def run_loop(cfg, workdir: str, steps: int) -> float:
+    """Examples/s of steps 2..``steps`` of one phase loop (step 1 compiles)."""
+    phase = train_steps(cfg, workdir, steps)
     with open(os.path.join(phase.directory, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     times = [cfg.train.batch_size / r["examples_per_s"] for r in records[1:]]
