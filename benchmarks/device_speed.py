@@ -27,6 +27,7 @@ ceiling when the ``env`` part measured one.
 """
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -38,6 +39,7 @@ import optax
 import workloads as wl
 from device_budget import PartRecord, part_parser
 from device_env import chip_peaks
+from device_profile import kernel_profile
 
 from arjax import compilation_cache, methods
 
@@ -119,7 +121,7 @@ def setups(group: dict, dry_run: bool) -> dict:
     }
     if "khakzar" in group["rows"]:
         y = jax.numpy.asarray(multi_hot(batch, out["float32"].num_classes))
-        out = {d: wl.dataclasses.replace(s, y=y) for d, s in out.items()}
+        out = {d: dataclasses.replace(s, y=y) for d, s in out.items()}
     return out
 
 
@@ -337,43 +339,37 @@ def run_group(name: str, rec: PartRecord, dry_run: bool, env: dict) -> None:
         rec.set("logits_rel_err", err)
         if not err <= LOGITS_TOL:
             rec.note(f"{name}: PyTorch and arjax float32 logits differ (relative {err:.1e})")
-        for impl in IMPLS[1::2] + IMPLS[4:]:
-            if impl.startswith("torch"):
-                m = copy.deepcopy(net)
-                m = torch.compile(m, backend=backend) if "compile" in impl else m
-                impls[impl] = torch_rows(s32, m, group["rows"], k, n, kt, impl.endswith("bf16"))
+        for impl in (i for i in IMPLS if i.startswith("torch")):
+            m = copy.deepcopy(net)  # each variant trains its own copy
+            m = torch.compile(m, backend=backend) if "compile" in impl else m
+            impls[impl] = torch_rows(s32, m, group["rows"], k, n, kt, impl.endswith("bf16"))
     peaks = chip_peaks(env.get("jax", {}).get("device_kind", "")) if not dry_run else None
     measured = env.get("ceilings")
     results = {row: {} for row in names}
-    phases = (
+    compile_left = 0.3 * rec.cap_s if math.isfinite(rec.cap_s) else 0.0
+    compiled = ("arjax_f32", "arjax_bf16", "torch_compile_f32", "torch_compile_bf16")
+    for phase, chosen, min_left in (
         ("eager", ("arjax_f32", "torch_f32", "arjax_bf16", "torch_bf16"), 15.0),
-        (
-            "compile",
-            ("arjax_f32", "arjax_bf16", "torch_compile_f32", "torch_compile_bf16"),
-            0.3 * rec.cap_s if math.isfinite(rec.cap_s) else 0.0,
-        ),
-    )
-    for phase, chosen, min_left in phases:
-        items = {
-            f"{row}|{impl}": impls[impl][row] for impl in chosen if impl in impls for row in names
-        }
+        ("compile", compiled, compile_left),
+    ):
+        items = {f"{r}|{impl}": impls[impl][r] for impl in chosen if impl in impls for r in names}
         if phase == "compile" and not any("torch" in key for key in items):
             continue
         timed = time_items(items, rec, f"{name} ({phase})", sz["max_repeats"], min_left)
-        for row in names:
+        for row, kind in zip(names, group["rows"], strict=True):
             rows = {key.split("|")[1]: r for key, r in timed.items() if key.startswith(row + "|")}
             if rows:
-                results[row][phase] = summarise(
-                    rows,
-                    batch,
-                    flops,
-                    passes(group["rows"][names.index(row)], k, n, kt),
-                    peaks,
-                    measured,
-                )
-        rec.set("rows", results)
-    for row, by_phase in results.items():
-        rec.line(summary_line(name, row, batch, by_phase))
+                how = passes(kind, k, n, kt)
+                results[row][phase] = summarise(rows, batch, flops, how, peaks, measured)
+                rec.set("rows", results)
+                rec.line(summary_line(name, row, batch, phase, results[row][phase]["impls"]))
+        if phase == "eager":  # before torch.compile, which may not finish within the cap
+            for row in names:  # where arjax's bf16 step spends its time on the device
+                if rec.left() > 20 and "arjax_bf16" in impls:
+                    fn, args = impls["arjax_bf16"][row]
+                    prof = kernel_profile(fn, args, calls=3, steps_per_call=1)
+                    results[row]["profile_arjax_bf16"] = prof
+                    rec.set("rows", results)
 
 
 def _fmt(r: dict | None) -> str:
@@ -383,19 +379,14 @@ def _fmt(r: dict | None) -> str:
     return f"{1e3 * r['step_s']:.1f} ms ({r['images_per_s']:.0f} img/s{mfu})"
 
 
-def summary_line(group: str, row: str, batch: int, by_phase: dict) -> str:
-    """One line per row: arjax vs PyTorch eager (and torch.compile) in bf16 and float32."""
-    eager = by_phase.get("eager", {}).get("impls", {})
-    comp = by_phase.get("compile", {}).get("impls", {})
+def summary_line(group: str, row: str, batch: int, phase: str, impls: dict) -> str:
+    """One line per row and phase: arjax against PyTorch eager or ``torch.compile``."""
     parts = []
     for dt in ("bf16", "f32"):
-        ours, theirs = eager.get(f"arjax_{dt}"), eager.get(f"torch_{dt}")
-        text = f"{dt}: arjax {_fmt(ours)}, torch eager {_fmt(theirs)}"
+        theirs = impls.get(f"torch_{dt}" if phase == "eager" else f"torch_compile_{dt}")
+        text = f"{dt}: arjax {_fmt(impls.get(f'arjax_{dt}'))}, torch {phase} {_fmt(theirs)}"
         if theirs and "speedup" in theirs:
             text += f" -> {theirs['speedup']:.2f}x"
-        tc = comp.get(f"torch_compile_{dt}")
-        if tc and "speedup" in tc:
-            text += f"; torch.compile {_fmt(tc)} -> {tc['speedup']:.2f}x"
         parts.append(text)
     return f"{group} {row} b{batch}: " + " | ".join(parts)
 

@@ -11,7 +11,7 @@ a ``lax.scan`` over ``--steps-per-call`` steps whose body takes every row's vmap
 step (``make_train_step`` of the row's method, exactly what a run compiles), so XLA can
 fuse the rows' small kernels and the host dispatches once per call for all 40 runs.
 
-Two measurements:
+Three measurements, in this order:
 
 * ``full``: ``--epochs`` (the paper's 5000) end to end: building the configs, data and
   states, compiling, training (batches of every seed gathered on the host one call
@@ -19,6 +19,9 @@ Two measurements:
   (``suite.evaluate``: clean accuracy and FGSM eps 0.2 accuracy on the 1000 test
   points, the run's evaluation key). Wall time, and each row's mean (std) accuracies
   next to the paper's.
+* ``profile``: three more calls of the program under ``jax.profiler``
+  (``device_profile.kernel_profile``, not counted in the wall time): device events
+  (kernels) per step, their time, and the device's busy fraction: where the time goes.
 * ``equality``: ``--equality-epochs`` of the same stacked program next to the
   sequential runs (each run alone through ``compile_multi_step``, as
   ``train.vmap_seeds=False`` trains it), evaluated the same way: how many of the runs'
@@ -36,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from device_budget import PartRecord, part_parser
+from device_profile import kernel_profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "configs"))
@@ -185,8 +189,12 @@ def stacked_program(table: Table):
     return jax.jit(program, donate_argnums=0)
 
 
-def train_stacked(table: Table, k: int) -> tuple[dict, dict]:
-    """Every row and seed for ``table.total`` steps; returns (final states, timings)."""
+def train_stacked(table: Table, k: int, profile_calls: int = 0) -> tuple[dict, dict]:
+    """Every row and seed for ``table.total`` steps; returns (final states, timings).
+
+    ``profile_calls > 0``: afterwards, :func:`device_profile.kernel_profile` of that many
+    more calls (on copies of the final states, which are returned) goes in the timings.
+    """
     t0 = time.perf_counter()
     program = stacked_program(table)
     stack = jax.jit(lambda *s: jax.tree.map(lambda *a: jnp.stack(a), *s))
@@ -206,12 +214,23 @@ def train_stacked(table: Table, k: int) -> tuple[dict, dict]:
         feed.close()
     if not np.isfinite(final).all():
         raise FloatingPointError(f"non-finite final losses {final}")
-    return dict(zip(table.rows, states, strict=True)), {
+    timing = {
         "first_call_s": first,
         "train_s": time.perf_counter() - t0,
         "calls": len(starts),
         "final_loss": final.tolist(),
     }
+    if profile_calls:
+        inputs = [jax.tree.map(jnp.copy, states), jax.device_put(batches), jax.device_put(valid)]
+
+        def call():
+            inputs[0], out = program(*inputs)
+            return out
+
+        t1 = time.perf_counter()
+        timing["profile"] = kernel_profile(call, (), calls=profile_calls, steps_per_call=k)
+        timing["profile_s"] = time.perf_counter() - t1
+    return dict(zip(table.rows, states, strict=True)), timing
 
 
 def evaluate_all(table: Table, states: dict) -> dict:
@@ -292,11 +311,11 @@ def full_run(rows, seeds, epochs: int, k: int) -> dict:
     table = Table(rows, seeds, epochs)
     table.check_batches([0, table.total - 1])
     build_s = time.perf_counter() - t0
-    states, timing = train_stacked(table, k)
+    states, timing = train_stacked(table, k, profile_calls=3)
     t1 = time.perf_counter()
     accuracies = evaluate_all(table, states)
     eval_s = time.perf_counter() - t1
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 - timing["profile_s"]  # the profile is not the run's
     summary = {}
     for row, runs in accuracies.items():
         a = 100 * np.asarray(runs)  # [S, 2]
@@ -354,13 +373,7 @@ def main(argv=None):
             backend=jax.default_backend(),
         ),
     )
-    eq = equality(Table(rows, seeds, eq_epochs), k)
-    rec.set("equality", eq)
-    rec.line(
-        f"Table 1 stacked vs sequential at {eq_epochs} epochs: {eq['equal_runs']}/{eq['runs']} "
-        f"runs with equal accuracies (max difference {eq['max_abs_diff']:.4f})"
-    )
-    full = full_run(rows, seeds, epochs, k)
+    full = full_run(rows, seeds, epochs, k)  # first: the number the part is for
     rec.set("full", full)
     rec.line(
         f"Table 1 ({len(rows)} rows x {len(seeds)} seeds x {epochs} epochs, one program): "
@@ -373,6 +386,18 @@ def main(argv=None):
             f"{s['adversarial_mean']:.1f} ({s['adversarial_std']:.1f})  paper "
             f"{s['paper'][0]:.1f} / {s['paper'][1]:.1f}"
         )
+    profile = full["profile"]
+    rec.line(
+        f"  one step of all {len(rows) * len(seeds)} runs: {profile['wall_us_per_step']:.0f} us "
+        f"(profiled), {profile['events_per_step']:.0f} device events, busy "
+        f"{100 * profile['busy_fraction']:.0f}% of the time"
+    )
+    eq = equality(Table(rows, seeds, eq_epochs), k)
+    rec.set("equality", eq)
+    rec.line(
+        f"Table 1 stacked vs sequential at {eq_epochs} epochs: {eq['equal_runs']}/{eq['runs']} "
+        f"runs with equal accuracies (max difference {eq['max_abs_diff']:.4f})"
+    )
     rec.finish()
 
 

@@ -191,3 +191,42 @@ def test_the_gpu_selection_names_collected_tests():
     assert done.returncode == 0, done.stdout[-2000:]
     counts = dict(line.split(": ") for line in done.stdout.splitlines() if ": " in line)
     assert counts == {"tests/test_bpgd.py": "3", "tests/test_precision.py": "4"}
+
+
+def _junit_xml(path, failed: bool):
+    case = ('<testcase classname="tests.test_faults" name="test_kill_9_then_the_same_command_'
+            'gives_the_same_report[step@6]">' + ('<failure message="differs"/>' if failed else "")
+            + "</testcase>")  # fmt: skip
+    path.write_text(f'<testsuites><testsuite name="pytest">{case}</testsuite></testsuites>')
+
+
+@pytest.mark.parametrize("no_cache_fails", [False, True])
+def test_the_tests_part_runs_deterministic_kernels_only_when_needed(
+    bench, tmp_path, monkeypatch, no_cache_fails
+):
+    tests = bench("device_tests")
+    monkeypatch.setattr(tests, "deterministic_flag", lambda env: "--xla_gpu_deterministic_ops=true")
+    calls = []
+
+    def fake_run(cmd, env, timeout, log):
+        xml = pathlib.Path(next(a for a in cmd if a.startswith("--junitxml=")).split("=", 1)[1])
+        mode = xml.stem.split("_", 1)[1]
+        calls.append((mode, cmd, env))
+        _junit_xml(xml, failed=no_cache_fails and mode == "no_cache")
+        return 0, 1.0
+
+    with open(tmp_path / "log", "w") as log:
+        out = tests.run_tests(False, 300.0, str(tmp_path), {"XLA_FLAGS": "--x=1"}, log, fake_run)
+    modes = [m for m, _, _ in calls]
+    assert modes == (["default", "no_cache", "deterministic"] if no_cache_fails
+                     else ["default", "no_cache"])  # fmt: skip
+    _, default_cmd, default_env = calls[0]
+    assert "-k" not in default_cmd and default_env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert "ARJAX_CACHE_DIR" not in default_env or default_env["ARJAX_CACHE_DIR"] != "off"
+    for _, cmd, env in calls[1:]:
+        assert cmd[cmd.index("-k") + 1] == tests.RESUME_SUBSET and env["ARJAX_CACHE_DIR"] == "off"
+    result = out["result"]
+    assert result["resume_bit_identical"]["no_cache"] is (not no_cache_fails)
+    if no_cache_fails:
+        assert calls[2][2]["XLA_FLAGS"] == "--x=1 --xla_gpu_deterministic_ops=true"
+        assert result["resume_bit_identical"]["deterministic"] is True
