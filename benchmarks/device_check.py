@@ -45,6 +45,7 @@ PARTS = {
 BUDGET_S = 470  # 8 minutes on one H100, less the wheels' install and the summary
 MIN_PART_S = 20  # a part that would get less is skipped
 JAX_MEMORY = {"speed": "0.45"}  # JAX and PyTorch share the GPU in the speed parts
+_signals = {"starting": False, "pending": None}  # SIGTERM while a part's process starts
 
 
 def part_env(name: str, dry_run: bool) -> dict:
@@ -60,8 +61,23 @@ def part_env(name: str, dry_run: bool) -> dict:
     return env
 
 
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group, SIGKILL after 5 s if it is still there."""
+    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=grace)
+            return
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            continue
+
+
 def run_process(cmd, env, timeout: float, log) -> tuple[int | None, float]:
     """Runs ``cmd`` in its own process group; at ``timeout`` s the group is stopped.
+
+    The group stays in this session (no ``setsid``), so whatever ends the check's
+    session ends the parts too; if the check itself is stopped (SIGTERM, Ctrl-C) while a
+    part runs, it stops the part's group first.
 
     Returns:
       ``(returncode, seconds)``; returncode None when it was stopped at the timeout.
@@ -69,20 +85,23 @@ def run_process(cmd, env, timeout: float, log) -> tuple[int | None, float]:
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    _signals["starting"] = True  # a SIGTERM now waits until the part can be stopped
     try:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0
+        )
+    finally:
+        _signals["starting"] = False
+    try:
+        if _signals["pending"] is not None:
+            raise KeyboardInterrupt(f"signal {_signals['pending']}")
         code = proc.wait(timeout=max(timeout, 1.0))
     except subprocess.TimeoutExpired:
         code = None
-        for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=grace)
-                break
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                continue
+        _stop_group(proc)
+    except BaseException:
+        _stop_group(proc)
+        raise
     seconds = time.perf_counter() - t0
     log.write(f"[exit {code} after {seconds:.1f} s]\n")
     log.flush()
@@ -196,6 +215,8 @@ def summary_text(report: dict) -> str:
         f"arjax device check{' (DRY RUN: tiny sizes on the CPU)' if report['dry_run'] else ''}"
         f", {report['started']}, {report['elapsed_s']:.0f} s of {report['budget_s']:.0f} s"
     ]
+    if report.get("interrupted"):
+        lines.append(f"INTERRUPTED ({report['interrupted']}): the parts below are all it ran")
     for name, part in report["parts"].items():
         lines.append(
             f"[{name}] {part['status']} ({part.get('seconds', 0):.0f} s"
@@ -231,6 +252,13 @@ def write(report: dict, out: str) -> None:
     os.replace(tmp, os.path.join(out, "device_check.json"))
     with open(os.path.join(out, "summary.txt"), "w") as f:
         f.write(summary_text(report))
+
+
+def _terminated(signum, frame):
+    if _signals["starting"]:  # inside Popen: raised once the part's process exists
+        _signals["pending"] = signum
+        return
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv=None) -> dict:
@@ -272,26 +300,25 @@ def main(argv=None) -> dict:
         "parts": {},
     }
     work = tempfile.mkdtemp(prefix="arjax_device_check_")
+    previous = signal.signal(signal.SIGTERM, _terminated)  # stop the part, keep the report
     try:
         with open(os.path.join(args.out, "device_check.log"), "w") as log:
             for name in chosen:
                 left = budget - (time.perf_counter() - t0)
                 if left < MIN_PART_S:
-                    report["parts"][name] = {
-                        "status": "skipped",
-                        "seconds": 0,
-                        "cap_s": 0,
-                        "result": {"notes": [f"{left:.0f} s of the budget left"]},
-                    }
+                    note = f"{left:.0f} s of the budget left"
+                    part = {"status": "skipped", "seconds": 0, "cap_s": 0,
+                            "result": {"notes": [note]}}  # fmt: skip
                 else:
-                    report["parts"][name] = run_part(
-                        name, args, work, min(caps[name], left - 5), log
-                    )
-                part = report["parts"][name]
+                    part = run_part(name, args, work, min(caps[name], left - 5), log)
+                report["parts"][name] = part
                 print(f"[{name}] {part['status']} in {part['seconds']:.0f} s", flush=True)
                 report["elapsed_s"] = time.perf_counter() - t0
                 write(report, args.out)
+    except KeyboardInterrupt as e:  # SIGTERM or Ctrl-C: the parts so far are kept
+        report["interrupted"] = str(e) or "KeyboardInterrupt"
     finally:
+        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(work, ignore_errors=True)
     report["elapsed_s"] = time.perf_counter() - t0
     write(report, args.out)
@@ -300,4 +327,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(130 if main().get("interrupted") else 0)

@@ -384,7 +384,8 @@ def summary_line(group: str, row: str, batch: int, phase: str, impls: dict) -> s
     parts = []
     for dt in ("bf16", "f32"):
         theirs = impls.get(f"torch_{dt}" if phase == "eager" else f"torch_compile_{dt}")
-        text = f"{dt}: arjax {_fmt(impls.get(f'arjax_{dt}'))}, torch {phase} {_fmt(theirs)}"
+        label = "torch eager" if phase == "eager" else "torch.compile"
+        text = f"{dt}: arjax {_fmt(impls.get(f'arjax_{dt}'))}, {label} {_fmt(theirs)}"
         if theirs and "speedup" in theirs:
             text += f" -> {theirs['speedup']:.2f}x"
         parts.append(text)

@@ -29,6 +29,7 @@ import os
 import shutil
 import tempfile
 import time
+import traceback
 
 import numpy as np
 from device_budget import PartRecord, part_parser
@@ -239,14 +240,21 @@ def main(argv=None):
                 rec.note(f"real run {label} skipped: {rec.left():.0f} s of the cap left")
                 continue
             workdir = os.path.join(tmp, f"run_{label}")
-            runs[label] = real_run(
-                manifest, image, batch, steps, workers, cache_dir, workdir, dict(model)
-            )
+            try:
+                x = real_run(manifest, image, batch, steps, workers, cache_dir, workdir, model)
+            except Exception as e:  # e.g. a jax that refuses bf16 batch-norm updates
+                traceback.print_exc()
+                rec.note(f"real run {label} in {model['dtype']} failed ({type(e).__name__}: "
+                         f"{str(e)[:200]}); running it in float32")  # fmt: skip
+                model = dict(model, dtype="float32")
+                x = real_run(manifest, image, batch, steps, workers, cache_dir, workdir + "_f32",
+                             model)  # fmt: skip
+            runs[label] = dict(x, dtype=model["dtype"])
             rec.set("real_run", runs)
-            x = runs[label]
             rec.line(
-                f"real run ResNet-18 PGD-10 bf16 b{batch}, {label}: {x['images_per_s']:.0f} "
-                f"img/s, waiting for data {100 * x['data_wait_fraction']:.1f}% of the loop"
+                f"real run ResNet-18 PGD-{model['pgd']} {model['dtype']} b{batch}, {label}: "
+                f"{x['images_per_s']:.0f} img/s, waiting for data "
+                f"{100 * x['data_wait_fraction']:.1f}% of the loop"
             )
     rec.finish()
 

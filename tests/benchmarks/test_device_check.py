@@ -9,6 +9,7 @@ twins of the speed part, the pipeline's rates).
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -230,3 +231,29 @@ def test_the_tests_part_runs_deterministic_kernels_only_when_needed(
     if no_cache_fails:
         assert calls[2][2]["XLA_FLAGS"] == "--x=1 --xla_gpu_deterministic_ops=true"
         assert result["resume_bit_identical"]["deterministic"] is True
+
+
+def test_a_stopped_check_stops_its_part_and_keeps_the_report(tmp_path):
+    cmd = [sys.executable, str(BENCH / "device_check.py"), "--dry-run", "--parts", "env,table1",
+           "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    log = tmp_path / "device_check.log"
+    deadline = time.time() + 120
+    while not (log.exists() and "device_env.py" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    part = next(ln for ln in log.read_text().splitlines() if "device_env.py" in ln)
+    marker = part.split("--json ")[1].split()[0]  # the part's own result path
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    report = json.loads((tmp_path / "device_check.json").read_text())
+    assert report["interrupted"] and "table1" not in report["parts"]
+    assert "INTERRUPTED" in (tmp_path / "summary.txt").read_text()
+    assert [p for p in pathlib.Path("/proc").iterdir() if marker in _cmdline(p)] == []
+
+
+def _cmdline(proc: pathlib.Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:  # not a process, or it ended meanwhile
+        return ""
