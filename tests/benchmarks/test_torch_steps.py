@@ -91,11 +91,12 @@ def test_the_steps_train(ts):
     y = torch.from_numpy(rng.integers(0, 3, (4, 8, 8)))
     before = [p.detach().clone() for p in net.parameters()]
     step = ts.ImaSegmentationStep(net, x, y, torch.full((4,), 0.5), steps=2, bisections=2)
-    values = [float(step()) for _ in range(3)]
+    values = [float(step()) for _ in range(2)]
     assert all(np.isfinite(values))
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    torch.manual_seed(0)
     head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5))
     y5 = torch.from_numpy((rng.random((4, 5)) < 0.4).astype(np.float32))
     khakzar = ts.KhakzarStep(head, x, y5, eps=0.01, bounds=(0.0, 1.0))
-    losses_ = [float(khakzar()[0]) for _ in range(20)]
+    losses_ = [float(khakzar()[0]) for _ in range(8)]
     assert losses_[-1] < losses_[0]
