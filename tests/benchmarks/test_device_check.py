@@ -257,3 +257,24 @@ def _cmdline(proc: pathlib.Path) -> str:
         return (proc / "cmdline").read_bytes().decode(errors="replace")
     except OSError:  # not a process, or it ended meanwhile
         return ""
+
+
+def test_without_pytorch_the_speed_part_times_arjax_alone(bench, tmp_path, monkeypatch):
+    speed = bench("device_speed")
+    monkeypatch.setattr(speed, "torch", None)
+    monkeypatch.setitem(speed.GROUPS, "tiny", dict(model="moons_mlp", batch=8,
+                                                  rows=("pgd", "adversarial")))  # fmt: skip
+    monkeypatch.setitem(speed.DRY, "tiny", dict(batch=8))
+    out = tmp_path / "speed.json"
+    speed.main(["--group", "tiny", "--json", str(out), "--dry-run", "--cap-s", "600"])
+    result = json.loads(out.read_text())
+    assert result["done"] and any("PyTorch is not installed" in n for n in result["notes"])
+    rows = result["rows"]
+    assert set(rows) == {"pgd2_linf", "train_step/adversarial_pgd1"}
+    for row in rows.values():
+        assert set(row["eager"]["impls"]) == {"arjax_f32", "arjax_bf16"} and "compile" not in row
+        assert all(r["step_s"] > 0 and not r["recompiled"] for r in row["eager"]["impls"].values())
+        prof = row["profile_arjax_bf16"]
+        assert prof["device"] == "cpu" and prof["events_per_step"] > 0
+        assert 0 < prof["busy_us_per_step"] <= prof["event_us_per_step"] + 1e-6
+    assert all("torch eager -" in line for line in result["summary"])
