@@ -347,9 +347,10 @@ def run_group(name: str, rec: PartRecord, dry_run: bool, env: dict) -> None:
     measured = env.get("ceilings")
     results = {row: {} for row in names}
     compile_left = 0.3 * rec.cap_s if math.isfinite(rec.cap_s) else 0.0
-    compiled = ("arjax_f32", "arjax_bf16", "torch_compile_f32", "torch_compile_bf16")
+    # bf16 first: the target is bf16, and a short cap skips the variants at the end
+    compiled = ("arjax_bf16", "arjax_f32", "torch_compile_bf16", "torch_compile_f32")
     for phase, chosen, min_left in (
-        ("eager", ("arjax_f32", "torch_f32", "arjax_bf16", "torch_bf16"), 15.0),
+        ("eager", ("arjax_bf16", "torch_bf16", "arjax_f32", "torch_f32"), 15.0),
         ("compile", compiled, compile_left),
     ):
         items = {f"{r}|{impl}": impls[impl][r] for impl in chosen if impl in impls for r in names}
