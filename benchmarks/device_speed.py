@@ -329,6 +329,8 @@ def run_group(name: str, rec: PartRecord, dry_run: bool, env: dict) -> None:
             if hasattr(torch._dynamo.config, limit):
                 setattr(torch._dynamo.config, limit, 64)
         backend = "eager" if dry_run else "inductor"  # dry run: dynamo's tracing, no codegen
+        if dry_run:  # OpenMP's spinning threads crawl on a shared 2-core CPU (2 s vs 54 ms)
+            torch.set_num_threads(1)
         rec.set(
             "torch_settings",
             dict(device=dev, allow_tf32=True, cudnn_benchmark=True, compile_backend=backend),
