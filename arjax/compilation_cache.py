@@ -10,7 +10,8 @@ most of a run's programs).
 
 Where (``train.compilation_cache``):
 
-* ``"auto"`` (the default): ``$ARJAX_CACHE_DIR`` when set, else
+* ``"auto"`` (the default): ``$ARJAX_CACHE_DIR`` when set (``ARJAX_CACHE_DIR=off``: no
+  cache, for every run of the process tree), else
   ``<workdir's parent>/.arjax_compilation_cache`` (so runs of one study, and the reruns
   and resumptions of a run, share it), else, if that folder cannot be written, the user
   cache dir (``$XDG_CACHE_HOME/arjax/compilation_cache``, ``~/.cache/...``);
@@ -73,6 +74,8 @@ def cache_directory(setting: str, workdir: str | None = None) -> str | None:
         return None
     if setting != "auto":
         return os.path.abspath(os.path.expanduser(setting))
+    if os.environ.get(ENV_VAR) == "off":
+        return None
     if os.environ.get(ENV_VAR):
         return os.path.abspath(os.path.expanduser(os.environ[ENV_VAR]))
     if workdir:

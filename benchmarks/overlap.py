@@ -36,23 +36,27 @@ def _config(image_size: int, steps: int, batch: int, prefetch: int):
     return cfg
 
 
-def run_loop(cfg, workdir: str, steps: int) -> float:
-    """Examples/s of steps 2..``steps`` of one phase loop (step 1 compiles)."""
+def train_steps(cfg, workdir: str, steps: int):
+    """Runs the first ``steps`` steps of seed 0's single phase of ``cfg``; returns the phase."""
     import tqdm
 
     from arjax import parallel
-    from arjax.experiment import phases, setup
+    from arjax.experiment import evals, phases, setup
+    from arjax.experiment.migrate import migrate
     from arjax.experiment.phase_loop import PhaseLoop
     from arjax.training.checkpoint import Checkpointer, PreemptionFlag
 
+    cfg = migrate(cfg)
     dataset = setup.load_folds(cfg)[0]
+    evaluators, policy = evals.build(cfg, dataset.splits)
     mesh = parallel.make_mesh(0)
     model, params, batch_stats = setup.make_model(cfg, dataset, 0)
     state, tx = setup.initial_state(cfg, dataset, params, batch_stats, 0, mesh)
     phase = phases.plan(cfg, setup.build_method(cfg), workdir)[0]
     loop = PhaseLoop(
-        cfg, [phase], [0], dataset, model, mesh, [Checkpointer(phase.checkpoint_dir)], 0
-    )
+        cfg, [phase], [0], dataset, model, mesh, [Checkpointer(phase.checkpoint_dir)], 0,
+        evaluators=evaluators, policy=policy,
+    )  # fmt: skip
     loop.total = steps
     flag = PreemptionFlag()
     try:
@@ -60,6 +64,12 @@ def run_loop(cfg, workdir: str, steps: int) -> float:
     finally:
         loop.close()
         flag.close()
+    return phase
+
+
+def run_loop(cfg, workdir: str, steps: int) -> float:
+    """Examples/s of steps 2..``steps`` of one phase loop (step 1 compiles)."""
+    phase = train_steps(cfg, workdir, steps)
     with open(os.path.join(phase.directory, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     times = [cfg.train.batch_size / r["examples_per_s"] for r in records[1:]]

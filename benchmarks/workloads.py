@@ -130,12 +130,19 @@ class Setup:
 
 
 def setup(
-    name: str, batch: int, conv_impl: str = "auto", seed: int = 0, dtype: str = "float32"
+    name: str,
+    batch: int,
+    conv_impl: str = "auto",
+    seed: int = 0,
+    dtype: str = "float32",
+    shape: tuple[int, ...] | None = None,
 ) -> Setup:
     """Builds the named model (``conv_impl`` for its convolutions, ``dtype`` its compute
     dtype; the same seed gives the same float32 weights for every dtype) and a random batch.
+    ``shape`` replaces the model's per-example input shape (e.g. small images for a dry run).
     """
-    cfg, shape, num_classes, bounds, eps, eps_l2 = MODELS[name]
+    cfg, default_shape, num_classes, bounds, eps, eps_l2 = MODELS[name]
+    shape = tuple(shape or default_shape)
     cfg = ml_collections.ConfigDict({**cfg, "dtype": dtype})
     with conv_impl_scope(conv_impl):
         model, params, stats = build_model(cfg, shape, num_classes, seed)
@@ -242,11 +249,15 @@ def method_configs(s: Setup, steps: int, bisections: int) -> dict[str, methods.M
 
 
 class StatefulStep:
-    """A jitted, state-donating train step called as ``fn()``; the state threads through."""
+    """A jitted, state-donating train step called as ``fn()``; the state threads through.
 
-    def __init__(self, s: Setup, method: methods.Method, tx):
+    ``margin``: the IMA margin table's initial value (default ``s.eps``).
+    """
+
+    def __init__(self, s: Setup, method: methods.Method, tx, margin=None):
         loss = methods.make_loss(method, s.model, s.bounds)
-        table = {"margins": jnp.full((s.x.shape[0],), s.eps)} if method.name == "ima" else None
+        margin = s.eps if margin is None else margin
+        table = {"margins": jnp.full((s.x.shape[0],), margin)} if method.name == "ima" else None
         params, stats = jax.tree.map(jnp.copy, (s.params, s.stats))  # donated below
         self.state = create_train_state(params, stats, tx, 0, method_state=table)
         self.step = _jit(make_train_step(loss, tx), donate_argnums=0)

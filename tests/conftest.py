@@ -10,6 +10,7 @@ test file loads most programs from disk instead of compiling them.
 
 import os
 
+_TESTS = os.path.dirname(os.path.abspath(__file__))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(
     "ARJAX_CACHE_DIR",
@@ -48,3 +49,33 @@ def pytest_make_collect_report(collector):
     outcome = yield
     if _NO_SKIPS:
         enforce(outcome.get_result(), _DEV)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "gpu: a test whose answer can change on an accelerator (tests/gpu_selection.py)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks the tests of ``gpu_selection.GPU_TESTS`` with ``gpu`` (by function name).
+
+    With ``-m gpu`` a listed name that matches no collected test is a usage error, so a
+    renamed test cannot silently drop out of the device check.
+    """
+    from gpu_selection import names
+
+    listed = names()
+    found = set()
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        if name in listed:
+            item.add_marker(pytest.mark.gpu)
+            found.add(name)
+    whole_suite = all(os.path.abspath(a) == _TESTS for a in config.args or [_TESTS])
+    if "gpu" in (config.getoption("markexpr") or "") and whole_suite and not config.option.keyword:
+        missing = sorted(set(listed) - found)
+        if missing:
+            raise pytest.UsageError(
+                f"tests/gpu_selection.py names tests that were not collected: {missing}"
+            )

@@ -70,6 +70,9 @@ def test_settings_name_their_directory_and_bad_ones_fail_before_compute(tmp_path
     assert compilation_cache.cache_directory(str(tmp_path / "c")) == str(tmp_path / "c")
     monkeypatch.setenv(compilation_cache.ENV_VAR, str(tmp_path / "env"))
     assert compilation_cache.cache_directory("auto", workdir) == str(tmp_path / "env")
+    monkeypatch.setenv(compilation_cache.ENV_VAR, "off")  # the device check's no-cache mode
+    assert compilation_cache.cache_directory("auto", workdir) is None
+    assert not (tmp_path / "off").exists() and not os.path.exists("off")
     cfg = presets.base_config()
     cfg.train.compilation_cache = ""
     with pytest.raises(ConfigError, match="train.compilation_cache.*auto, off"):

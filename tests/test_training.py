@@ -1,4 +1,4 @@
-"""The compiled data-parallel step: traces once, and 8 devices equal 1 device."""
+"""The compiled data-parallel step: traces once, and all devices (8 fake CPUs) equal 1."""
 
 import jax
 import jax.numpy as jnp
@@ -44,11 +44,12 @@ def test_padded_steps_leave_state_unchanged():
 
 
 @pytest.mark.parametrize("method", [PGD, IMA, MMA], ids=["pgd", "ima", "mma"])
-def test_eight_devices_equal_one_device(method):
-    # Same init, same batches, same keys: after 6 adversarial steps the
-    # parameters (and IMA margins) agree to float32 reduction-order noise.
+def test_every_device_equals_one_device(method):
+    # Same init, same batches, same keys: after 6 adversarial steps the parameters (and
+    # IMA margins) agree to float32 reduction-order noise. The suite's 8 fake CPU devices,
+    # or the real device count where benchmarks/device_check.sh runs it (up to 8).
     results = []
-    for n in (1, 8):
+    for n in (1, min(8, jax.device_count())):
         state, step, batches, _ = setup(method, n)
         for i in range(2):
             state, metrics = step(state, batches(3 * i), jnp.ones(3, bool))
