@@ -1,6 +1,6 @@
 """Single-step attacks of fast adversarial training: FGSM-RS and N-FGSM.
 
-* ``fgsm_rs`` (Wong, Rice & Kolter 2020, "Fast is better than free", Alg. 1 / §4):
+* ``fgsm_rs`` (Wong, Rice & Kolter 2020, "Fast is better than free"):
   ``delta ~ U(-eps, eps)`` clipped so that ``x + delta`` lies in the data bounds, one
   signed gradient step of ``alpha * eps`` with ``alpha = 1.25``, projected back onto the
   eps-ball and the bounds. This is PGD with one step and a random start
@@ -8,7 +8,7 @@
   ``CIFAR10/train_fgsm.py``: ``--alpha 10`` for ``--epsilon 8``, i.e. 1.25 eps; Rice et
   al.'s ``train_cifar.py --fgsm-alpha 1.25``).
 * ``n_fgsm`` (de Jorge et al. 2022, "Make some noise: reliable and efficient single-step
-  adversarial training", Eq. 3 / Alg. 1): noise ``eta ~ U(-k eps, k eps)`` with
+  adversarial training"): noise ``eta ~ U(-k eps, k eps)`` with
   ``k = noise_scale = 2``, clipped so that ``x + eta`` lies in the bounds, one signed
   gradient step of ``alpha * eps`` with ``alpha = 1`` from ``x + eta``, clipped to the
   bounds and *not* projected back onto the eps-ball, so ``||delta||_inf`` may reach

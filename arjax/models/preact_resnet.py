@@ -57,7 +57,7 @@ PREACT_RESNET18_BLOCKS = (2, 2, 2, 2)
 class PreActBlock(nnx.Module):
     """Pre-activation basic block: ``conv2(relu(bn2(conv1(relu(bn1(x)))))) + shortcut``.
 
-    He et al. (2016), Eq. 3 with the "full pre-activation" unit of Fig. 4(e). The same
+    He et al. (2016), the "full pre-activation" unit of their Fig. 4(e). The same
     block is WideResNet's ``BasicBlock`` (``wide_resnet.py``).
 
     Args:
@@ -103,6 +103,7 @@ class PreActResNet(nnx.Module):
 
     torchvision_input_conv = "conv1"
     torchvision_head = "linear"
+    cam_head = "linear"  # the nnx.Linear applied to the global average of ``features``
 
     def __init__(
         self,

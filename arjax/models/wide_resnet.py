@@ -104,6 +104,7 @@ class WideResNet(nnx.Module):
 
     torchvision_input_conv = "conv1"
     torchvision_head = "fc"
+    cam_head = "fc"  # the nnx.Linear applied to the global average of ``features``
     torchvision_dropped = (SUB_BLOCK,)
 
     def __init__(
@@ -127,8 +128,15 @@ class WideResNet(nnx.Module):
         self.fc = linear(widths[3], num_outputs, rngs=rngs)
         self.num_outputs = num_outputs
         self.num_features = widths[3]
-        # The reference names the shortcut ``convShortcut`` (a bare conv): map ours to it.
-        self.torchvision_renames = {
+
+    @property
+    def torchvision_renames(self) -> dict[str, str]:
+        """Our shortcut ``block<b>.layer.0.shortcut.0`` is the reference's bare ``convShortcut``.
+
+        A property, not an attribute: a dict stored on the module would enter the graph
+        definition and make it unhashable (``ModelFns`` is a static jit argument).
+        """
+        return {
             f"block{b}.layer.0.shortcut.0": f"block{b}.layer.0.convShortcut"
             for b in (1, 2, 3)
             if getattr(self, f"block{b}").layer[0].shortcut is not None
