@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
@@ -18,6 +19,18 @@ def linear_model(w, b):
     model.head.kernel.value = w[:, None]
     model.head.bias.value = jnp.asarray([b], jnp.float32)
     return split_model(model)
+
+
+def abstract_forward(model, shape):
+    """``jax.eval_shape`` of ``model`` in eval mode on ``[shape]`` float32 inputs (no compute)."""
+    graphdef, state = nnx.split(model)
+
+    def run(st, x):
+        m = nnx.merge(graphdef, st)
+        m.eval()
+        return m(x)
+
+    return jax.eval_shape(run, state, jax.ShapeDtypeStruct(shape, jnp.float32))
 
 
 def tiny_config(**train) -> ml_collections.ConfigDict:

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import abstract_forward
 
 from arjax.models import (
     MODELS,
@@ -83,17 +84,6 @@ def _arithmetic_count(name: str) -> int:
     return total + fc(512 * 49, 4096) + fc(4096, 4096) + fc(4096, 1000)
 
 
-def _abstract_forward(model, shape):
-    graphdef, state = nnx.split(model)
-
-    def run(st, x):
-        m = nnx.merge(graphdef, st)
-        m.eval()
-        return m(x)
-
-    return jax.eval_shape(run, state, jax.ShapeDtypeStruct(shape, jnp.float32))
-
-
 @functools.cache
 def _abstract(name):
     return abstract_module(ABSTRACT[name])
@@ -121,14 +111,14 @@ FEATURES_224 = {
 
 @pytest.mark.parametrize("name", sorted(FEATURES_224))
 def test_output_and_feature_map_shapes_at_224(name):
-    logits, features = _abstract_forward(_abstract(name), (2, 224, 224, 3))
+    logits, features = abstract_forward(_abstract(name), (2, 224, 224, 3))
     assert logits.shape == (2, 1000)
     assert features.shape == (2, *FEATURES_224[name])
 
 
 def test_truncated_densenet_map_is_4x_the_full_one():
-    full = _abstract_forward(_abstract("densenet121"), (1, 224, 224, 3))[1].shape
-    trunc = _abstract_forward(_abstract("densenet121_truncated"), (1, 224, 224, 3))[1].shape
+    full = abstract_forward(_abstract("densenet121"), (1, 224, 224, 3))[1].shape
+    trunc = abstract_forward(_abstract("densenet121_truncated"), (1, 224, 224, 3))[1].shape
     assert trunc[1] == 4 * full[1] and trunc[2] == 4 * full[2]
     # The truncated net keeps blocks 1-2 and transition 1 only.
     keys = set(_abstract("densenet121_truncated").features.keys())
@@ -295,7 +285,7 @@ def test_same_seed_same_model_and_different_seed_differs():
         (dict(name="resnet18", norm="group"), (32, 32, 3), "valid: \\['batch', 'instance'\\]"),
         (dict(name="densenet121", norm="instance"), (32, 32, 3), "only the ResNets"),
         (dict(name="vgg16"), (16, 16, 3), "H, W >= 32"),
-        (dict(name="resnet50", input_norm="z"), (32, 32, 3), "valid: \\['half'"),
+        (dict(name="resnet50", input_norm="z"), (32, 32, 3), "valid: \\['cifar10', 'half'"),
         (dict(name="resnet18", pretrained="/nonexistent/w.safetensors"), (32, 32, 3), "not found"),
     ],
 )

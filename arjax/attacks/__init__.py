@@ -15,6 +15,7 @@ from arjax.attacks.ensemble import (
     autoattack_adversarial,
     autoattack_members,
 )
+from arjax.attacks.fast import fgsm_rs, n_fgsm
 from arjax.attacks.geometry import (
     NORMS,
     check_norm_name,
@@ -102,6 +103,8 @@ __all__ = [
     "check_norm_name",
     "clip_to_bounds",
     "fgsm",
+    "fgsm_rs",
+    "n_fgsm",
     "kl_objective",
     "lp_norm",
     "margin_objective",

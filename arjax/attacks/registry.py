@@ -56,6 +56,8 @@ class AttackSpec:
       step_size: a fixed step size instead of the rule, or None.
       restarts: random restarts (the worst case over them is kept).
       random_start: start from a random point of the ball.
+      noise_scale: radius of the random start as a multiple of ``eps``, for the attacks
+        that declare it (N-FGSM's k; de Jorge et al. 2022).
     """
 
     attack: str
@@ -67,6 +69,7 @@ class AttackSpec:
     step_size: float | None = None
     restarts: int = 1
     random_start: bool = True
+    noise_scale: float = 1.0
 
     @property
     def name(self) -> str:
@@ -155,6 +158,7 @@ class AttackDef:
     gradient_free: bool = False
     score_calibrated: bool = True
     doc: str = ""
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # Attack name -> definition; each attack module registers its own at its bottom.
@@ -205,8 +209,13 @@ def make_spec(
     if steps < 1:
         raise SpecError(f"steps={steps} in {where} is out of range; valid: [1, inf)")
     # an attack's first loss is its default (pgd: "ce", apgd-dlr: "dlr")
-    options = {"loss": definition.losses[0], **options}
+    options = {"loss": definition.losses[0], **definition.defaults, **options}
     spec = AttackSpec(attack, norm, eps, steps, **options)
+    if spec.noise_scale != 1.0 and "noise_scale" not in definition.defaults:
+        users = sorted(n for n, d in ATTACKS.items() if "noise_scale" in d.defaults)
+        raise SpecError(f"attack {attack!r} in {where} has no noise_scale; valid for: {users}")
+    if not spec.noise_scale >= 0:
+        raise SpecError(f"noise_scale={spec.noise_scale} in {where} is out of range; [0, inf)")
     if spec.loss not in definition.losses:
         valid = ", ".join(definition.losses)
         raise SpecError(f"attack {attack!r} in {where} has no loss {spec.loss!r}; valid: {valid}")

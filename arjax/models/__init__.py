@@ -8,6 +8,12 @@ Registered ``model.name`` values:
   and demos (fields ``widths``, ``input_norm``, ``num_outputs``, ``binary_head``).
 * ``"ima_cnn"``: the IMA paper's image CNNs, ``model.variant`` picks
   ``"fmnist"`` (Fashion-MNIST, 28x28x1) or ``"svhn"`` (SVHN, 32x32x3).
+* ``"preact_resnet18"``: PreAct ResNet-18 for 32x32 images (Wong et al. / Rice et al.'s
+  fast and robust adversarial training; ``preact_resnet.py``; fields ``input_norm``
+  [``"cifar10"``], ``num_outputs``, ``binary_head``).
+* ``"wide_resnet"``: WideResNet-``depth``-``widen_factor`` (TRADES / AWP; ``wide_resnet.py``;
+  fields ``depth`` [34], ``widen_factor`` [10], ``input_norm`` [``"none"``],
+  ``num_outputs``, ``binary_head``).
 * ``"unet"``: ``UNet``, the nnU-Net-style 2-D segmentation U-Net (``unet.py``; fields
   ``widths``, ``convs_per_stage``, ``negative_slope``, ``deep_supervision``,
   ``input_norm``), logits ``[B, H, W, C]`` per pixel.
@@ -80,6 +86,7 @@ from arjax.models.layers import (
 )
 from arjax.models.mlp import ACTIVATIONS, MLP
 from arjax.models.outputs import FEATURES
+from arjax.models.preact_resnet import PreActBlock, PreActResNet, build_preact_resnet18
 from arjax.models.precision import DTYPES, check_dtype
 from arjax.models.pretrained import (
     ImportReport,
@@ -93,6 +100,7 @@ from arjax.models.pretrained import (
 from arjax.models.resnet import NORMS, BasicBlock, Bottleneck, ResNet, resnet
 from arjax.models.unet import UNet, build_unet
 from arjax.models.vgg import VGG, adaptive_avg_pool, vgg16
+from arjax.models.wide_resnet import WideResNet, build_wide_resnet, wide_resnet
 
 _log = logging.getLogger(__name__)
 
@@ -202,6 +210,8 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     "ima_cnn": _build_ima_cnn,
     "cam_cnn": build_cam_cnn,
     "unet": build_unet,
+    "preact_resnet18": build_preact_resnet18,
+    "wide_resnet": build_wide_resnet,
     **dict.fromkeys(TORCHVISION_MODELS, _build_torchvision),
 }
 
@@ -274,9 +284,12 @@ __all__ = [
     "ImaCNN",
     "ImportReport",
     "ModelFns",
+    "PreActBlock",
+    "PreActResNet",
     "ResNet",
     "TruncatedDenseNet",
     "UNet",
+    "WideResNet",
     "abstract_module",
     "adapt",
     "adaptive_avg_pool",
@@ -301,4 +314,5 @@ __all__ = [
     "torchvision_init",
     "torchvision_num_outputs",
     "vgg16",
+    "wide_resnet",
 ]

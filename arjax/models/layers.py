@@ -219,6 +219,8 @@ NormStats = tuple[tuple[float, ...], tuple[float, ...]]
 INPUT_NORMS: dict[str, NormStats | None] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision's weights
     "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # (x - 0.5) / 0.5, IMA's COVID ResNet
+    # CIFAR-10 train-set mean/std of locuslab/robust_overfitting and fast_adversarial
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
     "none": None,
 }
 

@@ -1,4 +1,11 @@
-"""Optax optimisers and learning-rate schedules from the ``optim`` config."""
+"""Optax optimisers and learning-rate schedules from the ``optim`` config.
+
+``optim.schedule`` names a schedule of ``arjax.training.lr_schedule.LR_SCHEDULES``:
+``constant``, ``cosine``, ``warmup_cosine``, ``piecewise`` (fields ``milestones``:
+fractions of training, default ``(0.5, 0.75)``, or ``milestone_epochs``; ``decay_factor``,
+default 0.1) or ``cyclic`` (field ``peak_fraction``, default 0.5). ``optim.warmup_steps``
+> 0 warms any of them up linearly (``warmup_cosine`` has it built in).
+"""
 
 import re
 
@@ -6,10 +13,11 @@ import jax
 import ml_collections
 import optax
 
-from arjax.config_lib import check_choice, check_range
+from arjax.config_lib import ConfigError, check_choice, check_range
+from arjax.training.lr_schedule import LR_SCHEDULE_OPTIONS, LR_SCHEDULES, lr_schedule
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "warmup_cosine")
+SCHEDULES = tuple(LR_SCHEDULES)
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
@@ -20,18 +28,43 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     check_range(cfg, "optim.momentum", 0.0, 1.0)
     check_range(cfg, "optim.weight_decay", 0.0)
     check_range(cfg, "optim.warmup_steps", 0, integer=True)
+    optim = cfg.optim
+    try:  # the schedule's own checks, on a stand-in run (its real length is not known yet)
+        lr_schedule(optim.schedule, 1.0, total_steps=100, steps_per_epoch=1, **_options(optim))
+    except ValueError as e:  # messages start with the option's name
+        raise ConfigError(f"optim.{e} (optim.schedule={optim.schedule!r})") from None
 
 
-def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Learning rate as a function of the step."""
-    lr = cfg.learning_rate
-    if cfg.schedule == "constant":
-        return optax.constant_schedule(lr)
-    if cfg.schedule == "cosine":
-        return optax.cosine_decay_schedule(lr, max(total_steps, 1))
-    return optax.warmup_cosine_decay_schedule(
-        0.0, lr, cfg.warmup_steps, max(total_steps, cfg.warmup_steps + 1)
-    )
+def _options(optim: ml_collections.ConfigDict) -> dict:
+    """The ``optim.*`` fields the chosen schedule reads (absent ones keep its defaults)."""
+    return {k: optim[k] for k in LR_SCHEDULE_OPTIONS[optim.schedule] if k in optim}
+
+
+def make_schedule(
+    cfg: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int | None = None
+) -> optax.Schedule:
+    """Learning rate as a function of the step (``optim.schedule``, see the module docstring).
+
+    Args:
+      cfg: the ``optim`` section.
+      total_steps: updates in the (phase's) run.
+      steps_per_epoch: updates per epoch; ``optim.milestone_epochs`` needs it.
+
+    Raises:
+      ConfigError: a bad schedule option, or ``optim.milestone_epochs`` without
+        ``steps_per_epoch``.
+    """
+    try:
+        return lr_schedule(
+            cfg.schedule,
+            cfg.learning_rate,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            warmup_steps=cfg.get("warmup_steps", 0),
+            **_options(cfg),
+        )
+    except ValueError as e:
+        raise ConfigError(f"optim.{e} (optim.schedule={cfg.schedule!r})") from None
 
 
 def param_path(path) -> str:
@@ -71,8 +104,17 @@ def trainable_labels(params, patterns) -> object:
     return jax.tree_util.tree_unflatten(treedef, labels)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, params=None):
+def make_optimizer(
+    cfg: ml_collections.ConfigDict,
+    total_steps: int,
+    params=None,
+    *,
+    steps_per_epoch: int | None = None,
+):
     """The configured optax optimiser, optionally updating only chosen layers.
+
+    ``total_steps`` and ``steps_per_epoch`` lay the learning-rate schedule out
+    (:func:`make_schedule`).
 
     ``optim.trainable`` (regexes over parameter paths, see
     :func:`trainable_labels`) restricts updates to the matching parameters
@@ -84,7 +126,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, params=None
     weight decay); ``adam`` adds L2 weight decay to the gradient when
     ``weight_decay > 0``; ``adamw`` decouples it.
     """
-    tx = _base_optimizer(cfg, total_steps)
+    tx = _base_optimizer(cfg, make_schedule(cfg, total_steps, steps_per_epoch))
     patterns = tuple(cfg.get("trainable", ()) or ())
     if patterns:
         if params is None:
@@ -95,8 +137,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, params=None
     return tx
 
 
-def _base_optimizer(cfg: ml_collections.ConfigDict, total_steps: int):
-    schedule = make_schedule(cfg, total_steps)
+def _base_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule):
     if cfg.name == "sgd":
         tx = optax.sgd(schedule, momentum=cfg.momentum or None)
         if cfg.weight_decay:
