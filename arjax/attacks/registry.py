@@ -93,14 +93,14 @@ class AttackSpec:
     @property
     def text(self) -> str:
         """The spec in the grammar of :mod:`arjax.attack_syntax` (reads back to ``self``)."""
-        steps = None if ATTACKS[self.attack].fixed_steps else self.num_steps
+        definition = ATTACKS[self.attack]
+        steps = None if definition.fixed_steps else self.num_steps
+        defaults = {"loss": definition.losses[0], **definition.defaults}
         options = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in _REQUIRED and getattr(self, f.name) != f.default
+            if f.name not in _REQUIRED and getattr(self, f.name) != defaults.get(f.name, f.default)
         }
-        if options.get("loss") == ATTACKS[self.attack].losses[0]:
-            del options["loss"]
         return attack_syntax.format_spec(self.attack, self.norm, self.eps, steps, **options)
 
     def with_eps(self, eps: float) -> "AttackSpec":

@@ -172,8 +172,8 @@ def initial_state(
     method = build_method(cfg) if method is None else method
     num_epochs = cfg.train.num_epochs if num_epochs is None else num_epochs
     n_train = data_lib.split_length(dataset.splits["train"])
-    total = data_lib.steps_per_epoch(n_train, cfg.train.batch_size) * int(num_epochs)
-    tx = optim.make_optimizer(cfg.optim, total, params)
+    spe = data_lib.steps_per_epoch(n_train, cfg.train.batch_size)
+    tx = optim.make_optimizer(cfg.optim, spe * int(num_epochs), params, steps_per_epoch=spe)
     state = create_train_state(params, batch_stats, tx, seed, method.init_state(n_train))
     return parallel.put_replicated(state, mesh), tx
 
