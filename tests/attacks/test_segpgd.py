@@ -41,10 +41,9 @@ def _net(p, x):
     return _conv(h, p["w3"]) + p["b3"]
 
 
-@pytest.fixture(scope="module")
-def trained():
+def _train(seed: int):
     """A 3-layer conv segmenter trained 150 Adam steps on 64 blob images: ``(fn, x, y)``."""
-    k = jax.random.split(jax.random.key(0), 3)
+    k = jax.random.split(jax.random.key(seed), 3)
     p = {
         "w1": jax.random.normal(k[0], (3, 3, 1, 8)) * 0.5, "b1": jnp.zeros(8),
         "w2": jax.random.normal(k[1], (3, 3, 8, 8)) * 0.3, "b2": jnp.zeros(8),
@@ -66,6 +65,11 @@ def trained():
     p = train(p)
     x, y = _blobs(16, 1)
     return jax.jit(lambda v: _net(p, v)), x, y
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return _train(0)
 
 
 def _pixel_error(fn, x, y) -> float:
@@ -132,3 +136,17 @@ def test_registry_spec_and_stronger_than_pgd(trained):
     assert clean < 0.05 and seg > plain + 0.01 > clean
     with pytest.raises(ValueError, match="segpgd: logits"):
         segpgd(lambda v: v.reshape(len(v), -1)[:, :3], x, y[:, 0, 0], key, eps=0.1)
+
+
+if __name__ == "__main__":  # the sweep docs/fidelity.md quotes: python tests/attacks/test_segpgd.py
+    wins = total = 0
+    for seed in range(5):
+        fn, x, y = _train(seed)
+        for eps in (0.02, 0.05, 0.1):
+            for steps in (3, 5, 10):
+                kw = dict(eps=eps, num_steps=steps, step_size=2.5 * eps / steps)
+                seg = _pixel_error(fn, segpgd(fn, x, y, jax.random.key(1), **kw), y)
+                plain = _pixel_error(fn, pgd(fn, x, y, jax.random.key(1), **kw), y)
+                wins, total = wins + (seg >= plain), total + 1
+                print(f"seed {seed} eps {eps} steps {steps}: segpgd {seg:.3f} pgd {plain:.3f}")
+    print(f"SegPGD >= PGD in {wins} of {total}")
