@@ -57,6 +57,7 @@ from arjax.attacks.registry import (
     register_attack,
     run_attack,
 )
+from arjax.attacks.segpgd import segpgd, segpgd_lambda, segpgd_objective
 from arjax.attacks.selection import take_where_broken, worst_of_restarts
 from arjax.attacks.square import square, square_p
 
@@ -75,6 +76,9 @@ __all__ = [
     "targeted_dlr_objective",
     "targeted_margin_objective",
     "worst_label_margin",
+    "segpgd",
+    "segpgd_lambda",
+    "segpgd_objective",
     "square",
     "square_p",
     "uniform_noise",

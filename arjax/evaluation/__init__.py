@@ -1,8 +1,18 @@
 """Evaluation: metrics, robustness, saliency/CAM maps, CAM localisation, reports (DESIGN §4, §6)."""
 
+from arjax.evaluation.attribution import (
+    ATTRIBUTIONS,
+    attribution_map,
+    integrated_gradients,
+    occlusion,
+    register_attribution,
+    smooth_grad,
+)
+from arjax.evaluation.gradcam import grad_cam, grad_cam_pp
 from arjax.evaluation.interpret import (
     class_activation_maps,
     clip_and_scale,
+    localization_map,
     model_saliency,
     saliency,
     save_box_grid,
@@ -50,6 +60,15 @@ from arjax.evaluation.robustness import (
 )
 
 __all__ = [
+    "ATTRIBUTIONS",
+    "attribution_map",
+    "grad_cam",
+    "grad_cam_pp",
+    "integrated_gradients",
+    "localization_map",
+    "occlusion",
+    "register_attribution",
+    "smooth_grad",
     "LOSS_TAGS",
     "RobustCurve",
     "RobustPredictions",

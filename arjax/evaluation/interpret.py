@@ -14,8 +14,14 @@ Khakzar et al. (seed 002) measure interpretability with
   scaled to ``[0, 255]`` (``upsample_cam``), then thresholded
   (``arjax.evaluation.localization``).
 
-``save_grid`` writes the Fig. 1-style PNG: input, CAM overlay and saliency,
-each with the ground-truth boxes drawn.
+Any attribution map can replace the CAM in that protocol: methods register a function
+giving one map per image and class (``register_attribution``; ``"cam"`` here, Grad-CAM,
+Grad-CAM++, SmoothGrad, integrated gradients and occlusion in
+``arjax.evaluation.attribution``), and ``localization_map`` upsamples and scales any of
+them exactly as a CAM.
+
+``save_grid`` writes the Fig. 1-style PNG: input, CAM overlay and saliency (and any other
+maps), each with the ground-truth boxes drawn.
 """
 
 import functools
@@ -29,12 +35,14 @@ from flax import nnx
 from matplotlib.patches import Rectangle
 
 from arjax import compilation
+from arjax.evaluation.attribution import AttributionDef, attribution_map, register_attribution
+from arjax.evaluation.boxes import box_data, box_list, cam_channels
 from arjax.evaluation.report import PathLike, _save, subplots
 from arjax.losses import classification_loss
 from arjax.models.densenet import DenseNet
 from arjax.models.functional import ModelFns
 from arjax.models.resnet import ResNet
-from arjax.types import Array, PyTree
+from arjax.types import Array, PRNGKey, PyTree
 
 # Networks whose logits are ``head(mean_ij features)``: class -> name of the head attribute.
 # A module may also declare its own ``cam_head`` attribute (see arjax.models.camnet).
@@ -243,15 +251,43 @@ def upsample_cam(cam: Array, size: int | tuple[int, int]) -> Array:
     return _minmax(up, axes=(1, 2), high=255.0)
 
 
-def _box_list(boxes) -> list:
-    """``(x, y, w, h)`` or ``(class, x, y, w, h)`` rows -> ``[(label, x, y, w, h)]``."""
-    out = []
-    for box in boxes if boxes is not None else ():
-        box = tuple(box)
-        if len(box) not in (4, 5):
-            raise ValueError(f"a box is (x, y, w, h) or (class, x, y, w, h), got {box}")
-        out.append(box if len(box) == 5 else (None, *box))
-    return out
+def localization_map(
+    method: str,
+    model: ModelFns,
+    params: PyTree,
+    batch_stats: PyTree,
+    x: Array,
+    channel: Array,
+    key: PRNGKey | None = None,
+    **options: Any,
+) -> Array:
+    """Any attribution under the CAM protocol: bilinear to the input size, then ``[0, 255]``.
+
+    Args:
+      method: a name in ``arjax.evaluation.attribution.ATTRIBUTIONS`` (``"cam"``, ...).
+      model: the model's pure functions.
+      params: parameters.
+      batch_stats: batch statistics.
+      x: float ``[B, H, W, C]`` images.
+      channel: int ``[B]`` the output (class) each map explains.
+      key: PRNG key for random methods.
+      **options: the method's keyword options.
+
+    Returns:
+      float32 ``[B, H, W]``, each map spanning ``[0, 255]`` (``upsample_cam``).
+    """
+    raw = attribution_map(method, model, params, batch_stats, x, channel, key, **options)
+    return upsample_cam(raw[..., None], x.shape[1:3])[..., 0]
+
+
+def _cam_map(model, params, batch_stats, x, channel, key=None):
+    """The CAM of output ``channel[b]`` of image ``b``: ``[B, h, w]``."""
+    del key
+    cams = class_activation_maps(model, params, batch_stats, x)
+    return jnp.take_along_axis(cams, channel[:, None, None, None], axis=3)[..., 0]
+
+
+register_attribution("cam", AttributionDef(_cam_map, doc="class activation map (Zhou 2016)"))
 
 
 def save_grid(
@@ -264,6 +300,7 @@ def save_grid(
     titles: Sequence[str] | None = None,
     class_names: Sequence[str] = (),
     alpha: float = 0.45,
+    maps: Mapping[str, Array] | None = None,
 ) -> PathLike:
     """One row per image: the input, the CAM over it, the saliency map; boxes drawn on each.
 
@@ -280,6 +317,8 @@ def save_grid(
       titles: one row label per image (e.g. "label 1, p=0.97").
       class_names: names for the box classes in the legend.
       alpha: CAM opacity over the image.
+      maps: more ``[N, H, W]`` maps, one column each after the saliency, shown like
+        the CAM (e.g. ``{"grad_cam": localization_map("grad_cam", ...)}``).
 
     Returns:
       The path written.
@@ -289,26 +328,26 @@ def save_grid(
         images = images.mean(-1) if images.shape[-1] != 3 else images
     n = images.shape[0]
     panels = [("input", None)]
-    for name, maps in (("CAM", cams), ("saliency", saliencies)):
-        if maps is not None:
-            maps = np.asarray(maps, np.float32)
-            if maps.shape[:3] != images.shape[:3]:
-                raise ValueError(f"save_grid: {name} maps {maps.shape} do not match images")
-            panels.append((name, maps))
+    for name, panel in (("CAM", cams), ("saliency", saliencies), *(maps or {}).items()):
+        if panel is not None:
+            panel = np.asarray(panel, np.float32)
+            if panel.shape[:3] != images.shape[:3]:
+                raise ValueError(f"save_grid: {name} maps {panel.shape} do not match images")
+            panels.append((name, panel))
     if boxes is not None and len(boxes) != n:
         raise ValueError(f"save_grid: {len(boxes)} box lists for {n} images")
     fig, axes = subplots(n, len(panels), figsize=(2.4 * len(panels), 2.4 * n), squeeze=False)
     gray = dict(cmap="gray", vmin=0.0, vmax=1.0)
     for i in range(n):
-        for j, (name, maps) in enumerate(panels):
+        for j, (name, panel) in enumerate(panels):
             ax = axes[i, j]
             if name == "saliency":
-                ax.imshow(maps[i], cmap="gray")
+                ax.imshow(panel[i], cmap="gray")
             else:
                 ax.imshow(images[i], **({} if images.ndim == 4 else gray))
-                if maps is not None:
-                    ax.imshow(maps[i], cmap="jet", alpha=alpha)
-            for k, x, y, w, h in _box_list(boxes[i] if boxes is not None else None):
+                if panel is not None:
+                    ax.imshow(panel[i], cmap="jet", alpha=alpha)
+            for k, x, y, w, h in box_list(boxes[i] if boxes is not None else None):
                 ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ec="deepskyblue"))
                 if k is not None and j == 0:
                     label = class_names[k] if k < len(class_names) else str(k)
@@ -322,58 +361,6 @@ def save_grid(
     return _save(fig, path)
 
 
-def box_data(data: Any) -> tuple[Callable[[np.ndarray], dict], dict, tuple[str, ...]]:
-    """Reads images with boxes from an ``ImageFileSource`` or a dict.
-
-    Args:
-      data: an ``ImageFileSource`` (``gather``, ``boxes``: position -> ``[(class,
-        x, y, w, h)]`` in input pixels, ``class_names``), or a dict with
-        ``image`` ``[N, S, S, C]``, ``boxes`` (the same mapping) and optional
-        ``label`` and ``class_names``.
-
-    Returns:
-      ``(gather, boxes, class_names)``: ``gather(positions [n])`` gives a dict
-      with ``image`` ``[n, S, S, C]`` (and ``label`` when the data have labels).
-    """
-    if isinstance(data, Mapping):
-        if "image" not in data or "boxes" not in data:
-            raise ValueError("box data must hold 'image' [N, S, S, C] and 'boxes'")
-        images = np.asarray(data["image"])
-        bad = [p for p in data["boxes"] if not 0 <= p < len(images)]
-        if images.ndim != 4 or bad:
-            raise ValueError(
-                f"box data: 'image' must be [N, S, S, C] (got {images.shape}) and box "
-                f"positions in [0, N); out of range: {bad[:5]}"
-            )
-        arrays = {k: np.asarray(data[k]) for k in ("image", "label") if k in data}
-        names = tuple(data.get("class_names", ()))
-        return (lambda p: {k: v[p] for k, v in arrays.items()}), dict(data["boxes"]), names
-    if not hasattr(data, "gather") or not hasattr(data, "boxes"):
-        raise TypeError(f"box data must be an ImageFileSource or a dict, got {type(data)}")
-    return data.gather, dict(data.boxes), tuple(data.class_names)
-
-
-def cam_channels(classes: np.ndarray, num_maps: int, names: Sequence[str] = ()) -> np.ndarray:
-    """CAM channel of each box class: the class itself, or 0 for a one-logit binary head.
-
-    Args:
-      classes: int ``[N]`` box classes (indices into the label names).
-      num_maps: CAM channels K of the model.
-      names: label names (a one-logit head with two names serves class 1).
-
-    Returns:
-      int ``[N]`` channels in ``[0, K)``.
-    """
-    classes = np.asarray(classes, int)
-    if num_maps == 1:
-        if len(names) == 2 and np.any(classes != 1):
-            raise ValueError(f"boxes of class {names[0]!r} for a one-logit (positive-class) CAM")
-        return np.zeros_like(classes)
-    if classes.max() >= num_maps:
-        raise ValueError(f"box class {classes.max()} but the model has only {num_maps} outputs")
-    return classes
-
-
 def save_box_grid(
     path: PathLike,
     model: ModelFns,
@@ -382,12 +369,16 @@ def save_box_grid(
     data: Any,
     *,
     num_images: int = 8,
+    methods: Sequence[str] = (),
+    key: PRNGKey | None = None,
 ) -> PathLike:
     """``save_grid`` for the first ``num_images`` annotated images of ``data`` (Fig. 1).
 
     Each row: the image, the upsampled CAM of its first box's class, and the
-    saliency of its loss (of that class's logit when ``data`` has no labels);
-    the row title gives the class and the model's probability for it.
+    saliency of its loss (of that class's logit when ``data`` has no labels),
+    then one column per attribution of ``methods`` (``localization_map`` of the same
+    class, side by side with the CAM); the row title gives the class and the model's
+    probability for it.
 
     Args:
       path: PNG to write.
@@ -396,6 +387,8 @@ def save_box_grid(
       batch_stats: batch statistics.
       data: as for ``box_data``.
       num_images: rows.
+      methods: attribution names (``attribution.ATTRIBUTIONS``) to add as columns.
+      key: PRNG key of the random methods (SmoothGrad).
 
     Returns:
       The path written.
@@ -425,6 +418,8 @@ def save_box_grid(
         f"{names[k] if k < len(names) else k}: p={q:.2f}"
         for k, q in zip(classes, prob, strict=True)
     ]
+    more = {m: localization_map(m, model, params, batch_stats, x, channel, key) for m in methods}
     return save_grid(
-        path, x, cam, sal, [boxes[p] for p in positions], titles=titles, class_names=names
-    )
+        path, x, cam, sal, [boxes[p] for p in positions], titles=titles, class_names=names,
+        maps=more,
+    )  # fmt: skip

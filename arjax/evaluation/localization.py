@@ -25,6 +25,12 @@ performance"; arjax reads this as the localisation accuracy at the same
 Each box is one item: an image with two boxes of a class is scored twice,
 each box against the whole thresholded CAM of that class.
 
+Any registered attribution map can stand in for the CAM (``method=``: ``"grad_cam"``,
+``"grad_cam_pp"``, ``"smoothgrad"``, ``"integrated_gradients"``, ``"occlusion"``,
+``"gradient"``; :mod:`arjax.evaluation.attribution`): it is upsampled and scaled to ``[0,
+255]`` as a CAM (``interpret.localization_map``) and goes through the same thresholds,
+folds and IoUs, so a clean and an FGSM-trained model can be compared with any of them.
+
 A random-box baseline comes with every report: a box of the ground truth's
 own size placed uniformly at random in the image (``random_draws`` draws per
 box), a chance level that already knows the lesion size.
@@ -41,7 +47,7 @@ import tqdm
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from arjax import compilation
-from arjax.evaluation import interpret
+from arjax.evaluation import attribution, interpret
 from arjax.evaluation.report import PathLike, _save, subplots
 from arjax.models.functional import ModelFns
 from arjax.types import Array, PyTree
@@ -171,11 +177,12 @@ def random_box_ious(boxes: np.ndarray, size: tuple[int, int], draws: int, seed: 
     return inter / (2.0 * w * h - inter)
 
 
-@functools.partial(compilation.jit, static_argnums=0)
-def _item_curves(model, params, batch_stats, x, channel, boxes):
-    cams = interpret.class_activation_maps(model, params, batch_stats, x)  # [B, h, w, K]
-    cam = jnp.take_along_axis(cams, channel[:, None, None, None], axis=3)
-    return iou_curve(interpret.upsample_cam(cam, x.shape[1:3])[..., 0], boxes)
+@functools.partial(compilation.jit, static_argnames=("model", "method", "options"))
+def _item_curves(model, params, batch_stats, x, channel, boxes, key, method, options):
+    maps = interpret.localization_map(
+        method, model, params, batch_stats, x, channel, key, **dict(options)
+    )  # [B, H, W] in [0, 255]
+    return iou_curve(maps, boxes)
 
 
 def localization_report(
@@ -192,6 +199,8 @@ def localization_report(
     random_draws: int = 100,
     class_names: Sequence[str] | None = None,
     progress: bool = False,
+    method: str = "cam",
+    method_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """CAM localisation accuracy per class at each ``T(IoU)`` (Khakzar et al. §3.3, Fig. 3).
 
@@ -215,10 +224,14 @@ def localization_report(
       random_draws: random boxes per ground-truth box for the baseline.
       class_names: names of the box classes (default: the source's).
       progress: show a progress bar.
+      method: the attribution map thresholded in place of the CAM (a name in
+        ``attribution.ATTRIBUTIONS``; ``"cam"``, the paper's, needs a GAP + linear head).
+      method_options: keyword options of the method (e.g. ``{"num_samples": 25}``);
+        random methods draw from ``seed``.
 
     Returns:
-      JSON-able dict: ``ious``, ``folds``, ``seed``, ``image_size``,
-      ``num_boxes``; ``classes``: name -> ``{count, accuracy [J] (mean over
+      JSON-able dict: ``method`` (when not ``"cam"``), ``ious``, ``folds``, ``seed``,
+      ``image_size``, ``num_boxes``; ``classes``: name -> ``{count, accuracy [J] (mean over
       folds), accuracy_std [J], accuracy_folds [folds][J], thresholds
       [folds][J], random_box [J]}``; ``mean``: ``{accuracy, random_box}``
       averaged over the evaluated classes; ``skipped``: name -> box count for
@@ -240,18 +253,29 @@ def localization_report(
     table = np.asarray(rows, np.float64)  # [N, 6]: position, class, x, y, w, h
     positions, classes, box = table[:, 0].astype(int), table[:, 1].astype(int), table[:, 2:]
     first = np.asarray(gather(positions[:1])["image"], np.float32)
-    shapes = jax.eval_shape(
-        functools.partial(interpret.class_activation_maps, model), params, batch_stats, first
-    )
-    channels = interpret.cam_channels(classes, shapes.shape[-1], names)
+    if method == "cam":  # K CAMs [1, h, w, K]; fails here for a network without a GAP head
+        shape = jax.eval_shape(
+            functools.partial(interpret.class_activation_maps, model), params, batch_stats, first
+        ).shape
+    else:  # K logits [1, K] or one [1]
+        attribution.check_attribution(method)
+        shape = jax.eval_shape(
+            lambda p, b, v: model.apply(p, b, v)[0], params, batch_stats, first
+        ).shape
+    channels = interpret.cam_channels(classes, shape[-1] if len(shape) > 1 else 1, names)
     size = first.shape[1:3]
+    options = tuple(sorted((method_options or {}).items()))
+    key = jax.random.key(seed)
 
     n, curves = len(rows), []
     for start in tqdm.trange(0, n, batch_size, disable=not progress, desc="CAM localisation"):
         take = np.minimum(np.arange(start, start + batch_size), n - 1)  # pad with the last box
         unique, inverse = np.unique(positions[take], return_inverse=True)
         x = np.asarray(gather(unique)["image"], np.float32)[inverse]
-        out = _item_curves(model, params, batch_stats, x, channels[take], box[take])
+        out = _item_curves(
+            model, params, batch_stats, x, channels[take], box[take],
+            jax.random.fold_in(key, start), method=method, options=options,
+        )  # fmt: skip
         curves.append(np.asarray(out)[: min(batch_size, n - start)])
     curves = np.concatenate(curves)  # [N, LEVELS]
 
@@ -265,6 +289,7 @@ def localization_report(
     )
     eligible = units[classes] >= folds
     report = dict(
+        **({} if method == "cam" else {"method": method}),
         ious=list(ious), folds=int(folds), fold_by=fold_by, seed=int(seed),
         image_size=list(size), num_boxes=n,
         classes={}, skipped={label[k]: int(counts[k]) for k in np.unique(classes[~eligible])},

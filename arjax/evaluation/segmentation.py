@@ -19,6 +19,10 @@ Result layout (one run)::
                    norm, area, area_tvdi, area_adi, dice_threshold}
     robust_curve_l2: the same for eval.eps_l2 (when set)
 
+``clean`` and ``adversarial`` also hold ``hd95`` and ``hd95_per_class``, the 95th-percentile
+Hausdorff distance in pixels (:mod:`arjax.evaluation.surface_distance`; the adversarial one
+of each sample's worst-Dice attack), the boundary metric reported next to Dice.
+
 ``accuracy`` everywhere is the fraction of samples with Dice >= ``dice_threshold``, so
 ``arjax-compare`` tables and curve overlays work unchanged (``--metric adi`` / ``tvdi``
 picks the Dice indices instead).
@@ -39,6 +43,7 @@ from arjax.attacks.registry import AttackSpec, make_spec, run_attack
 from arjax.compilation import jit
 from arjax.evaluation import report as report_lib
 from arjax.evaluation.robustness import LOSS_TAGS
+from arjax.evaluation.surface_distance import hd95_summary
 from arjax.losses import segmentation as seg
 from arjax.models import ModelFns
 from arjax.types import PRNGKey, PyTree
@@ -46,14 +51,20 @@ from arjax.types import PRNGKey, PyTree
 SEGMENTATION_LOSSES = ("ce", "margin")
 
 
+def _labels(logits):
+    """The predicted class ids ``[B, H, W]`` (uint8 up to 256 classes: host memory)."""
+    return jnp.argmax(logits, axis=-1).astype(jnp.uint8 if logits.shape[-1] <= 256 else jnp.int32)
+
+
 def _counts(fn, x, y):
     logits = fn(x)
-    return (*seg.confusion_counts(logits, y), seg.dice_ce_loss(logits, y))
+    return (*seg.confusion_counts(logits, y), seg.dice_ce_loss(logits, y), _labels(logits))
 
 
 def _attacked_counts(fn, x, y, key, eps, step_size, *, spec: AttackSpec, bounds):
     x_adv = run_attack(spec, fn, x, y, key, eps=eps, step_size=step_size, bounds=bounds)
-    return seg.confusion_counts(fn(x_adv), y), x_adv
+    logits = fn(x_adv)
+    return seg.confusion_counts(logits, y), x_adv, _labels(logits)
 
 
 _CLEAN = jit(_counts)
@@ -79,8 +90,8 @@ def _stack(parts: list, n: int) -> np.ndarray:
 
 def clean_counts(
     fn, x: np.ndarray, y: np.ndarray, *, batch_size: int, mesh: Mesh
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-sample ``(tp, fp, fn)`` ``[N, C - 1]`` of the clean predictions, and the loss ``[N]``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sample clean ``(tp, fp, fn)`` ``[N, C - 1]``, loss ``[N]`` and class ids ``[N, H, W]``.
 
     The loss is nnU-Net's :func:`arjax.losses.segmentation.dice_ce_loss`.
     """
@@ -90,7 +101,7 @@ def clean_counts(
     for s in starts:
         batch = parallel.put_batch({"x": _pad(x, s, size), "y": _pad(y, s, size)}, sharding)
         outs.append(_CLEAN(fn, batch["x"], batch["y"]))
-    return tuple(_stack([o[i] for o in outs], len(y)) for i in range(4))
+    return tuple(_stack([o[i] for o in outs], len(y)) for i in range(5))
 
 
 def attacked_counts(
@@ -106,28 +117,30 @@ def attacked_counts(
     batch_size: int,
     mesh: Mesh,
     keep: int = 0,
-) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray | None]:
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray | None, np.ndarray]:
     """Per-sample counts ``[N, C - 1]`` after ``spec``'s attack at radius ``eps``.
 
-    The step size is ``alpha * eps / num_steps`` (IMA's alpha = 4). Returns the counts
-    and the first ``keep`` attacked images (None for 0), for the picture grid.
+    The step size is ``alpha * eps / num_steps`` (IMA's alpha = 4). Returns the counts,
+    the first ``keep`` attacked images (None for 0), for the picture grid, and the
+    attacked predictions ``[N, H, W]`` (class ids).
     """
     size, starts = _batches(len(y), batch_size, mesh.size)
     sharding = parallel.batch_sharding(mesh)
     step = alpha * eps / spec.num_steps
-    outs, images = [], []
+    outs, images, preds = [], [], []
     for c, s in enumerate(starts):
         batch = parallel.put_batch({"x": _pad(x, s, size), "y": _pad(y, s, size)}, sharding)
         k = jax.random.fold_in(key, c)
-        counts, x_adv = _ATTACKED(
+        counts, x_adv, pred = _ATTACKED(
             fn, batch["x"], batch["y"], k, jnp.float32(eps), jnp.float32(step),
             spec=spec, bounds=bounds,
         )  # fmt: skip
         outs.append(counts)
+        preds.append(pred)
         if keep and sum(len(i) for i in images) < keep:
             images.append(np.asarray(x_adv))
     counts = tuple(_stack([o[i] for o in outs], len(y)) for i in range(3))
-    return counts, (np.concatenate(images)[:keep] if keep else None)
+    return counts, (np.concatenate(images)[:keep] if keep else None), _stack(preds, len(y))
 
 
 def dice_summary(
@@ -145,11 +158,16 @@ def dice_summary(
     }
 
 
+def worst_pick(per_loss: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Per sample, the index of the attack (over losses) that left the lowest Dice, ``[N]``."""
+    dice = np.stack([seg.dice_from_counts(*c).mean(axis=-1) for c in per_loss])  # [L, N]
+    return np.argmin(dice, axis=0)
+
+
 def worst_case(per_loss: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple:
     """Per sample, the counts of the attack (over losses) that left the lowest Dice."""
-    dice = np.stack([seg.dice_from_counts(*c).mean(axis=-1) for c in per_loss])  # [L, N]
-    pick = np.argmin(dice, axis=0)
-    rows = np.arange(dice.shape[1])
+    pick = worst_pick(per_loss)
+    rows = np.arange(len(pick))
     return tuple(np.stack([c[i] for c in per_loss])[pick, rows] for i in range(3))
 
 
@@ -200,29 +218,39 @@ def evaluate(
     x, y = np.asarray(arrays["image"], np.float32), np.asarray(arrays["label"], np.int32)
     fn = model.logits_fn(params, batch_stats)
     bs = int(cfg.batch_size)
-    *clean, clean_loss = clean_counts(fn, x, y, batch_size=bs, mesh=mesh)
-    result = {"clean": {**dice_summary(*clean, dice_threshold), "loss": float(clean_loss.mean())}}
+    *clean, clean_loss, clean_pred = clean_counts(fn, x, y, batch_size=bs, mesh=mesh)
+    num_classes = clean[0].shape[1] + 1
+    result = {
+        "clean": {
+            **dice_summary(*clean, dice_threshold),
+            "loss": float(clean_loss.mean()),
+            **hd95_summary(clean_pred, y, num_classes),
+        }
+    }
     logits = np.asarray(jax.jit(fn)(jnp.asarray(x[:keep])))
     pictures = {"image": x[:keep], "mask": y[:keep], "prediction": logits.argmax(-1)}
 
     def under_attack(norm: str, eps: float, tag: int, keep_images: int = 0):
-        per_loss, kept = [], None
+        per_loss, kept, preds = [], None, []
         for loss in cfg.losses:
             # the radius is traced (spec.eps is a placeholder): one compile per loss and norm
             spec = make_spec("pgd", norm, 0.0, int(cfg.num_steps), where="eval", loss=loss)
             k = jax.random.fold_in(jax.random.fold_in(key, tag), LOSS_TAGS[loss])
-            counts, images = attacked_counts(
+            counts, images, pred = attacked_counts(
                 fn, x, y, k, spec, float(eps), alpha=float(cfg.alpha), bounds=bounds,
                 batch_size=bs, mesh=mesh, keep=keep_images if kept is None else 0,
             )  # fmt: skip
             kept = images if kept is None else kept
             per_loss.append(counts)
-        return per_loss, kept
+            preds.append(pred)
+        return per_loss, kept, preds
 
     adv_eps = float(cfg.adv_eps)
-    per_loss, images = under_attack(cfg.norm, adv_eps, 10_000, keep)
+    per_loss, images, preds = under_attack(cfg.norm, adv_eps, 10_000, keep)
+    worst_pred = np.stack(preds)[worst_pick(per_loss), np.arange(len(y))]
     result["adversarial"] = {
         **dice_summary(*worst_case(per_loss), dice_threshold),
+        **hd95_summary(worst_pred, y, num_classes),
         "eps": adv_eps,
         "norm": cfg.norm,
         "num_steps": int(cfg.num_steps),
@@ -241,7 +269,7 @@ def evaluate(
             if eps == 0:
                 counts = [clean] * len(cfg.losses)
             else:
-                counts, _ = under_attack(norm, float(eps), i + (0 if norm == cfg.norm else 1000))
+                counts, *_ = under_attack(norm, float(eps), i + (0 if norm == cfg.norm else 1000))
             for loss, c in zip(cfg.losses, counts, strict=True):
                 by_loss[loss].append(dice_summary(*c, dice_threshold)["adi"])
             rows.append(dice_summary(*worst_case(counts), dice_threshold))

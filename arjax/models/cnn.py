@@ -172,9 +172,13 @@ class ImaCNN(nnx.Module):
                 h = norm(h)
             h = jax.nn.leaky_relu(h, self.negative_slope)
         features = self.convs[-1](h)
+        return self.logits_from_features(features), features
+
+    def logits_from_features(self, features: Array) -> Array:
+        """The head: Flatten, layer norm, LeakyReLU, linear (Grad-CAM's ``z(A)``), ``[B, K]``."""
         flat = features.reshape(features.shape[0], -1)
         flat = jax.nn.leaky_relu(self.feature_norm(flat), self.negative_slope)
-        return self.head(flat), features
+        return self.head(flat)
 
 
 def ima_cnn(

@@ -180,6 +180,17 @@ class VGG(nnx.Module):
           ``[B, H/16, W/16, 512]``.
         """
         features = self.conv_features(x)
+        return self.logits_from_features(features), features
+
+    def logits_from_features(self, features: Array) -> Array:
+        """The head: last pool, adaptive average pool, the MLP classifier (Grad-CAM's ``z(A)``).
+
+        Args:
+          features: ``[B, h, w, 512]`` the last convolution's ReLU output.
+
+        Returns:
+          logits ``[B, num_outputs]`` (``[B]`` for one output).
+        """
         h = adaptive_avg_pool(nnx.max_pool(features, (2, 2), strides=(2, 2)))
         h = jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1)  # PyTorch's (C, H, W)
         cls = self.classifier
@@ -188,7 +199,7 @@ class VGG(nnx.Module):
         logits = cls["6"](h)
         if self.num_outputs == 1:
             logits = logits[:, 0]
-        return logits, features
+        return logits
 
 
 def vgg16(
