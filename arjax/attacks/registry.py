@@ -22,6 +22,7 @@ import numpy as np
 
 from arjax.attacks.apgd import DEFAULT_TARGETS, apgd
 from arjax.attacks.ensemble import autoattack_adversarial, autoattack_members, take_where_broken
+from arjax.attacks.eot import fixed_draw
 from arjax.attacks.geometry import NORMS
 from arjax.attacks.objectives import LOSSES
 from arjax.attacks.pgd import DEFAULT_ALPHA, fgsm, pgd
@@ -55,6 +56,8 @@ class AttackSpec:
       step_size: a fixed step size instead of the rule, or None.
       restarts: random restarts (the worst case over them is kept).
       random_start: start from a random point of the ball.
+      eot: draws of a randomised model averaged per gradient (Expectation over
+        Transformation, :mod:`arjax.attacks.eot`; attacks registered with ``eot=True``).
     """
 
     attack: str
@@ -66,12 +69,14 @@ class AttackSpec:
     step_size: float | None = None
     restarts: int = 1
     random_start: bool = True
+    eot: int = 1
 
     @property
     def name(self) -> str:
-        """Short key used in reports: ``fgsm_linf_0.01``, ``pgd20_l2_0.5``."""
+        """Short key used in reports: ``fgsm_linf_0.01``, ``pgd20_l2_0.5``, ``..._eot20``."""
         steps = "" if ATTACKS[self.attack].fixed_steps else str(self.num_steps)
-        return f"{self.attack}{steps}_{self.norm}_{self.eps:g}"
+        eot = f"_eot{self.eot}" if self.eot != 1 else ""
+        return f"{self.attack}{steps}_{self.norm}_{self.eps:g}{eot}"
 
     def step_for(self, eps: Radius) -> Radius:
         """The step size at radius ``eps`` (python float or array, kept in its type).
@@ -133,6 +138,8 @@ class AttackDef:
         none does): its scores are not made to degrade a ranking, so an AUC on them is
         not an "AUC under attack" and evaluation reports leave it out.
       doc: one line for ``--help`` and error messages.
+      norms: the norms the attack takes (``"l1"`` only the minimum-norm attacks).
+      eot: whether ``AttackSpec.eot`` (averaged draws of a randomised model) applies.
     """
 
     runner: AttackRunner
@@ -141,6 +148,8 @@ class AttackDef:
     gradient_free: bool = False
     score_calibrated: bool = True
     doc: str = ""
+    norms: tuple[str, ...] = NORMS
+    eot: bool = False
 
 
 ATTACKS: dict[str, AttackDef] = {}
@@ -177,10 +186,11 @@ def make_spec(
     if attack not in ATTACKS:
         valid = ", ".join(sorted(ATTACKS))
         raise SpecError(f"unknown attack {attack!r} in {where}; valid choices: {valid}")
-    if norm not in NORMS:
-        raise SpecError(f"unknown norm {norm!r} in {where}; valid choices: {', '.join(NORMS)}")
-    eps = parse_eps(eps, where)
     definition = ATTACKS[attack]
+    if norm not in definition.norms:
+        valid = ", ".join(definition.norms)
+        raise SpecError(f"unknown norm {norm!r} in {where}; valid choices: {valid} ({attack})")
+    eps = parse_eps(eps, where)
     try:
         steps = int(num_steps)
     except (TypeError, ValueError):
@@ -199,6 +209,9 @@ def make_spec(
         raise SpecError(f"restarts={spec.restarts} in {where} is out of range; valid: [1, inf)")
     if not spec.alpha > 0:
         raise SpecError(f"alpha={spec.alpha} in {where} is out of range; valid: (0, inf)")
+    if not isinstance(spec.eot, int) or spec.eot < 1 or (spec.eot > 1 and not definition.eot):
+        with_eot = ", ".join(sorted(n for n, d in ATTACKS.items() if d.eot))
+        raise SpecError(f"eot={spec.eot!r} in {where}: an int >= 1, > 1 only for {with_eot}")
     return spec
 
 
@@ -292,11 +305,12 @@ def _run_pgd(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
             loss=spec.loss,
             random_start=spec.random_start,
             bounds=bounds,
+            eot=spec.eot,
         )
 
     if spec.restarts == 1:
         return one(key)
-    return worst_of_restarts(one, logits_fn, x, y, key, spec.restarts)
+    return worst_of_restarts(one, fixed_draw(logits_fn, key), x, y, key, spec.restarts)
 
 
 def worst_of_restarts(one: Callable, logits_fn: LogitsFn, x, y, key, restarts: int):
@@ -318,7 +332,9 @@ def _run_fgsm(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
 
 register_attack(
     "pgd",
-    AttackDef(_run_pgd, LOSSES, doc="projected gradient ascent, random start (Madry et al.)"),
+    AttackDef(
+        _run_pgd, LOSSES, doc="projected gradient ascent, random start (Madry et al.)", eot=True
+    ),
 )
 register_attack(
     "fgsm",
@@ -349,6 +365,7 @@ def _run_apgd(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
         random_start=spec.random_start,
         bounds=bounds,
         initial_step=spec.step_size,
+        eot=spec.eot,
     )
 
 
@@ -383,11 +400,13 @@ def _autoattack_runner(version: str) -> AttackRunner:
 
 register_attack(
     "apgd-ce",
-    AttackDef(_run_apgd, ("ce",), doc="Auto-PGD on the cross-entropy (Croce & Hein 2020)"),
+    AttackDef(
+        _run_apgd, ("ce",), doc="Auto-PGD on the cross-entropy (Croce & Hein 2020)", eot=True
+    ),
 )
 register_attack(
     "apgd-dlr",
-    AttackDef(_run_apgd, ("dlr",), doc="Auto-PGD on the DLR loss (Croce & Hein 2020)"),
+    AttackDef(_run_apgd, ("dlr",), doc="Auto-PGD on the DLR loss (Croce & Hein 2020)", eot=True),
 )
 register_attack(
     "apgd-t",
@@ -395,6 +414,7 @@ register_attack(
         _run_apgd,
         ("dlr-t", "margin-t"),
         doc="targeted Auto-PGD over the 9 highest other classes, worst kept",
+        eot=True,
     ),
 )
 register_attack(
@@ -412,7 +432,7 @@ register_attack(
         _autoattack_runner("standard"),
         ("ensemble",),
         score_calibrated=False,
-        doc="AutoAttack: APGD-CE, APGD-T, APGD-T-margin (for FAB-T), Square",
+        doc="AutoAttack as published: APGD-CE, APGD-T, FAB-T, Square",
     ),
 )
 register_attack(
