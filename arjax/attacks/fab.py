@@ -2,21 +2,24 @@
 
 A minimum-norm attack: it looks for the adversarial input closest to ``x`` in l-inf, l2 or
 l1, with no radius to respect. At the iterate ``x_i`` it linearises the classifier,
-takes the linearised decision hyperplane closest to ``x_i`` (Sec. 3.1, Eq. 6: the class
-``s`` minimising ``|f_s - f_c| / ||grad(f_s - f_c)||_q``), and projects both ``x_i`` and the
+takes the linearised decision hyperplane closest to ``x_i`` (the class ``s`` minimising
+``|f_s - f_c| / ||grad(f_s - f_c)||_q``, q dual to p), and projects both ``x_i`` and the
 original ``x`` onto it inside the box (:func:`arjax.attacks.hyperplane.hyperplane_step`).
-The next iterate is the convex combination of the two overshot projections (Eq. 10),
+The next iterate is the convex combination of the two overshot projections,
 
     x_{i+1} = clip((1 - alpha) (x_i + eta d_i) + alpha (x + eta d_orig)),
     alpha = min(||d_i|| / (||d_i|| + ||d_orig||), alpha_max),
 
 which keeps it close to ``x`` ("adaptive"). Whenever an iterate is adversarial it is
 recorded if closer than the best so far and the search steps back towards ``x``:
-``x_{i+1} <- (1 - beta) x + beta x_{i+1}`` (Sec. 3.2). Restarts begin at a random point
+``x_{i+1} <- (1 - beta) x + beta x_{i+1}``. Restarts begin at a random point
 at norm ``min(best, eps) / 2`` around ``x`` (the original code, github.com/fra31/fab-attack;
 AutoAttack's copy uses ``eps / 2``, which is the same for every example not yet broken).
 The targeted version (FAB-T, AutoAttack) uses only the hyperplane between the label and
-one target class, for each of the highest-scoring other classes in turn.
+one target class, for each of the highest-scoring other classes in turn. The paper is not
+among arjax's offline papers; the steps and constants above are read from the authors'
+code (``fab_base.py``, ``fab_projections.py`` of auto-attack; ``FAB_linf_pt.py`` of
+fab-attack), see ``docs/fidelity.md``.
 
 Heads (:func:`arjax.losses.classification.head_kind`): the decision is described by
 boundary functions ``g_j`` (``[B, M]``), the example misclassified once one is positive:
@@ -52,7 +55,7 @@ from arjax.attacks.pgd import checked_logits_fn
 from arjax.losses.classification import head_kind, predictions_correct
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
-ALPHA_MAX, ETA, BETA = 0.1, 1.05, 0.9  # Sec. 3.2; AutoAttack's FABAttack defaults
+ALPHA_MAX, ETA, BETA = 0.1, 1.05, 0.9  # AutoAttack's FABAttack and fab-attack's defaults
 # The radius of the random restarts, per norm, when none is given (AutoAttack's FAB default).
 RESTART_RADIUS = {"linf": 0.3, "l2": 1.0, "l1": 5.0}
 
@@ -115,7 +118,7 @@ def boundary_values(logits: Array, y: Array, target: Array | None = None) -> Arr
 
 def _fab_run(logits_fn, x, y, target, start, best, *, kind, norm, num_steps, bounds, alpha_max,
              eta, beta):  # fmt: skip
-    """One FAB run (Sec. 3) from ``start``, improving ``best = (images, distance)``."""
+    """One FAB run from ``start``, improving ``best = (images, distance)``."""
     b = x.shape[0]
     rows = (b,) + (1,) * (x.ndim - 1)
     x0 = x.reshape(b, -1)

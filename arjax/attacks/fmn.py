@@ -1,7 +1,8 @@
 """FMN: Fast Minimum-Norm attack (Pintor, Roli, Brendel, Biggio 2021, NeurIPS, arXiv 2102.12827).
 
-A minimum-norm attack built on projected gradient steps whose radius adapts (Algorithm 1):
-at every iteration ``k`` with perturbation ``delta``,
+A minimum-norm attack built on projected gradient steps whose radius adapts (the paper's
+Algorithm 1, as the authors' code implements it): at every iteration ``k`` with
+perturbation ``delta``,
 
 * the logit margin ``L = max_{j != y} z_j - z_y`` (positive iff misclassified; the
   per-head margins of :func:`arjax.attacks.objectives.worst_label_margin`, so one binary
@@ -13,15 +14,17 @@ at every iteration ``k`` with perturbation ``delta``,
   but at least ``||delta||_p (1 + gamma_k)`` (arjax's guard: an iterate exactly on the
   boundary, ``L = 0`` but not misclassified, would otherwise keep the radius forever, as
   happens on linear models); then capped at the largest perturbation the box allows;
-* a step ``delta + alpha_k g / ||g||_2`` (l2-normalised for every p, as the paper and both
+* a step ``delta + alpha_k g / ||g||_2`` (l2-normalised for every p, as all three
   reference codes do), projected onto the lp ball of radius ``eps_k``, then the box.
 
 ``alpha_k`` and ``gamma_k`` follow cosine annealing from ``alpha_0`` to ``alpha_0 / 100``
-and from ``gamma_0 = 0.05`` to ``0.001``. Defaults are the reference code's
-(github.com/pralab/Fast-Minimum-Norm-FMN-Attack, Foolbox's ``LpFMNAttack``): ``alpha_0 =
-1``, no adversarial initialisation (start at ``x``, ``eps_0 = inf``). Like the references,
-the iterate after the last step is not evaluated. The whole batch runs at once with masks
-and a static step count (``lax.fori_loop``), one forward + backward pass per step.
+and from ``gamma_0 = 0.05`` to ``0.001``. Defaults are the reference codes'
+(``src/attacks/fmn.py`` of github.com/pralab/Fast-Minimum-Norm-FMN-Attack, Foolbox's
+``fast_minimum_norm.py``, adversarial-library's ``fmn``): ``alpha_0 = 1``, no adversarial
+initialisation (start at ``x``, ``eps_0 = inf``). Like them, the iterate after the last
+step is not evaluated. The paper is not among arjax's offline papers (``docs/fidelity.md``).
+The whole batch runs at once with masks and a static step count (``lax.fori_loop``), one
+forward + backward pass per step.
 """
 
 import math

@@ -1,6 +1,6 @@
 """The smallest lp step onto a hyperplane inside a box: FAB's projection (Croce & Hein 2020).
 
-FAB (arXiv 1907.02044, Sec. 3.1) replaces the classifier by its linearisation at the
+FAB (Croce & Hein 2020, arXiv 1907.02044) replaces the classifier by its linearisation at the
 current iterate and moves onto the closest linearised decision hyperplane, staying inside
 the data box. :func:`hyperplane_step` solves that subproblem exactly, for a batch,
 per example:
