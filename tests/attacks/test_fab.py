@@ -127,3 +127,16 @@ def test_argument_errors():
         attacks.fab(lambda z: z, seg, np.zeros((2, 4, 4), np.int32))
     with pytest.raises(attacks.SpecError, match="valid choices: linf, l2 \\(pgd\\)"):
         attacks.parse_attack("pgd:l1:1.0", default_steps=5)
+
+
+def test_image_shaped_inputs():
+    """[B, H, W, C] inputs: the same distances as the flattened linear head."""
+    x_flat = lh.points(n=6, seed=4)
+    fn, w, b = lh.head("softmax4", seed=4)
+    x = x_flat.reshape(6, 2, 2, 2)
+    y = lh.labels("softmax4", fn(x_flat))
+    res = _fab(lambda z: fn(z.reshape(z.shape[0], -1)), x, y, norm="l2", num_steps=20,
+               bounds=None)  # fmt: skip
+    true, _ = lh.true_distances("softmax4", w, b, x_flat, y, "l2")
+    assert res.images.shape == x.shape
+    np.testing.assert_allclose(np.asarray(res.distance), true, rtol=RTOL_FAB)
