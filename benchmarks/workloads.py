@@ -187,7 +187,7 @@ def attack_workloads(s: Setup, steps: int, bisections: int) -> dict[str, tuple[C
 
     args2, args4, args5 = (s.params, s.stats, s.x), (s.params, s.stats, s.x, s.y), None
     args5 = (*args4, s.key)
-    return {
+    rows = {
         "forward": (_jit(lambda p, st, x: logits_fn(p, st)(x)), args2),
         "forward+input_grad": (_jit(jax.grad(total_loss, argnums=2)), args4),
         "forward+param_grad": (_jit(jax.grad(total_loss, argnums=0)), args4),
@@ -196,6 +196,10 @@ def attack_workloads(s: Setup, steps: int, bisections: int) -> dict[str, tuple[C
         f"pgd{k}_l2": (_jit(attack(f"pgd:l2:{s.eps_l2!r}:{k}")), args5),
         f"bpgd{k}+{nb}": (_jit(bpgd), args5),
     }
+    if s.name not in SEGMENTATION_MODELS:  # the minimum-norm attacks (k iterations, l2)
+        for name in ("fab", "fmn"):
+            rows[f"{name}{k}_l2"] = (_jit(attack(f"{name}:l2:{s.eps_l2!r}:{k}")), args5)
+    return rows
 
 
 def autoattack_workloads(

@@ -45,7 +45,7 @@ def test_ensemble_never_crashes_and_is_consistent(head, norm, eps):
     f, x = model(head), _x(1)
     y = labels(head, x)
     res = autoattack(f, x, y, KEY, eps, norm, **SMALL)
-    assert res.attacks == ("apgd-ce", "apgd-t", "apgd-t-margin", "square")
+    assert res.attacks == ("apgd-ce", "apgd-t", "fab-t", "square")
     assert res.clean_accuracy == pytest.approx(1 - NUM_WRONG / B)
     assert res.robust_accuracy < res.clean_accuracy
     _check_consistent(res, f, x, y, eps, norm)
@@ -95,7 +95,7 @@ def test_per_sample_eps_and_fast_version():
 
 
 def test_unknown_version():
-    with pytest.raises(ValueError, match="valid choices: standard, fast"):
+    with pytest.raises(ValueError, match="valid choices: standard, standard-margin, rand, fast"):
         attacks.autoattack_members("plus")
 
 

@@ -30,7 +30,7 @@ def test_attack_throughput_times_both_option_sets(attack_throughput, tmp_path):
     assert [r["xla_options"] for r in result["results"]] == ["arjax", "default"]
     for r in result["results"]:
         rows = r["rows"]
-        assert {"forward", "pgd2_linf", "bpgd2+1"} <= set(rows)
+        assert {"forward", "pgd2_linf", "bpgd2+1", "fab2_l2", "fmn2_l2"} <= set(rows)
         assert all(row["step_s"] > 0 and not row["recompiled"] for row in rows.values())
         assert rows["bpgd2+1"]["limit_ratio"] > 0 and rows["bpgd2+1"]["cost_vs_pgd"] > 0
     import workloads
@@ -49,7 +49,7 @@ def test_autoattack_rows_and_their_ratios(attack_throughput, tmp_path):
     (r,) = result["results"]
     assert "apgd-ce2_linf" not in r["rows"]  # its own group, with its own references
     rows = r["autoattack"]
-    members = ["apgd-ce", "apgd-t", "apgd-t-margin", "square"]
+    members = ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert set(rows) == {"forward", "forward+input_grad", "pgd2_linf", "apgd-ce2_linf",
                          "autoattack2_linf", *(f"autoattack2/{m}" for m in members)}  # fmt: skip
     for name, row in rows.items():
@@ -66,9 +66,10 @@ def test_autoattack_rows_and_their_ratios(attack_throughput, tmp_path):
     # forwards (the clean input and one per member keeping what it broke)
     passes = attack_throughput.autoattack_passes(2, 2)
     assert passes["autoattack2/apgd-t"] == (3, 1) and passes["autoattack2/square"] == (0, 101)
-    assert passes["autoattack2_linf"] == (9, 103 + 5)
+    assert passes["autoattack2/fab-t"] == (2, 3)
+    assert passes["autoattack2_linf"] == (8, 105 + 5)
     unit, fwd = rows["forward+input_grad"]["step_s"], rows["forward"]["step_s"]
-    assert aa["ideal_s"] == pytest.approx(9 * unit + 108 * fwd)
+    assert aa["ideal_s"] == pytest.approx(8 * unit + 110 * fwd)
     assert aa["limit_ratio"] == pytest.approx(aa["ideal_s"] / aa["step_s"])
 
 

@@ -15,17 +15,23 @@ from arjax.attacks.ensemble import (
     autoattack_adversarial,
     autoattack_members,
 )
+from arjax.attacks.eot import RandomizedModel
+from arjax.attacks.fab import MinNormResult, fab
 from arjax.attacks.fast import fgsm_rs, n_fgsm
+from arjax.attacks.fmn import fmn
 from arjax.attacks.geometry import (
+    LP_NORMS,
     NORMS,
     check_norm_name,
     clip_to_bounds,
+    dual_norm,
     lp_norm,
     per_sample,
     project,
     random_init,
     step_direction,
 )
+from arjax.attacks.minimum_norm import MIN_NORM_ATTACKS, minimum_norm
 from arjax.attacks.noise import uniform_noise
 from arjax.attacks.objectives import (
     LOSSES,
@@ -82,6 +88,14 @@ __all__ = [
     "square",
     "square_p",
     "uniform_noise",
+    "LP_NORMS",
+    "MIN_NORM_ATTACKS",
+    "MinNormResult",
+    "RandomizedModel",
+    "dual_norm",
+    "fab",
+    "fmn",
+    "minimum_norm",
     "ATTACKS",
     "AttackDef",
     "AttackSpec",

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from arjax.attacks.eot import RandomizedModel, check_eot, expectation, is_randomized
 from arjax.attacks.geometry import (
     check_norm_name,
     clip_to_bounds,
@@ -131,6 +132,7 @@ def _apgd_once(
     bounds: tuple[float, float] | None,
     rho: float,
     momentum: float,
+    eot: int,
 ) -> APGDResult:
     """Algorithm 1 of Croce & Hein (2020) from one start, for the whole batch."""
     bshape = (x.shape[0],) + (1,) * (x.ndim - 1)
@@ -138,22 +140,31 @@ def _apgd_once(
     def feasible(z: Array) -> Array:  # P_S: onto the ball around x, then the bounds
         return clip_to_bounds(x + project(z - x, eps_b, norm), bounds)
 
-    def total(z: Array) -> tuple[Array, tuple[Array, Array]]:
-        logits = logits_fn(z)
-        values = _objective(loss, logits, y, target)
-        return jnp.sum(values), (values, logits)
+    def values_grad_logits(f: LogitsFn):
+        def total(z: Array) -> tuple[Array, tuple[Array, Array]]:
+            logits = f(z)
+            values = _objective(loss, logits, y, target)
+            return jnp.sum(values), (values, logits)
 
-    value_and_grad = jax.value_and_grad(total, has_aux=True)
+        value_and_grad = jax.value_and_grad(total, has_aux=True)
 
-    def evaluate(z: Array) -> tuple[Array, Array, Array]:
-        (_, (values, logits)), grad = value_and_grad(z)
+        def run(z: Array) -> tuple[Array, Array, Array]:
+            (_, (values, logits)), grad = value_and_grad(z)
+            return values, grad, logits
+
+        return run
+
+    expected = expectation(values_grad_logits, logits_fn, key, eot)
+
+    def evaluate(z: Array, i: Array) -> tuple[Array, Array, Array]:
+        values, grad, logits = expected(z, i)
         return values, grad, predictions_correct(logits, y)
 
     if random_start:
         x0 = clip_to_bounds(x + random_init(key, x, eps_b, norm), bounds)
     else:
         x0 = x
-    loss0, grad0, correct0 = evaluate(x0)
+    loss0, grad0, correct0 = evaluate(x0, 0)
     ckpts = apgd_checkpoints(num_steps)
     is_ckpt = np.zeros(max(num_steps, 1), bool)
     window = np.ones(max(num_steps, 1), np.float32)
@@ -183,7 +194,7 @@ def _apgd_once(
         a = jnp.where(i == 0, 1.0, momentum).astype(x.dtype)
         z = feasible(s["x_cur"] + s["step"] * step_direction(s["grad"], norm))
         x_new = feasible(s["x_cur"] + a * (z - s["x_cur"]) + (1 - a) * (s["x_cur"] - s["x_prev"]))
-        loss_new, grad_new, correct = evaluate(x_new)
+        loss_new, grad_new, correct = evaluate(x_new, i + 1)
         newly = ~correct & ~s["broken"]
         x_broken = jnp.where(newly.reshape(bshape), x_new, s["x_broken"])
         broken = s["broken"] | ~correct
@@ -237,7 +248,7 @@ def keep_worst(best: APGDResult, new: APGDResult) -> APGDResult:
 
 
 def apgd_result(
-    logits_fn: LogitsFn,
+    logits_fn: LogitsFn | RandomizedModel,
     x: Array,
     y: Array,
     key: PRNGKey | None = None,
@@ -254,6 +265,7 @@ def apgd_result(
     initial_step: Radius | None = None,
     rho: float = RHO,
     momentum: float = MOMENTUM,
+    eot: int = 1,
 ) -> APGDResult:
     """Auto-PGD with restarts (and targets), returning the per-example outcome.
 
@@ -284,13 +296,19 @@ def apgd_result(
       initial_step: the initial step size (python float or ``[B]``); default ``2 * eps``.
       rho: condition-1 threshold (Sec. 3).
       momentum: ``alpha`` of the momentum update.
+      eot: draws of a :class:`arjax.attacks.eot.RandomizedModel` averaged per gradient
+        (static; AutoAttack's ``eot_iter``): the objective values, gradients and logits of
+        each iteration are the mean over the draws. Ignored for a deterministic
+        ``logits_fn``.
 
     Returns:
       ``APGDResult(x_adv, broken [B], best_loss [B])``; ``x_adv`` as :func:`apgd` returns.
     """
     check_norm_name(norm)
     check_apgd_loss(loss)
-    logits_fn = checked_logits_fn(logits_fn)
+    check_eot(logits_fn, key, eot, name="apgd")
+    if not is_randomized(logits_fn):
+        logits_fn = checked_logits_fn(logits_fn)
     for name, value, low in (("num_steps", num_steps, 0), ("restarts", restarts, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be a python int >= {low}; got {value!r}.")
@@ -303,7 +321,7 @@ def apgd_result(
     eps_b = per_sample(eps, x)
     step0_b = per_sample(2.0 * jnp.asarray(eps) if initial_step is None else initial_step, x)
     if loss in TARGETED_LOSSES:
-        clean_logits = logits_fn(x)
+        clean_logits = expectation(lambda f: f, logits_fn, key, eot)(x, 0)
         if head_kind(clean_logits, y) == "softmax":
             if targets is None:
                 k = max(1, min(num_targets, clean_logits.shape[-1] - 1))
@@ -333,6 +351,7 @@ def apgd_result(
             bounds=bounds,
             rho=rho,
             momentum=momentum,
+            eot=eot,
         )
         return keep_worst(best, new)
 
@@ -374,7 +393,7 @@ def apgd(
       key: PRNG key for the random starts (required when ``random_start``).
       **options: the keyword-only arguments of :func:`apgd_result` (``eps`` required;
         ``num_steps``, ``norm``, ``loss``, ``restarts``, ``targets``, ``num_targets``,
-        ``random_start``, ``bounds``, ``initial_step``, ``rho``, ``momentum``).
+        ``random_start``, ``bounds``, ``initial_step``, ``rho``, ``momentum``, ``eot``).
 
     Returns:
       ``x_adv`` shaped like ``x``, inside the ball and the bounds, gradients stopped: the
@@ -409,22 +428,13 @@ def _run_apgd(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
         random_start=spec.random_start,
         bounds=bounds,
         initial_step=spec.step_size,
+        eot=spec.eot,
     )
 
 
-register_attack(
-    "apgd-ce",
-    AttackDef(_run_apgd, ("ce",), doc="Auto-PGD on the cross-entropy (Croce & Hein 2020)"),
-)
-register_attack(
-    "apgd-dlr",
-    AttackDef(_run_apgd, ("dlr",), doc="Auto-PGD on the DLR loss (Croce & Hein 2020)"),
-)
-register_attack(
-    "apgd-t",
-    AttackDef(
-        _run_apgd,
-        ("dlr-t", "margin-t"),
-        doc="targeted Auto-PGD over the 9 highest other classes, worst kept",
-    ),
-)
+for _name, _losses, _doc in (
+    ("apgd-ce", ("ce",), "Auto-PGD on the cross-entropy (Croce & Hein 2020)"),
+    ("apgd-dlr", ("dlr",), "Auto-PGD on the DLR loss (Croce & Hein 2020)"),
+    ("apgd-t", ("dlr-t", "margin-t"), "targeted Auto-PGD over the 9 highest other classes"),
+):
+    register_attack(_name, AttackDef(_run_apgd, _losses, doc=_doc, eot=True))

@@ -1,13 +1,20 @@
 """The AutoAttack ensemble (Croce & Hein 2020, arXiv 2003.01690, Sec. 5) as pure functions.
 
-``"standard"``: APGD-CE (no restarts) -> APGD-T (targeted DLR, the 9 highest other
-classes) -> a substitute for FAB-T -> Square (5000 queries). FAB-T (Croce & Hein 2020b,
-a minimum-norm attack) is not implemented in arjax; its place is taken by APGD with the
-targeted CW margin ``z_t - z_y`` over the same targets (``"apgd-t-margin"``): like FAB it
-works on the raw logit differences rather than the scale-invariant DLR ratio, so it
-covers the cases where DLR's normalisation hurts. ``"fast"``: APGD-CE -> APGD-T with at
-most 3 targets, no FAB-T substitute, no Square (a cheap lower bound on the standard one's
-strength, not a replacement for it).
+Versions (``AUTOATTACK_VERSIONS``; the reference's ``set_version`` in
+github.com/fra31/auto-attack, ``autoattack.py``, for l-inf and l2):
+
+* ``"standard"``, as published: APGD-CE (no restarts) -> APGD-T (targeted DLR, the 9
+  highest other classes) -> FAB-T (:func:`arjax.attacks.fab.fab`, targeted, 9 targets,
+  1 restart, 100 iterations; an example counts as broken when FAB-T's closest adversarial
+  lies inside the radius) -> Square (5000 queries).
+* ``"standard-margin"``: arjax's ensemble before FAB existed, APGD-T with the targeted CW
+  margin ``z_t - z_y`` (``"apgd-t-margin"``) in FAB-T's place (like FAB it works on raw
+  logit differences, not the scale-invariant DLR ratio).
+* ``"rand"``, for randomised models: APGD-CE -> APGD-DLR, no restarts, each gradient the
+  mean of 20 draws (Expectation over Transformation, :mod:`arjax.attacks.eot`; pass the
+  model as a :class:`arjax.attacks.eot.RandomizedModel`).
+* ``"fast"`` (arjax's): APGD-CE -> APGD-T with at most 3 targets, no FAB-T, no Square (a
+  cheap lower bound on the standard one's strength, not a replacement for it).
 
 Each attack runs on the whole fixed-shape batch and its result is taken only for the
 examples still robust after the previous ones; an example is robust while
@@ -20,14 +27,17 @@ import jax
 import jax.numpy as jnp
 
 from arjax.attacks.apgd import DEFAULT_TARGETS, apgd
+from arjax.attacks.eot import RandomizedModel, fixed_draw
+from arjax.attacks.fab import fab
 from arjax.attacks.registry import AttackDef, AttackRunner, register_attack
 from arjax.attacks.selection import take_where_broken
 from arjax.attacks.square import square
 from arjax.losses.classification import predictions_correct
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
 
-AUTOATTACK_VERSIONS = ("standard", "fast")
+AUTOATTACK_VERSIONS = ("standard", "standard-margin", "rand", "fast")
 SQUARE_QUERIES_PER_STEP = 50  # 5000 Square queries for AutoAttack's 100 APGD iterations
+RAND_EOT = 20  # the reference's eot_iter in version "rand"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +45,14 @@ class EnsembleMember:
     """One attack of the ensemble (hashable, so it can be a static jit argument).
 
     Attributes:
-      name: ``"apgd-ce"``, ``"apgd-t"``, ``"apgd-t-margin"`` or ``"square"``.
-      loss: the APGD loss (``"ce"``, ``"dlr-t"``, ``"margin-t"``), ``"margin"`` for Square.
-      num_steps: APGD iterations or Square queries.
+      name: ``"apgd-ce"``, ``"apgd-dlr"``, ``"apgd-t"``, ``"apgd-t-margin"``, ``"fab-t"``
+        or ``"square"``.
+      loss: the APGD loss (``"ce"``, ``"dlr"``, ``"dlr-t"``, ``"margin-t"``), ``"margin"``
+        for Square, ``"margin-t"`` for FAB-T (the logit differences it follows).
+      num_steps: APGD / FAB iterations or Square queries.
       restarts: random starts (per target for the targeted ones).
       num_targets: target classes of the targeted ones (capped at ``K - 1``).
+      eot: draws averaged per APGD gradient (:mod:`arjax.attacks.eot`).
     """
 
     name: str
@@ -47,10 +60,11 @@ class EnsembleMember:
     num_steps: int
     restarts: int = 1
     num_targets: int = 1
+    eot: int = 1
 
     def run(
         self,
-        logits_fn: LogitsFn,
+        logits_fn: LogitsFn | RandomizedModel,
         x: Array,
         y: Array,
         key: PRNGKey,
@@ -60,6 +74,21 @@ class EnsembleMember:
         bounds: tuple[float, float] | None,
     ) -> Array:
         """``x_adv`` of this attack on the whole batch (shaped like ``x``)."""
+        if self.name == "fab-t":
+            found = fab(
+                logits_fn,
+                x,
+                y,
+                key,
+                norm=norm,
+                num_steps=self.num_steps,
+                restarts=self.restarts,
+                targeted=True,
+                num_targets=self.num_targets,
+                eps=eps,
+                bounds=bounds,
+            )
+            return found.within(x, eps)
         if self.name == "square":
             return square(
                 logits_fn,
@@ -84,6 +113,7 @@ class EnsembleMember:
             restarts=self.restarts,
             num_targets=self.num_targets,
             bounds=bounds,
+            eot=self.eot,
         )
 
 
@@ -94,18 +124,20 @@ def autoattack_members(
     num_targets: int = DEFAULT_TARGETS,
     num_queries: int | None = None,
     restarts: int = 1,
+    eot: int = RAND_EOT,
 ) -> tuple[EnsembleMember, ...]:
     """The attacks of an AutoAttack version, in the order they run.
 
     Args:
-      version: ``"standard"`` or ``"fast"`` (see the module docstring).
-      num_steps: APGD iterations (AutoAttack: 100).
-      num_targets: APGD-T targets (AutoAttack: 9; ``"fast"`` uses at most 3).
+      version: one of ``AUTOATTACK_VERSIONS`` (see the module docstring).
+      num_steps: APGD and FAB-T iterations (AutoAttack: 100).
+      num_targets: APGD-T and FAB-T targets (AutoAttack: 9; ``"fast"`` uses at most 3).
       num_queries: Square queries; default ``50 * num_steps`` (5000 for 100 steps).
-      restarts: random starts of each APGD run (AutoAttack: 1) and of Square.
+      restarts: random starts of each APGD run (AutoAttack: 1), of FAB-T and of Square.
+      eot: draws per gradient of the ``"rand"`` version (AutoAttack: 20).
 
     Returns:
-      the members, e.g. ``(apgd-ce, apgd-t, apgd-t-margin, square)``.
+      the members, e.g. ``(apgd-ce, apgd-t, fab-t, square)``.
 
     Raises:
       ValueError: for an unknown version.
@@ -118,16 +150,25 @@ def autoattack_members(
     ce = EnsembleMember("apgd-ce", "ce", num_steps, restarts)
     if version == "fast":
         return (ce, EnsembleMember("apgd-t", "dlr-t", num_steps, restarts, min(num_targets, 3)))
+    if version == "rand":
+        return (
+            EnsembleMember("apgd-ce", "ce", num_steps, restarts, eot=eot),
+            EnsembleMember("apgd-dlr", "dlr", num_steps, restarts, eot=eot),
+        )
+    if version == "standard":
+        third = EnsembleMember("fab-t", "margin-t", num_steps, restarts, num_targets)
+    else:
+        third = EnsembleMember("apgd-t-margin", "margin-t", num_steps, restarts, num_targets)
     return (
         ce,
         EnsembleMember("apgd-t", "dlr-t", num_steps, restarts, num_targets),
-        EnsembleMember("apgd-t-margin", "margin-t", num_steps, restarts, num_targets),
+        third,
         EnsembleMember("square", "margin", num_queries, restarts),
     )
 
 
 def autoattack_adversarial(
-    logits_fn: LogitsFn,
+    logits_fn: LogitsFn | RandomizedModel,
     x: Array,
     y: Array,
     key: PRNGKey,
@@ -140,10 +181,14 @@ def autoattack_adversarial(
     """The AutoAttack ensemble in one jittable function.
 
     Every member runs on the full batch (a host-side driver that skips members once no
-    example is left is :func:`arjax.evaluation.autoattack.autoattack`).
+    example is left is :func:`arjax.evaluation.autoattack.autoattack`). For a
+    :class:`arjax.attacks.eot.RandomizedModel` (version ``"rand"``) which examples are
+    broken is judged on one fixed draw of the model (:func:`arjax.attacks.eot.fixed_draw`
+    of ``key``), as one query of it would.
 
     Args:
-      logits_fn: inputs ``[B, ...]`` -> logits ``[B, K]``, ``[B]`` or ``[B, C]``.
+      logits_fn: inputs ``[B, ...]`` -> logits ``[B, K]``, ``[B]`` or ``[B, C]``, or a
+        :class:`arjax.attacks.eot.RandomizedModel`.
       x: float ``[B, ...]`` clean inputs inside ``bounds``.
       y: labels ``[B]`` or multi-hot ``[B, C]``.
       key: PRNG key (member i uses ``fold_in(key, i)``).
@@ -159,13 +204,14 @@ def autoattack_adversarial(
     """
     members = autoattack_members() if members is None else members
     x = jax.lax.stop_gradient(jnp.asarray(x))
-    robust = predictions_correct(logits_fn(x), y)
+    judge = fixed_draw(logits_fn, key)
+    robust = predictions_correct(judge(x), y)
     x_adv, history = x, [robust]
     for i, member in enumerate(members):
         cand = member.run(
             logits_fn, x, y, jax.random.fold_in(key, i), eps=eps, norm=norm, bounds=bounds
         )
-        x_adv, robust = take_where_broken(logits_fn, x_adv, robust, cand, y)
+        x_adv, robust = take_where_broken(judge, x_adv, robust, cand, y)
         history.append(robust)
     return x_adv, jnp.stack(history)
 
@@ -189,7 +235,7 @@ register_attack(
         _autoattack_runner("standard"),
         ("ensemble",),
         score_calibrated=False,
-        doc="AutoAttack: APGD-CE, APGD-T, APGD-T-margin (for FAB-T), Square",
+        doc="AutoAttack as published: APGD-CE, APGD-T, FAB-T, Square",
     ),
 )
 register_attack(

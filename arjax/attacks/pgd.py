@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import errors as flax_errors
 from jax import lax
 
+from arjax.attacks.eot import RandomizedModel, check_eot, expectation, fixed_draw, is_randomized
 from arjax.attacks.geometry import (
     check_norm_name,
     clip_to_bounds,
@@ -78,7 +79,17 @@ def call_logits_fn(logits_fn: LogitsFn, x: Array) -> Array:
 
 
 def checked_logits_fn(logits_fn: LogitsFn) -> LogitsFn:
-    """``logits_fn`` called through :func:`call_logits_fn` (for attacks without a PGD core)."""
+    """``logits_fn`` called through :func:`call_logits_fn` (for attacks without a PGD core).
+
+    Raises:
+      ValueError: for a :class:`arjax.attacks.eot.RandomizedModel`, which only the
+        attacks with an ``eot`` option take.
+    """
+    if is_randomized(logits_fn):
+        raise ValueError(
+            "this attack takes a deterministic logits_fn; attack a RandomizedModel with pgd "
+            "or apgd (eot=n draws per step), or one draw of it (RandomizedModel.draw(key))"
+        )
     return functools.partial(call_logits_fn, logits_fn)
 
 
@@ -181,7 +192,7 @@ def ascent_step(
 
 
 def pgd(
-    logits_fn: LogitsFn,
+    logits_fn: LogitsFn | RandomizedModel,
     x: Array,
     y: Array,
     key: PRNGKey | None = None,
@@ -195,6 +206,7 @@ def pgd(
     bounds: tuple[float, float] | None = (0.0, 1.0),
     targeted: bool = False,
     clean_logits: Array | None = None,
+    eot: int = 1,
 ) -> Array:
     """Projected gradient ascent on a per-example objective inside an l-inf or l2 ball.
 
@@ -209,7 +221,8 @@ def pgd(
 
     Args:
       logits_fn: images ``[B, ...]`` -> logits ``[B, K]``, ``[B]`` or ``[B, C]`` (see
-        :func:`arjax.losses.classification.head_kind`); a closure over the parameters.
+        :func:`arjax.losses.classification.head_kind`); a closure over the parameters; or
+        a :class:`arjax.attacks.eot.RandomizedModel` (see ``eot``).
       x: float ``[B, ...]`` clean inputs.
       y: labels ``[B]`` or multi-hot ``[B, C]``; the target labels when ``targeted``.
       key: PRNG key; required when ``random_start`` is True.
@@ -226,27 +239,39 @@ def pgd(
       clean_logits: logits at ``x`` for ``loss="kl"``; computed once here when None.
         Gradients through them are stopped either way. The KL gradient vanishes at ``x``,
         so ``loss="kl"`` wants ``random_start=True`` (TRADES).
+      eot: draws of a :class:`arjax.attacks.eot.RandomizedModel` averaged per step
+        (Expectation over Transformation, :mod:`arjax.attacks.eot`; static). A
+        deterministic ``logits_fn`` ignores it; ``eot=1`` on a randomised model is plain
+        PGD on one fresh draw per step.
 
     Returns:
       ``x_adv`` shaped like ``x``, with gradients stopped.
 
     Raises:
       ValueError: unknown ``norm`` / ``loss``, ``random_start`` without ``key``, a negative
-        or non-integer ``num_steps``, or badly shaped ``eps`` / ``step_size``.
+        or non-integer ``num_steps``, or badly shaped ``eps`` / ``step_size``, a bad ``eot``
+        or a randomised model without ``key``.
     """
     check_attack_args(norm, loss, num_steps, random_start, key, name="pgd")
-    logits_fn = functools.partial(call_logits_fn, logits_fn)
+    check_eot(logits_fn, key, eot, name="pgd")
+    if not isinstance(logits_fn, RandomizedModel):
+        logits_fn = functools.partial(call_logits_fn, logits_fn)
     x = jax.lax.stop_gradient(jnp.asarray(x))
     eps_b = per_sample(eps, x)
     if step_size is None:
         step_size = DEFAULT_ALPHA * jnp.asarray(eps) / max(num_steps, 1)
     step_b = per_sample(step_size, x)
-    if loss == "kl":
-        clean_logits = logits_fn(x) if clean_logits is None else clean_logits
-    grad_fn = objective_grad_fn(logits_fn, y, loss, targeted=targeted, clean_logits=clean_logits)
+    if loss == "kl" and clean_logits is None:
+        clean_logits = expectation(lambda f: f, logits_fn, key, eot)(x, 0)
+    grad_at = expectation(
+        lambda f: objective_grad_fn(f, y, loss, targeted=targeted, clean_logits=clean_logits),
+        logits_fn,
+        key,
+        eot,
+    )
 
-    def body(_, delta: Array) -> Array:
-        grad, _ = grad_fn(x + delta)
+    def body(i: Array, delta: Array) -> Array:
+        grad, _ = grad_at(x + delta, i + 1)
         return ascent_step(x, delta, grad, eps=eps_b, step_size=step_b, norm=norm, bounds=bounds)
 
     delta = start_delta(key, x, eps_b, norm, bounds, random_start)
@@ -320,11 +345,12 @@ def _run_pgd(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
             loss=spec.loss,
             random_start=spec.random_start,
             bounds=bounds,
+            eot=spec.eot,
         )
 
     if spec.restarts == 1:
         return one(key)
-    return worst_of_restarts(one, logits_fn, x, y, key, spec.restarts)
+    return worst_of_restarts(one, fixed_draw(logits_fn, key), x, y, key, spec.restarts)
 
 
 def _run_fgsm(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
@@ -335,7 +361,9 @@ def _run_fgsm(spec, logits_fn, x, y, key, *, eps, step_size, bounds):
 
 register_attack(
     "pgd",
-    AttackDef(_run_pgd, LOSSES, doc="projected gradient ascent, random start (Madry et al.)"),
+    AttackDef(
+        _run_pgd, LOSSES, doc="projected gradient ascent, random start (Madry et al.)", eot=True
+    ),
 )
 register_attack(
     "fgsm",

@@ -58,6 +58,8 @@ class AttackSpec:
       random_start: start from a random point of the ball.
       noise_scale: radius of the random start as a multiple of ``eps``, for the attacks
         that declare it (N-FGSM's k; de Jorge et al. 2022).
+      eot: draws of a randomised model averaged per gradient (Expectation over
+        Transformation, :mod:`arjax.attacks.eot`; attacks registered with ``eot=True``).
     """
 
     attack: str
@@ -70,12 +72,14 @@ class AttackSpec:
     restarts: int = 1
     random_start: bool = True
     noise_scale: float = 1.0
+    eot: int = 1
 
     @property
     def name(self) -> str:
-        """Short key used in reports: ``fgsm_linf_0.01``, ``pgd20_l2_0.5``."""
+        """Short key used in reports: ``fgsm_linf_0.01``, ``pgd20_l2_0.5``, ``..._eot20``."""
         steps = "" if ATTACKS[self.attack].fixed_steps else str(self.num_steps)
-        return f"{self.attack}{steps}_{self.norm}_{self.eps:g}"
+        eot = f"_eot{self.eot}" if self.eot != 1 else ""
+        return f"{self.attack}{steps}_{self.norm}_{self.eps:g}{eot}"
 
     def step_for(self, eps: Radius) -> Radius:
         """The step size at radius ``eps`` (python float or array, kept in its type).
@@ -150,6 +154,9 @@ class AttackDef:
         none does): its scores are not made to degrade a ranking, so an AUC on them is
         not an "AUC under attack" and evaluation reports leave it out.
       doc: one line for ``--help`` and error messages.
+      defaults: the attack's own defaults of optional spec fields (fgsm_rs: alpha 1.25).
+      norms: the norms the attack takes (``"l1"`` only the minimum-norm attacks).
+      eot: whether ``AttackSpec.eot`` (averaged draws of a randomised model) applies.
     """
 
     runner: AttackRunner
@@ -159,6 +166,8 @@ class AttackDef:
     score_calibrated: bool = True
     doc: str = ""
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    norms: tuple[str, ...] = NORMS
+    eot: bool = False
 
 
 # Attack name -> definition; each attack module registers its own at its bottom.
@@ -191,12 +200,14 @@ def make_spec(
     **options: Any,
 ) -> AttackSpec:
     """A validated :class:`AttackSpec`; ``where`` is named in errors (a config field)."""
-    for kind, value, valid in (("attack", attack, sorted(ATTACKS)), ("norm", norm, list(NORMS))):
+    norms = list(ATTACKS[attack].norms) if attack in ATTACKS else list(NORMS)
+    for kind, value, valid in (("attack", attack, sorted(ATTACKS)), ("norm", norm, norms)):
         if value not in valid:
             near = closest(value, valid)
             hint = f"; did you mean {near!r}?" if near else ""
+            of = f" ({attack})" if kind == "norm" else ""
             raise SpecError(
-                f"unknown {kind} {value!r} in {where}; valid choices: {', '.join(valid)}{hint}"
+                f"unknown {kind} {value!r} in {where}; valid choices: {', '.join(valid)}{of}{hint}"
             )
     eps = parse_eps(eps, where)
     definition = ATTACKS[attack]
@@ -223,6 +234,9 @@ def make_spec(
         raise SpecError(f"restarts={spec.restarts} in {where} is out of range; valid: [1, inf)")
     if not spec.alpha > 0:
         raise SpecError(f"alpha={spec.alpha} in {where} is out of range; valid: (0, inf)")
+    if not isinstance(spec.eot, int) or spec.eot < 1 or (spec.eot > 1 and not definition.eot):
+        with_eot = ", ".join(sorted(n for n, d in ATTACKS.items() if d.eot))
+        raise SpecError(f"eot={spec.eot!r} in {where}: an int >= 1, > 1 only for {with_eot}")
     return spec
 
 

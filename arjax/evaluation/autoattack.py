@@ -1,11 +1,13 @@
 """AutoAttack evaluation (Croce & Hein 2020, arXiv 2003.01690, Sec. 5) on one batch.
 
 The ensemble is :func:`arjax.attacks.ensemble.autoattack_members`: ``"standard"`` runs
-APGD-CE -> APGD-T (targeted DLR over the 9 highest other classes) -> APGD-T with the
-targeted CW margin, arjax's substitute for FAB-T (FAB is not implemented) -> Square (5000
-queries); ``"fast"`` runs APGD-CE -> APGD-T over 3 targets. Each attack is one jitted
-program on the whole fixed-shape batch; its output is taken only for the examples still
-robust, and attacks are skipped once none is left.
+APGD-CE -> APGD-T (targeted DLR over the 9 highest other classes) -> FAB-T -> Square
+(5000 queries), as published; ``"standard-margin"`` has arjax's earlier APGD-T-margin in
+FAB-T's place; ``"rand"`` runs APGD-CE -> APGD-DLR with 20 EoT draws per gradient (a
+randomised model, :class:`arjax.attacks.eot.RandomizedModel`, judged on one fixed draw);
+``"fast"`` runs APGD-CE -> APGD-T over 3 targets. Each attack is one jitted program on
+the whole fixed-shape batch; its output is taken only for the examples still robust, and
+attacks are skipped once none is left.
 
 Robustness of an example means :func:`arjax.losses.predictions_correct` at every point
 tried: ``argmax == label`` for softmax heads, ``(z > 0) == label`` for a single binary
@@ -22,6 +24,7 @@ import numpy as np
 
 from arjax.attacks.apgd import DEFAULT_TARGETS
 from arjax.attacks.ensemble import EnsembleMember, autoattack_members
+from arjax.attacks.eot import fixed_draw
 from arjax.attacks.selection import take_where_broken
 from arjax.losses import predictions_correct
 from arjax.types import Array, LogitsFn, PRNGKey, Radius
@@ -64,14 +67,14 @@ class AutoAttackResult:
 
 
 @functools.partial(jax.jit, static_argnames=("logits_fn",))
-def _correct(logits_fn, x, y):
-    return predictions_correct(logits_fn(x), y)
+def _correct(logits_fn, x, y, key):
+    return predictions_correct(fixed_draw(logits_fn, key)(x), y)
 
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "member", "norm", "bounds"))
-def _member_step(logits_fn, member, x, y, key, eps, x_adv, robust, *, norm, bounds):
+def _member_step(logits_fn, member, x, y, key, judge_key, eps, x_adv, robust, *, norm, bounds):
     cand = member.run(logits_fn, x, y, key, eps=eps, norm=norm, bounds=bounds)
-    return take_where_broken(logits_fn, x_adv, robust, cand, y)
+    return take_where_broken(fixed_draw(logits_fn, judge_key), x_adv, robust, cand, y)
 
 
 def autoattack(
@@ -95,17 +98,20 @@ def autoattack(
     Args:
       logits_fn: inputs ``[B, ...]`` -> logits ``[B, K]`` (softmax, K >= 2), ``[B]`` /
         ``[B, 1]`` (one binary logit) or ``[B, C]`` (multi-label); hashable (a jit static
-        argument: pass the same function object to reuse the compiled attacks).
+        argument: pass the same function object to reuse the compiled attacks). A
+        :class:`arjax.attacks.eot.RandomizedModel` for the ``"rand"`` version.
       x: float ``[B, ...]`` clean inputs inside ``bounds``.
       y: labels: int ``[B]``, ``[B]`` in ``{0, 1}``, or multi-hot ``[B, C]``.
       key: PRNG key; member i uses ``fold_in(key, i)``.
       eps: radius; python float or per-sample ``[B]``.
       norm: ``"linf"`` or ``"l2"``.
-      version: ``"standard"`` or ``"fast"``.
+      version: one of :data:`arjax.attacks.AUTOATTACK_VERSIONS` (``"standard"``,
+        ``"standard-margin"``, ``"rand"``, ``"fast"``).
       bounds: data range ``(lo, hi)`` or None.
-      num_steps: APGD iterations (AutoAttack: 100).
-      num_targets: APGD-T targets (AutoAttack: 9; capped at K - 1; one untargeted run for
-        single-logit and multi-label heads, which have no target classes).
+      num_steps: APGD and FAB-T iterations (AutoAttack: 100).
+      num_targets: APGD-T and FAB-T targets (AutoAttack: 9; capped at K - 1; one
+        untargeted run for single-logit and multi-label heads, which have no target
+        classes).
       num_queries: Square queries; default ``50 * num_steps``.
       restarts: random starts per APGD run / of Square.
       members: an explicit ensemble instead of ``version`` and the counts above.
@@ -126,7 +132,7 @@ def autoattack(
     y = jnp.asarray(y)
     eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
     bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
-    robust_j = _correct(logits_fn, x, y)
+    robust_j = _correct(logits_fn, x, y, key)
     clean = np.asarray(robust_j)
     broken_by = np.where(clean, "", "clean").astype(object)
     x_adv, robust = x, {}
@@ -139,6 +145,7 @@ def autoattack(
                 x,
                 y,
                 jax.random.fold_in(key, i),
+                key,
                 eps,
                 x_adv,
                 robust_j,
