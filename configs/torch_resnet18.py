@@ -12,10 +12,11 @@ Variants: those of ``configs/svhn_ima.py`` (ce, adv<eps>, rand<eps>, ima, trades
 mma<d_max>, each optionally ',smoke'): the IMA paper's SVHN protocol with the network
 swapped for ``torchvision.models.resnet18(num_classes=10)`` (random init; set
 ``--config.model.torch_weights=resnet18.safetensors`` for a local state_dict file). Any
-factory works: ``--config.model.torch_factory=timm:create_model`` with
-``--config.model.torch_kwargs.model_name=...``. Each run directory gets the trained
-weights as ``state_dict.safetensors``, which ``module.load_state_dict`` takes back.
-ARFL needs ``--config.model.torch_features=layer4`` (also what CAMs read).
+importable factory works (``--config.model.torch_factory=package.module:function``; for
+keyword arguments such as timm's ``model_name``, edit ``TORCH_MODEL`` in a copy of this
+file). ``torch_features="layer4"`` is what ARFL's L_robust and CAMs read. Each run
+directory gets the trained weights as ``state_dict.safetensors``, which
+``module.load_state_dict(safetensors.torch.load_file(path))`` takes back.
 """
 
 from arjax.experiment.presets import ima_image_config

@@ -77,10 +77,71 @@ def _batch_norm(input, weight, bias, running_mean, running_var, training, moment
     return out.to(input.dtype), mean, invstd
 
 
+def _expand(value, n: int) -> tuple[int, ...]:
+    """A per-spatial-dimension tuple from an int or a list of 1 or ``n`` ints."""
+    value = [value] if isinstance(value, int) else list(value)
+    return tuple(value * n if len(value) == 1 else value)
+
+
+def _convolution_channels_last(x, w, b, stride, padding, dilation, groups):
+    """``aten.convolution`` (not transposed) computed channels-last: JAX arrays in and out.
+
+    ``x [B, C, *spatial]`` and ``w [O, C / groups, *kernel]`` as PyTorch lays them out;
+    the convolution runs on ``x`` moved to ``[B, *spatial, C]`` and the result is moved
+    back to ``[B, O, *spatial']``.
+    """
+    n = w.ndim - 2
+    spatial = "DHW"[3 - n :]
+    y = jax.lax.conv_general_dilated(
+        jnp.moveaxis(x, 1, -1),
+        jnp.transpose(w, (*range(2, n + 2), 1, 0)),  # [*kernel, C / groups, O]
+        _expand(stride, n),
+        [(p, p) for p in _expand(padding, n)],
+        rhs_dilation=_expand(dilation, n),
+        dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
+        feature_group_count=groups,
+    )
+    if b is not None:
+        y = y + b.astype(y.dtype)
+    return jnp.moveaxis(y, -1, 1)
+
+
+def _convolution(
+    input, weight, bias, stride, padding, dilation, transposed, output_padding, groups
+):
+    """``aten.convolution`` with the channels on the last axis inside the XLA program.
+
+    torchax lowers PyTorch's convolutions as they are laid out, ``[B, C, H, W]``. XLA:CPU
+    runs such convolutions inside a ``while`` loop (every arjax attack and BPGD is a
+    ``lax.fori_loop``) an order of magnitude slower than outside one, and channels-last
+    ones at full speed (``benchmarks/vs_torchax.py``), so 1-3-D convolutions are computed
+    channels-last between two transposes (which XLA folds into the neighbouring
+    operations). Transposed and unbatched convolutions keep torchax's lowering.
+    """
+    env = environment()
+    if transposed or input.ndim != weight.ndim or not 1 <= weight.ndim - 2 <= 3:
+        from torchax.ops import jaten  # torchax's own lowering, for the rare cases
+
+        args = (stride, padding, dilation, transposed, output_padding, groups)
+        jax_bias = None if bias is None else bias.jax()
+        return torchax_tensor.Tensor(
+            jaten._aten_convolution(input.jax(), weight.jax(), jax_bias, *args), env
+        )
+    jax_bias = None if bias is None else bias.jax()
+    out = _convolution_channels_last(
+        input.jax(), weight.jax(), jax_bias, stride, padding, dilation, groups
+    )
+    return torchax_tensor.Tensor(out, env)
+
+
 @functools.cache
 def environment() -> torchax_tensor.Environment:
-    """The private torchax environment of arjax (torchax's operators + :func:`_batch_norm`)."""
+    """The private torchax environment: :func:`_batch_norm` and :func:`_convolution` added.
+
+    torchax's global environment is left as torchax makes it.
+    """
     env = torchax_tensor.Environment()
+    env.override_op_definition(torch.ops.aten.convolution.default, _convolution)
     for op in (
         torch.ops.aten.native_batch_norm.default,
         torch.ops.aten._native_batch_norm_legit.default,

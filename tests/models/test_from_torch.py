@@ -257,3 +257,32 @@ def test_bad_modules_and_arguments_are_named():
     model = from_torch(_small(), torch.zeros(2, 3, 8, 8), features="penultimate")
     with pytest.raises(ValueError, match="CAM needs"):
         class_activation_maps(model.fns, model.params, model.batch_stats, _images(2, 8)[0])
+
+
+class _Tied(torch.nn.Module):
+    """An encoder and a decoder sharing one weight (as tied embeddings), plus a frozen scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = torch.nn.Linear(4, 6, bias=False)
+        self.dec = torch.nn.Linear(6, 4, bias=False)
+        self.dec.weight = self.enc.weight  # tied ([6, 4]; the forward uses it transposed)
+        self.out = torch.nn.Linear(4, 3)
+        self.out.bias.requires_grad_(False)
+
+    def forward(self, x):
+        h = torch.relu(x @ self.enc.weight.T)
+        return self.out(h @ self.dec.weight)
+
+
+def test_tied_and_frozen_parameters_train_once_and_export_every_key():
+    torch.manual_seed(0)
+    net = _Tied()
+    model = from_torch(net, torch.zeros(2, 4), channels_last=False)
+    assert sorted(model.params["params"]) == ["enc.weight", "out.weight"]  # one tied copy
+    assert "out.bias" in model.batch_stats["buffers"]  # frozen: never differentiated
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.logits_fn()(x), net(torch.tensor(x)).detach().numpy(), **TOL)
+    exported = model.state_dict()
+    assert set(exported) == set(net.state_dict())  # enc.weight and dec.weight both written
+    np.testing.assert_array_equal(exported["enc.weight"], exported["dec.weight"])
