@@ -109,14 +109,15 @@ def _convolution_channels_last(x, w, b, stride, padding, dilation, groups):
 def _convolution(
     input, weight, bias, stride, padding, dilation, transposed, output_padding, groups
 ):
-    """``aten.convolution`` with the channels on the last axis inside the XLA program.
+    """``aten.convolution`` computed channels-last with an HWIO kernel.
 
-    torchax lowers PyTorch's convolutions as they are laid out, ``[B, C, H, W]``. XLA:CPU
-    runs such convolutions inside a ``while`` loop (every arjax attack and BPGD is a
-    ``lax.fori_loop``) an order of magnitude slower than outside one, and channels-last
-    ones at full speed (``benchmarks/vs_torchax.py``), so 1-3-D convolutions are computed
-    channels-last between two transposes (which XLA folds into the neighbouring
-    operations). Transposed and unbatched convolutions keep torchax's lowering.
+    torchax lowers PyTorch's convolutions in PyTorch's layout (``[B, C, H, W]`` input,
+    ``[O, I, kH, kW]`` kernel). XLA:CPU runs such a convolution inside a ``while`` loop
+    (every arjax attack, BPGD and TRADES' inner maximisation is a ``lax.fori_loop``) 6-8x
+    slower than outside one; with the input channels-last and the kernel ``[kH, kW, I,
+    O]`` it runs at the Flax model's speed there too (``benchmarks/vs_torchax.py``). So
+    1-3-D convolutions are computed between transposes of the input, kernel and output.
+    Transposed and unbatched convolutions keep torchax's lowering.
     """
     env = environment()
     if transposed or input.ndim != weight.ndim or not 1 <= weight.ndim - 2 <= 3:
