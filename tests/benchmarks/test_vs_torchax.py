@@ -26,13 +26,13 @@ def test_three_implementations_side_by_side(vs_torchax, tmp_path):
     out = tmp_path / "vt.json"
     vs_torchax.main(
         ["--model", "moons_mlp", "--batch", "8", "--steps", "2", "--repeats", "1",
-         "--only", "pgd2|adversarial", "--json", str(out)]
+         "--only", "pgd2", "--json", str(out)]
     )  # fmt: skip
     result = json.loads(out.read_text())
     assert result["machine"]["torchax"]
     (r,) = result["results"]
     assert r["logits_rel_err"]["torchax"] < 1e-4
-    assert set(r["rows"]) == {"pgd2_linf", "train_step/adversarial_pgd10"}
+    assert set(r["rows"]) == {"pgd2_linf"}  # the train step rows share the code path
     for workload, rows in r["rows"].items():
         assert {"arjax_flax", "arjax_flax_xla", "arjax_torchax"} < set(rows), workload
         assert any(impl.startswith("torch") for impl in rows), workload

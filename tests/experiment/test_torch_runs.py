@@ -45,6 +45,8 @@ def _resnet18_config(variant: str):
         cfg.model.torch_factory = RESNET18_FACTORY
     cfg.train.num_devices = 1  # the 8-device step is tests/models/test_from_torch.py's
     cfg.eval.masking_checks = "off"
+    if variant == "ima":  # margins from each step's BPGD: no second ResNet-18 BPGD program
+        cfg.method.margin_update = "batch"  # (the epoch pass is IMA's own, tested on moons)
     return cfg
 
 
