@@ -29,15 +29,15 @@ from arjax import compilation_cache  # noqa: E402
 compilation_cache.enable("auto")
 
 import pytest  # noqa: E402
-from dependency_skips import ENV_VAR, enforce, extra_requirements  # noqa: E402
+from dependency_skips import ENV_VAR, ci_requirements, enforce  # noqa: E402
 
 _NO_SKIPS = os.environ.get(ENV_VAR) == "1"
-_DEV = extra_requirements("dev") if _NO_SKIPS else set()
+_DEV = ci_requirements() if _NO_SKIPS else set()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """With ``ARJAX_NO_SKIPS=1``, a test skipped for a missing ``[dev]`` module fails."""
+    """With ``ARJAX_NO_SKIPS=1``, a test skipped for a missing ``[dev,torch]`` module fails."""
     outcome = yield
     if _NO_SKIPS:
         enforce(outcome.get_result(), _DEV)

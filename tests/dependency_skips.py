@@ -1,12 +1,12 @@
-"""CI policy: a test skipped because a ``[dev]`` dependency is missing is a failure.
+"""CI policy: a test skipped because a ``[dev]`` or ``[torch]`` dependency is missing fails.
 
-``pip install -e '.[dev]'`` must bring everything the suite needs except
-PyTorch (the ``[bench]`` extra, too large for CI). With ``ARJAX_NO_SKIPS=1``
-(``.ci/run`` sets it) the hooks in ``conftest.py`` pass every skipped report
-through ``enforce``: a skip whose reason names a missing module that one of
-``[dev]``'s distributions provides becomes a failure naming the extra; other
-skips (torch, a plugin that happens to be installed, a jaxlib option) stay
-skips.
+``pip install -e '.[dev,torch]'`` must bring everything the suite needs except
+torchvision and torchattacks (``[bench]``; torchvision has no CPU wheel on PyPI).
+With ``ARJAX_NO_SKIPS=1`` (``.ci/run`` sets it) the hooks in ``conftest.py`` pass
+every skipped report through ``enforce``: a skip whose reason names a missing module
+that one of the ``CI_EXTRAS``' distributions provides becomes a failure naming the
+extras; other skips (torchattacks, a plugin that happens to be installed, a jaxlib
+option) stay skips.
 """
 
 import importlib.metadata
@@ -17,6 +17,7 @@ from pathlib import Path
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 ENV_VAR = "ARJAX_NO_SKIPS"
+CI_EXTRAS = ("dev", "torch")  # what .ci/run installs
 
 # How a skip names a module that is not installed (or older than required):
 # pytest.importorskip's reasons ("could not import 'X': No module named 'X'",
@@ -57,8 +58,13 @@ def missing_modules(reason: str) -> list[str]:
     return found
 
 
+def ci_requirements() -> set[str]:
+    """Canonical distribution names of every extra in :data:`CI_EXTRAS`."""
+    return set().union(*(extra_requirements(extra) for extra in CI_EXTRAS))
+
+
 def dev_dependency_in(reason: str, dev: Iterable[str]) -> str | None:
-    """The ``[dev]`` distribution whose absence a skip reason reports, or None."""
+    """The required distribution (of ``dev``) whose absence a skip reason reports, or None."""
     dev = set(dev)
     for module in missing_modules(reason):
         hit = sorted(_providers(module) & dev)
@@ -78,11 +84,11 @@ def skip_reason(report) -> str | None:
 
 
 def enforce(report, dev: Iterable[str]) -> bool:
-    """Turns ``report`` (a test or collection report) into a failure if it skips for ``[dev]``.
+    """Turns ``report`` (a test or collection report) into a failure if it skips for ``dev``.
 
     Args:
       report: a ``pytest.TestReport`` or ``pytest.CollectReport``; changed in place.
-      dev: canonical distribution names of the ``[dev]`` extra.
+      dev: canonical distribution names CI installs (:func:`ci_requirements`).
 
     Returns:
       Whether the report was turned into a failure.
@@ -95,7 +101,7 @@ def enforce(report, dev: Iterable[str]) -> bool:
         return False
     report.outcome = "failed"
     report.longrepr = (
-        f"skipped for a missing [dev] dependency ({dist}): {reason}\n"
-        f"{ENV_VAR}=1 makes this a failure: pip install -e '.[dev]' should bring {dist}"
+        f"skipped for a missing [dev,torch] dependency ({dist}): {reason}\n"
+        f"{ENV_VAR}=1 makes this a failure: pip install -e '.[dev,torch]' should bring {dist}"
     )
     return True

@@ -61,6 +61,17 @@ def test_attack_your_model(tmp_path, monkeypatch):
     assert 0 < s["bpgd_crossed"] <= 1
 
 
+def test_attack_your_pytorch_model(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("torchax")
+    nb, s = execute("attack_your_pytorch_model", tmp_path, monkeypatch)
+    assert inline_figures(nb) == 1  # clean, PGD and AutoAttack images
+    assert s["clean"] > 0.8  # the PyTorch training learnt the stripes
+    assert s["logits_gap"] < 1e-4 and s["tuned_gap"] < 1e-4  # arjax computes torch's logits
+    assert s["pgd"] == s["torch_pgd"] < s["clean"]  # the adversarial images fool torch too
+    assert s["autoattack"] <= s["clean"]
+
+
 def test_train_from_python(tmp_path, monkeypatch):
     nb, s = execute("train_from_python", tmp_path, monkeypatch)
     # margin growth + histogram, the decision boundaries, the robust-accuracy curves

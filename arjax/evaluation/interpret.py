@@ -185,6 +185,20 @@ def cam_head(module: nnx.Module) -> nnx.Linear:
     return head
 
 
+def cam_kernel(module: nnx.Module) -> Array:
+    """The CAM weights ``[C, K]``: ``module.cam_kernel()`` if it has one, else its head's kernel.
+
+    A module that is no NNX network inside (a PyTorch model, ``arjax.models.from_torch``)
+    defines ``cam_kernel()``; the others are read through :func:`cam_head`.
+
+    Raises:
+      ValueError: the network has no GAP + linear head.
+    """
+    if hasattr(module, "cam_kernel"):
+        return module.cam_kernel()
+    return cam_head(module).kernel[...]
+
+
 @functools.partial(compilation.jit, static_argnums=0)
 def _cams(model: ModelFns, params: PyTree, batch_stats: PyTree, x: Array) -> tuple[Array, Array]:
     logits, features, _ = model.apply(params, batch_stats, x, train=False)
@@ -193,8 +207,8 @@ def _cams(model: ModelFns, params: PyTree, batch_stats: PyTree, x: Array) -> tup
             "class activation maps need the model's last convolutional feature map, but the "
             "model returns plain logits: return (logits, feature_map) from it"
         )
-    head = cam_head(nnx.merge(model.graphdef, params, batch_stats, copy=True))
-    cams = jnp.einsum("bhwc,ck->bhwk", features, head.kernel[...].astype(features.dtype))
+    kernel = cam_kernel(nnx.merge(model.graphdef, params, batch_stats, copy=True))
+    cams = jnp.einsum("bhwc,ck->bhwk", features, kernel.astype(features.dtype))
     return cams, logits
 
 

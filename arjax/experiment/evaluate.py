@@ -35,6 +35,7 @@ from arjax.experiment import plots, presets, setup
 from arjax.experiment import workdir as workdir_lib
 from arjax.experiment.summary import masking_warnings, run_scalars
 from arjax.models import ModelFns
+from arjax.models.torch_bridge import export_run_weights
 from arjax.training.state import TrainState
 
 log = logging.getLogger("arjax")
@@ -219,10 +220,15 @@ def evaluate_trained(cfg, dataset, model, state, run_dir, *, seed, mesh, info) -
     """:func:`evaluate_run` of a trained state into ``result.json``, on this process's mesh.
 
     In a multi-process run every process evaluates the same state on its own
-    devices (``parallel.evaluation_mesh``) and only process 0 writes the files.
+    devices (``parallel.evaluation_mesh``) and only process 0 writes the files. A
+    PyTorch model's weights are written first as ``state_dict.safetensors``.
     """
     eval_mesh = parallel.evaluation_mesh(mesh)
     local = parallel.localize(state, eval_mesh)
+    if jax.process_index() == 0 and export_run_weights(
+        model, local.params, local.batch_stats, run_dir
+    ):
+        log.info("PyTorch state_dict written to %s", run_dir)
     return evaluate_run(
         cfg, dataset, model, local, run_dir, seed=seed, mesh=eval_mesh, info=info,
         filename="result.json",

@@ -45,7 +45,7 @@ def localize(
       ``localization.localization_report``'s dict, or ``{"skipped": reason}``.
     """
     try:
-        interpret.cam_head(nnx.merge(model.graphdef, state.params, state.batch_stats, copy=True))
+        interpret.cam_kernel(nnx.merge(model.graphdef, state.params, state.batch_stats, copy=True))
     except ValueError as e:
         log.info("no CAM localisation: %s", e)
         return {"skipped": str(e)}

@@ -55,8 +55,14 @@ with ``norm="batch"``, the DenseNets, an MLP or VGG16 with ``batch_norm=True``
 (VGG16: torchvision's ``vgg16_bn``); not plain VGG16 (torchvision's ``vgg16`` has
 none) nor the instance-norm networks.
 
+* ``"torch"``: a PyTorch network from ``model.torch_factory`` (``"package.module:function"``,
+  e.g. ``"torchvision.models:resnet18"``), run through torchax; fields ``torch_kwargs``,
+  ``torch_weights``, ``torch_features``, ``input_norm`` (``arjax.models.torch_factory``;
+  needs the ``[torch]`` extra).
+
 A user's own NNX module or ``apply_fn(params, x)`` (plain logits are fine) becomes
-``(ModelFns, params, batch_stats)`` through :func:`adapt` (``arjax.models.adapter``).
+``(ModelFns, params, batch_stats)`` through :func:`adapt` (``arjax.models.adapter``); a
+``torch.nn.Module`` through :func:`from_torch` (``arjax.models.torch_bridge``).
 """
 
 import logging
@@ -98,6 +104,8 @@ from arjax.models.pretrained import (
     torchvision_init,
 )
 from arjax.models.resnet import NORMS, BasicBlock, Bottleneck, ResNet, resnet
+from arjax.models.torch_bridge import TorchModel, TorchModule, from_torch, torch_state_dict
+from arjax.models.torch_factory import build_torch_model
 from arjax.models.unet import UNet, build_unet
 from arjax.models.vgg import VGG, adaptive_avg_pool, vgg16
 from arjax.models.wide_resnet import WideResNet, build_wide_resnet, wide_resnet
@@ -212,6 +220,7 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     "unet": build_unet,
     "preact_resnet18": build_preact_resnet18,
     "wide_resnet": build_wide_resnet,
+    "torch": build_torch_model,
     **dict.fromkeys(TORCHVISION_MODELS, _build_torchvision),
 }
 
@@ -287,6 +296,8 @@ __all__ = [
     "PreActBlock",
     "PreActResNet",
     "ResNet",
+    "TorchModel",
+    "TorchModule",
     "TruncatedDenseNet",
     "UNet",
     "WideResNet",
@@ -302,6 +313,7 @@ __all__ = [
     "dualize",
     "export_torchvision",
     "feature_map_shape",
+    "from_torch",
     "ima_cnn",
     "import_torchvision",
     "instance_norm",
@@ -311,6 +323,7 @@ __all__ = [
     "load_state_dict",
     "resnet",
     "split_model",
+    "torch_state_dict",
     "torchvision_init",
     "torchvision_num_outputs",
     "vgg16",

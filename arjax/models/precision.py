@@ -54,12 +54,18 @@ def cast_floats(tree: PyTree, dtype: jnp.dtype) -> PyTree:
 
 
 def restore_dtypes(tree: PyTree, like: PyTree) -> PyTree:
-    """``tree`` with each leaf cast back to the dtype of the same leaf in ``like``."""
-    return jax.tree.map(
-        lambda a, b: a.astype(b.dtype) if hasattr(a, "astype") and hasattr(b, "dtype") else a,
-        tree,
-        like,
-    )
+    """``tree`` with each leaf cast back to the dtype of the same leaf in ``like``.
+
+    Leaves already of that dtype are kept as they are (dropout streams' PRNG keys, which
+    have no ``astype``).
+    """
+
+    def restore(a, b):
+        if hasattr(a, "astype") and hasattr(b, "dtype") and a.dtype != b.dtype:
+            return a.astype(b.dtype)
+        return a
+
+    return jax.tree.map(restore, tree, like)
 
 
 def outputs_to_float32(*outputs):
