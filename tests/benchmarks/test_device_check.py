@@ -184,14 +184,14 @@ def test_junit_results_are_grouped_and_say_whether_resume_is_bit_identical(bench
 
 def test_the_gpu_selection_names_collected_tests():
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-m", "gpu", "--collect-only", "-q", "tests/test_bpgd.py",
-         "tests/test_precision.py", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "-m", "gpu", "--collect-only", "-q",
+         "tests/attacks/test_bpgd.py", "tests/models/test_precision.py", "-p", "no:cacheprovider"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:]
     counts = dict(line.split(": ") for line in done.stdout.splitlines() if ": " in line)
-    assert counts == {"tests/test_bpgd.py": "3", "tests/test_precision.py": "4"}
+    assert counts == {"tests/attacks/test_bpgd.py": "3", "tests/models/test_precision.py": "4"}
 
 
 def _junit_xml(path, failed: bool):

@@ -1,7 +1,8 @@
 """Segmentation (IMA "Experiments on Segmentation"): Dice / TVDI / ADI, the U-Net, BPGD with
 Dice-thresholded correctness and the margin shrink rule.
 
-Segmentation IMA trains end to end in ``tests/test_configs.py`` (``segmentation_ima.py:smoke``).
+Segmentation IMA trains end to end in ``tests/experiment/test_segmentation_run.py``
+(``segmentation_ima.py:smoke``).
 """
 
 import functools

@@ -16,7 +16,7 @@ from arjax.experiment import train as loop
 from arjax.experiment.presets import method_config
 from arjax.training import checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def flat_numbers(report):
@@ -109,7 +109,7 @@ def launch(*args, timeout=300):
         (
             "--config.model.name=resnet",
             "unknown model.name 'resnet'; valid choices: cam_cnn, densenet121, "
-            "densenet121_truncated, ima_cnn, mlp, resnet18",
+            "densenet121_truncated, ima_cnn, mlp, preact_resnet18, resnet18",
         ),
         (
             "--config.data.name=mnist",

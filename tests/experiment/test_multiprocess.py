@@ -19,7 +19,7 @@ from helpers import tiny_config, write_tiny_config
 from arjax import distributed, faults
 from arjax.experiment import train as loop
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _free_port() -> int:

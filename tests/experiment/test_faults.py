@@ -21,7 +21,7 @@ from arjax.config_lib import ConfigError
 from arjax.experiment import train as loop
 from arjax.experiment import workdir as workdir_lib
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(TESTS)
 # tiny_config: 32 steps, 4 per compiled call, a record every 4, checkpoints at 16 and 32.
 _rng = random.Random(19)

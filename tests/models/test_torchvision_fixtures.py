@@ -7,7 +7,7 @@ logits and features on a fixed input, and the names and shapes of the
 full-size ``resnet18``, ``resnet50``, ``vgg16``, ``vgg16_bn`` and
 ``densenet121`` state dicts. Here arjax imports those files and must
 reproduce torchvision's numbers, Khakzar's truncated DenseNet included
-(``tests/test_pretrained.py`` holds the checks that need PyTorch itself:
+(``tests/models/test_pretrained.py`` holds the checks that need PyTorch itself:
 full-width forward passes, ``.pth`` files).
 """
 
@@ -25,7 +25,7 @@ from arjax.models.pretrained import abstract_module, torchvision_init
 from arjax.models.resnet import ResNet
 from arjax.models.vgg import VGG, adaptive_pool_matrix
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 WIDTHS = (4, 8, 16, 32)  # make_torch_fixtures.RESNET_WIDTHS
 VGG_NARROW = (4, 4, "M", 8, 8, "M", 8, 8, 8, "M", 16, 16, 16, "M", 16, 16, 16, "M")
 

@@ -11,7 +11,9 @@ import pytest
 from arjax import attacks
 from arjax.experiment.presets import method_config
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs"
+)
 
 
 def config(name, arg=None):

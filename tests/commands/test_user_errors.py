@@ -17,7 +17,7 @@ from arjax.experiment import train as loop
 from arjax.experiment import workdir as workdir_lib
 from arjax.training.checkpoint import PreemptionFlag
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK = "--config=configs/quickstart.py"
 LESIONS = "--config=configs/synthetic_lesions.py:smoke"
 
@@ -236,7 +236,7 @@ def test_config_errors_come_before_the_heavy_imports():
 def test_a_nan_stop_is_one_line_exit_1(tmp_path, capsys):
     config = tmp_path / "nan.py"
     config.write_text(
-        f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        f"import sys\nsys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})\n"
         "from helpers import tiny_config\n\ndef get_config():\n"
         "    c = tiny_config()\n    c.optim.learning_rate = 1e38\n    return c\n"
     )

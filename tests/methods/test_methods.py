@@ -116,7 +116,7 @@ def test_method_losses_are_differentiable_and_jittable():
     model, params, stats = linear_model(W, B)
     for name, cls in methods.METHODS.items():
         assert dataclasses.is_dataclass(cls) and cls.name == name
-        if name == "dsbn":  # needs a dual-batch-norm model: tests/test_dsbn_mirst.py
+        if name == "dsbn":  # needs a dual-batch-norm model: tests/methods/test_dsbn_mirst.py
             continue
         method = methods.from_config({"name": name}, num_epochs=10)  # IMA: delta from epochs
         state = method.init_state(4)  # IMA / MMA: the batch's margins

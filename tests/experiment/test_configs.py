@@ -9,7 +9,7 @@ from report_pins import check_report
 
 from arjax.experiment import train as loop
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = [
     "moons_ima.py:smoke",
     "moons_ima.py:mma0.2,smoke",
@@ -26,7 +26,7 @@ SMOKE = [
     "mammo_arfl.py:trades,smoke",
     "mammo_arfl.py:mirst,smoke",
     "mammo_arfl.py:dsbn,smoke",
-    # segmentation_ima.py:smoke runs (and resumes) in tests/test_segmentation_run.py
+    # segmentation_ima.py:smoke runs (and resumes) in tests/experiment/test_segmentation_run.py
 ]
 
 

@@ -18,7 +18,7 @@ from arjax.training.step import compile_multi_step
 MODEL = ml_collections.ConfigDict(STEP_MODEL)
 
 PGD = method_config("adversarial", r=0.5, attack="pgd", eps=0.1, num_steps=5)
-IMA = method_config(  # the per-batch update (the pass: tests/test_ima_margins.py)
+IMA = method_config(  # the per-batch update (the pass: tests/methods/test_ima.py)
     "ima", eps_max=0.3, delta=0.01, num_steps=5, num_bisections=4, margin_update="batch"
 )
 MMA = method_config("mma", d_max=0.3, eps_min=0.01, num_steps=5, num_bisections=4)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 from helpers import STEP_MODEL, compiled_step_setup
-from test_baselines import ALPHA, B1, EPS, KEY, STEPS, W1, X, kl, labels, np_logits, probs
-from test_baselines import setup as fixed_mlp_setup
+from test_trades_mart import ALPHA, B1, EPS, KEY, STEPS, W1, X, kl, labels, np_logits, probs
+from test_trades_mart import setup as fixed_mlp_setup
 
 from arjax import attacks, methods
 from arjax.config_lib import ConfigError
