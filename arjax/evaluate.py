@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Parses ``argv``, evaluates, prints the table; exits 2 on bad arguments."""
     fv, _ = cli.parse(PROG, __doc__, argv, define_flags)
     cli.quiet_logging()
-    from arjax.experiment.evaluate import evaluate_workdir
+    from arjax.experiment.final_eval import evaluate_workdir
     from arjax.experiment.summary import format_eval
 
     def body() -> dict:

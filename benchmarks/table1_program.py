@@ -52,7 +52,7 @@ from arjax.data.prefetch import Prefetcher  # noqa: E402
 from arjax.evaluation import suite  # noqa: E402
 from arjax.experiment import setup  # noqa: E402
 from arjax.experiment import train as train_lib  # noqa: E402
-from arjax.experiment.evaluate import EVAL_KEY_TAG  # noqa: E402
+from arjax.experiment.final_eval import EVAL_KEY_TAG  # noqa: E402
 from arjax.experiment.migrate import migrate  # noqa: E402
 from arjax.training.step import compile_multi_step, make_train_step  # noqa: E402
 
@@ -156,7 +156,7 @@ class Table:
         cfg = self.cfgs[row]
         arrays = data_lib.split_arrays(self.dataset.splits["test"])
         key = jax.random.fold_in(jax.random.key(seed), EVAL_KEY_TAG)
-        report, _ = suite.evaluate(
+        report, _ = suite.evaluate_split(
             self.model,
             params,
             stats,

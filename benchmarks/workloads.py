@@ -228,7 +228,7 @@ def autoattack_workloads(
     args = (s.params, s.stats, s.x, s.y, s.key)
     rows[f"apgd-ce{k}_linf"] = (registry(f"apgd-ce:linf:{eps!r}:{k}"), args)
     rows[f"autoattack{k}_linf"] = (registry(f"autoattack:linf:{eps!r}:{k}"), args)
-    for i, member in enumerate(arjax.attacks.autoattack_members("standard", num_steps=k)):
+    for i, member in enumerate(arjax.attacks.ensemble.autoattack_members("standard", num_steps=k)):
 
         def part(p, st, x, y, key, i=i, member=member):
             logits = s.model.logits_fn(p, st)

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 import arjax
-from arjax.evaluation.autoattack import autoattack
+from arjax.evaluation.autoattack_eval import autoattack
 from arjax.training.state import create_train_state
 from arjax.training.step import make_train_step
 

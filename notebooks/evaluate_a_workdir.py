@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 
 import arjax
 from arjax import attacks
-from arjax.experiment import evaluate, presets, train
+from arjax.experiment import final_eval, presets, train
 from arjax.experiment.presets import method_config
 
 SMOKE = os.environ.get("ARJAX_NOTEBOOK_SMOKE") == "1"
@@ -123,7 +123,7 @@ plt.show()
 # `eval` section's fields can be overridden, e.g. new `attacks`.
 
 # %%
-out = evaluate.evaluate_workdir(
+out = final_eval.evaluate_workdir(
     WORKDIR, overrides={"attacks": tuple(specs[:3])}, curves=False, progress=False
 )
 table = {k: v["mean"] for k, v in out["summary"].items() if k.endswith("/accuracy")}

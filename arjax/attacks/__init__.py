@@ -1,57 +1,30 @@
-"""Pure attack functions on a ``logits_fn`` closure (DESIGN §4)."""
+"""Pure attacks on a ``logits_fn`` closure, and the one attack registry (DESIGN §4).
 
-from arjax.attacks.apgd import (
-    APGD_LOSSES,
-    APGDResult,
-    apgd,
-    apgd_checkpoints,
-    apgd_result,
-    top_k_targets,
-)
+The public names below are the contract (README "The API in a notebook", "Attacks: one
+registry", DESIGN §8); the building blocks (PGD's ascent step, APGD's checkpoints, the
+targeted objectives, the ensemble's members, ...) are importable from their modules.
+Every attack module registers its attack at its bottom; importing this package imports
+them all, so :data:`ATTACKS` is complete.
+"""
+
+from arjax.attacks.apgd import APGD_LOSSES, APGDResult, apgd
 from arjax.attacks.bpgd import BPGD_LOSSES, BRACKETS, SIDES, BoundaryResult, bpgd
-from arjax.attacks.ensemble import (
-    AUTOATTACK_VERSIONS,
-    EnsembleMember,
-    autoattack_adversarial,
-    autoattack_members,
-)
+from arjax.attacks.ensemble import AUTOATTACK_VERSIONS, autoattack_adversarial
 from arjax.attacks.eot import RandomizedModel
 from arjax.attacks.fab import MinNormResult, fab
 from arjax.attacks.fast import fgsm_rs, n_fgsm
 from arjax.attacks.fmn import fmn
-from arjax.attacks.geometry import (
-    LP_NORMS,
-    NORMS,
-    check_norm_name,
-    clip_to_bounds,
-    dual_norm,
-    lp_norm,
-    per_sample,
-    project,
-    random_init,
-    step_direction,
-)
-from arjax.attacks.minimum_norm import MIN_NORM_ATTACKS, minimum_norm
+from arjax.attacks.geometry import LP_NORMS, NORMS, clip_to_bounds, lp_norm, project
+from arjax.attacks.minimum_norm import minimum_norm
 from arjax.attacks.noise import uniform_noise
 from arjax.attacks.objectives import (
     LOSSES,
     attack_objective,
-    check_loss_name,
     dlr_objective,
     kl_objective,
     margin_objective,
-    targeted_dlr_objective,
-    targeted_margin_objective,
-    worst_label_margin,
 )
-from arjax.attacks.pgd import (
-    ascent_step,
-    check_attack_args,
-    fgsm,
-    objective_grad_fn,
-    pgd,
-    start_delta,
-)
+from arjax.attacks.pgd import fgsm, pgd
 from arjax.attacks.registry import (
     ATTACKS,
     DEFAULT_ALPHA,
@@ -63,74 +36,49 @@ from arjax.attacks.registry import (
     register_attack,
     run_attack,
 )
-from arjax.attacks.segpgd import segpgd, segpgd_lambda, segpgd_objective
-from arjax.attacks.selection import take_where_broken, worst_of_restarts
-from arjax.attacks.square import square, square_p
+from arjax.attacks.segpgd import segpgd
+from arjax.attacks.square import square
 
 __all__ = [
     "APGD_LOSSES",
-    "APGDResult",
-    "apgd",
-    "apgd_checkpoints",
-    "apgd_result",
-    "top_k_targets",
-    "AUTOATTACK_VERSIONS",
-    "EnsembleMember",
-    "autoattack_adversarial",
-    "autoattack_members",
-    "dlr_objective",
-    "targeted_dlr_objective",
-    "targeted_margin_objective",
-    "worst_label_margin",
-    "segpgd",
-    "segpgd_lambda",
-    "segpgd_objective",
-    "square",
-    "square_p",
-    "uniform_noise",
-    "LP_NORMS",
-    "MIN_NORM_ATTACKS",
-    "MinNormResult",
-    "RandomizedModel",
-    "dual_norm",
-    "fab",
-    "fmn",
-    "minimum_norm",
     "ATTACKS",
+    "AUTOATTACK_VERSIONS",
+    "APGDResult",
     "AttackDef",
     "AttackSpec",
-    "DEFAULT_ALPHA",
-    "SpecError",
-    "make_spec",
-    "parse_attack",
-    "register_attack",
-    "run_attack",
-    "take_where_broken",
-    "worst_of_restarts",
     "BPGD_LOSSES",
     "BRACKETS",
     "BoundaryResult",
+    "DEFAULT_ALPHA",
     "LOSSES",
+    "LP_NORMS",
+    "MinNormResult",
     "NORMS",
+    "RandomizedModel",
     "SIDES",
-    "ascent_step",
+    "SpecError",
+    "apgd",
     "attack_objective",
+    "autoattack_adversarial",
     "bpgd",
-    "check_attack_args",
-    "check_loss_name",
-    "check_norm_name",
     "clip_to_bounds",
+    "dlr_objective",
+    "fab",
     "fgsm",
     "fgsm_rs",
-    "n_fgsm",
+    "fmn",
     "kl_objective",
     "lp_norm",
+    "make_spec",
     "margin_objective",
-    "objective_grad_fn",
-    "per_sample",
+    "minimum_norm",
+    "n_fgsm",
+    "parse_attack",
     "pgd",
     "project",
-    "random_init",
-    "start_delta",
-    "step_direction",
+    "register_attack",
+    "run_attack",
+    "segpgd",
+    "square",
+    "uniform_noise",
 ]

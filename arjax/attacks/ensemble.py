@@ -181,7 +181,7 @@ def autoattack_adversarial(
     """The AutoAttack ensemble in one jittable function.
 
     Every member runs on the full batch (a host-side driver that skips members once no
-    example is left is :func:`arjax.evaluation.autoattack.autoattack`). For a
+    example is left is :func:`arjax.evaluation.autoattack`). For a
     :class:`arjax.attacks.eot.RandomizedModel` (version ``"rand"``) which examples are
     broken is judged on one fixed draw of the model (:func:`arjax.attacks.eot.fixed_draw`
     of ``key``), as one query of it would.

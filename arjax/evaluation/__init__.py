@@ -1,4 +1,9 @@
-"""Evaluation: metrics, robustness, saliency/CAM maps, CAM localisation, reports (DESIGN §4, §6)."""
+"""Evaluation: robustness, AutoAttack, metrics, attribution maps and localisation, plots.
+
+The public names below are the contract (README "The API in a notebook", DESIGN §8);
+everything else is importable from its module (``arjax.evaluation.suite``,
+``.report``, ``.localization``, ...). Nothing here imports ``arjax.training``.
+"""
 
 from arjax.evaluation.attribution import (
     ATTRIBUTIONS,
@@ -8,103 +13,87 @@ from arjax.evaluation.attribution import (
     register_attribution,
     smooth_grad,
 )
+from arjax.evaluation.autoattack_eval import AutoAttackResult, autoattack
+from arjax.evaluation.distances import (
+    distance_curve,
+    distance_summary,
+    robust_accuracy_from_distances,
+)
+from arjax.evaluation.evaluators import EVALUATORS, Evaluator, register_evaluator
 from arjax.evaluation.gradcam import grad_cam, grad_cam_pp
 from arjax.evaluation.interpret import (
     class_activation_maps,
-    clip_and_scale,
-    localization_map,
     model_saliency,
     saliency,
     save_box_grid,
-    save_grid,
     upsample_cam,
 )
-from arjax.evaluation.localization import (
-    choose_threshold,
-    iou,
-    iou_curve,
-    localization_report,
-    localization_table,
-    plot_localization,
-)
+from arjax.evaluation.localization import localization_report, plot_localization
+from arjax.evaluation.masking import masking_checks
 from arjax.evaluation.metrics import (
     accuracy,
-    aggregate,
-    binary_scores,
-    format_mean_std,
     mann_whitney_u,
     mean_std,
     roc_auc,
     roc_auc_per_class,
     sensitivity_specificity,
-    single_valued_classes,
     youden_threshold,
 )
 from arjax.evaluation.report import (
     plot_accuracy_vs_eps,
     plot_decision_boundary,
     plot_histogram,
-    plot_metric_bars,
     plot_roc_curves,
     plot_training_curves,
-    read_jsonl,
-    write_json,
 )
 from arjax.evaluation.robustness import (
-    LOSS_TAGS,
     RobustCurve,
-    RobustPredictions,
     adversarial_examples,
     robust_accuracy,
     robust_predictions,
 )
+from arjax.evaluation.surface_distance import hd95_per_class
 
 __all__ = [
     "ATTRIBUTIONS",
-    "attribution_map",
-    "grad_cam",
-    "grad_cam_pp",
-    "integrated_gradients",
-    "localization_map",
-    "occlusion",
-    "register_attribution",
-    "smooth_grad",
-    "LOSS_TAGS",
+    "EVALUATORS",
+    "AutoAttackResult",
+    "Evaluator",
     "RobustCurve",
-    "RobustPredictions",
     "accuracy",
     "adversarial_examples",
-    "aggregate",
-    "binary_scores",
-    "choose_threshold",
+    "attribution_map",
+    "autoattack",
     "class_activation_maps",
-    "clip_and_scale",
-    "format_mean_std",
-    "iou",
-    "iou_curve",
+    "distance_curve",
+    "distance_summary",
+    "grad_cam",
+    "grad_cam_pp",
+    "hd95_per_class",
+    "integrated_gradients",
     "localization_report",
-    "localization_table",
     "mann_whitney_u",
+    "masking_checks",
     "mean_std",
     "model_saliency",
+    "occlusion",
     "plot_accuracy_vs_eps",
     "plot_decision_boundary",
     "plot_histogram",
     "plot_localization",
-    "plot_metric_bars",
     "plot_roc_curves",
     "plot_training_curves",
-    "read_jsonl",
+    "register_attribution",
+    "register_evaluator",
     "robust_accuracy",
+    "robust_accuracy_from_distances",
     "robust_predictions",
     "roc_auc",
     "roc_auc_per_class",
     "saliency",
     "save_box_grid",
-    "save_grid",
-    "upsample_cam",
     "sensitivity_specificity",
-    "single_valued_classes",
-    "write_json",
+    "smooth_grad",
+    "upsample_cam",
     "youden_threshold",
 ]

@@ -130,7 +130,7 @@ def distance_summary(
       ``{"norm", "n", "clean_accuracy", "never_broken" (fraction at inf),
       "median", "quantiles" {level: distance}, "mean_broken" (mean over the examples
       broken at a positive distance, or None)}``; infinite quantiles stay ``inf``
-      (written as ``Infinity`` by :func:`arjax.evaluation.write_json`).
+      (written as ``Infinity`` by :func:`arjax.evaluation.report.write_json`).
     """
     d = check_distances(distances)
     broken = d[np.isfinite(d) & (d > 0)]

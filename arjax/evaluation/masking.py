@@ -31,7 +31,7 @@ import numpy as np
 from arjax.attacks.apgd import DEFAULT_TARGETS
 from arjax.attacks.ensemble import EnsembleMember
 from arjax.evaluation.attack_specs import AUTOATTACK_FAMILY, AttackSpec
-from arjax.evaluation.autoattack import autoattack
+from arjax.evaluation.autoattack_eval import autoattack
 from arjax.types import Array, LogitsFn, PRNGKey
 
 EPS_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)

@@ -179,7 +179,7 @@ def plot_decision_boundary(
 
     Args:
       predict_fn: float ``[M, 2]`` numpy points -> class-1 probability ``[M]``
-        (e.g. :func:`arjax.evaluation.binary_scores` of the logits).
+        (e.g. :func:`arjax.evaluation.metrics.binary_scores` of the logits).
       x: float ``[N, 2]`` test points.
       y: ``[N]`` labels in ``{0, 1}``.
       path: PNG file to write.

@@ -180,7 +180,7 @@ def _area(eps: Sequence[float], values: Sequence[float]) -> float:
     return float(np.trapezoid(values, eps) / (eps[-1] - eps[0]))
 
 
-def evaluate(
+def evaluate_split(
     model: ModelFns,
     params: PyTree,
     batch_stats: PyTree,

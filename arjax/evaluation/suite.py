@@ -1,7 +1,7 @@
 """The evaluation a config asks for, on one trained state (no files written).
 
 Used by the training loop's final report and by ``python -m arjax.evaluate``
-(both through :func:`arjax.experiment.evaluate.evaluate_run`): clean
+(both through :func:`arjax.experiment.final_eval.evaluate_run`): clean
 metrics; metrics on adversarial data for every attack of ``eval.attacks``
 (ARFL's "adversarial accuracy / AUC", Hao et al. §4.2; the first attack is the
 report's ``adversarial`` section); sensitivity / specificity at an operating
@@ -294,7 +294,7 @@ def curve_spec(cfg: ml_collections.ConfigDict, specs: list[AttackSpec], norm: st
         raise ConfigError(str(e)) from None
 
 
-def evaluate(
+def evaluate_split(
     model: ModelFns,
     params: PyTree,
     batch_stats: PyTree,

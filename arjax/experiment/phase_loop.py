@@ -32,7 +32,7 @@ from arjax.experiment import phases as phases_lib
 from arjax.experiment import summary
 from arjax.experiment import workdir as workdir_lib
 from arjax.experiment.evals import BestPolicy
-from arjax.experiment.evaluate import EVAL_KEY_TAG
+from arjax.experiment.final_eval import EVAL_KEY_TAG
 from arjax.training.checkpoint import BestCheckpoint, PreemptionFlag
 from arjax.training.state import TrainState
 from arjax.training.state_pass import StatePass

@@ -8,7 +8,7 @@ import ml_collections
 
 from arjax import attack_syntax
 from arjax.config_lib import ConfigError
-from arjax.methods import default_section
+from arjax.methods.sections import default_section
 
 
 def method_config(name: str, **overrides) -> ml_collections.ConfigDict:

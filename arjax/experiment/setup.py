@@ -1,7 +1,7 @@
 """What training and re-evaluation build the same way: the folds, the model, the state.
 
 Training (:mod:`arjax.experiment.train`) and ``arjax-evaluate``
-(:mod:`arjax.experiment.evaluate`) both call these, so a restored checkpoint
+(:mod:`arjax.experiment.final_eval`) both call these, so a restored checkpoint
 always matches the state the loop saved.
 """
 

@@ -32,7 +32,7 @@ from arjax.experiment import evals as evals_lib
 from arjax.experiment import phases as phases_lib
 from arjax.experiment import setup, stacked, summary
 from arjax.experiment import workdir as workdir_lib
-from arjax.experiment.evaluate import evaluate_trained
+from arjax.experiment.final_eval import evaluate_trained
 from arjax.experiment.migrate import migrate
 from arjax.experiment.phase_loop import NonFiniteLossError, PhaseLoop, Preempted, run_slice
 from arjax.models import CONV_IMPLS, DTYPES, MODELS

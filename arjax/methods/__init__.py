@@ -35,7 +35,7 @@ from arjax.methods.ima import IMA
 from arjax.methods.mart import MART
 from arjax.methods.mirst import MIRST
 from arjax.methods.mma import MMA
-from arjax.methods.sections import default_section, from_config, method_section
+from arjax.methods.sections import from_config
 from arjax.methods.standard import Standard
 from arjax.methods.trades import TRADES
 
@@ -92,8 +92,6 @@ __all__ = [
     "Noise",
     "Standard",
     "from_config",
-    "default_section",
     "make_loss",
-    "method_section",
     "register_method",
 ]

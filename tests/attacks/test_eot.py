@@ -7,8 +7,9 @@ import pytest
 from attack_models import data, labels, model, norms
 
 from arjax import attacks, losses
+from arjax.attacks.ensemble import autoattack_members
 from arjax.attacks.eot import EOT_TAG, RandomizedModel, expectation
-from arjax.evaluation.autoattack import autoattack
+from arjax.evaluation.autoattack_eval import autoattack
 
 KEY = jax.random.PRNGKey(3)
 
@@ -82,11 +83,11 @@ def test_rand_version_on_a_randomized_model():
     x = data(2)
     y = labels("softmax5", x)
     r = RandomizedModel(lambda z, k: f(z + 0.02 * jax.random.normal(k, z.shape)))
-    members = attacks.autoattack_members("rand", num_steps=5)
+    members = autoattack_members("rand", num_steps=5)
     assert [(m.name, m.loss, m.eot, m.restarts) for m in members] == [
         ("apgd-ce", "ce", 20, 1), ("apgd-dlr", "dlr", 20, 1)
     ]  # fmt: skip
-    small = attacks.autoattack_members("rand", num_steps=4, eot=3)
+    small = autoattack_members("rand", num_steps=4, eot=3)
     res = autoattack(r, x, y, KEY, 0.1, "linf", members=small)
     assert res.attacks == ("apgd-ce", "apgd-dlr")
     assert np.all(norms(res.x_adv - x, "linf") <= 0.1 + 1e-6)

@@ -16,9 +16,9 @@ from arjax.attacks import (
     lp_norm,
     n_fgsm,
     parse_attack,
-    random_init,
     run_attack,
 )
+from arjax.attacks.geometry import random_init
 
 EPS = 0.1
 

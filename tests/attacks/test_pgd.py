@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from arjax import attacks, losses
+from arjax.attacks.geometry import random_init, step_direction
 
 B, D, K = 32, 8, 3
 W_TRUE = np.random.default_rng(100).normal(size=(D, K)).astype(np.float32)
@@ -183,7 +184,7 @@ def test_kl_attack_moves_prediction():
     clean = f(x)
     kl = jax.jit(functools.partial(attacks.attack_objective, "kl", clean_logits=clean))
     x_adv = _pgd(f, x, y, KEY, 0.1, loss="kl")
-    x_rand = np.clip(x + _call(attacks.random_init, KEY, x, 0.1, norm="linf"), 0, 1)
+    x_rand = np.clip(x + _call(random_init, KEY, x, 0.1, norm="linf"), 0, 1)
     assert float(kl(f(x_adv), y).mean()) > 2 * float(kl(f(x_rand), y).mean())
     # the explicit clean_logits path gives the same attack.
     same = _pgd(f, x, y, KEY, 0.1, loss="kl", clean_logits=clean)
@@ -245,21 +246,19 @@ def test_kl_objective_values():
 
 def test_geometry_random_init_and_step_direction():
     x = np.zeros((4000, 2), np.float32)
-    r = _norms(_call(attacks.random_init, KEY, x, 1.0, norm="l2"), "l2")
+    r = _norms(_call(random_init, KEY, x, 1.0, norm="l2"), "l2")
     assert r.max() <= 1.0 + 1e-6
     assert abs((r < 0.5).mean() - 0.25) < 0.03  # uniform in the disc: P(r < 1/2) = 1/4
-    dinf = _call(attacks.random_init, jax.random.PRNGKey(1), x, 0.2, norm="linf")
+    dinf = _call(random_init, jax.random.PRNGKey(1), x, 0.2, norm="linf")
     assert np.abs(dinf).max() <= 0.2
     assert abs(np.abs(dinf).mean() - 0.1) < 0.005
     g = np.array([[3.0, -4.0], [0.0, 0.0], [1e-30, 0.0]], np.float32)
     np.testing.assert_allclose(
-        _call(attacks.step_direction, g, norm="l2"),
+        _call(step_direction, g, norm="l2"),
         [[0.6, -0.8], [0.0, 0.0], [1.0, 0.0]],
         atol=1e-6,
     )
-    np.testing.assert_array_equal(
-        _call(attacks.step_direction, g, norm="linf"), [[1, -1], [0, 0], [1, 0]]
-    )
+    np.testing.assert_array_equal(_call(step_direction, g, norm="linf"), [[1, -1], [0, 0], [1, 0]])
 
 
 def test_geometry_project():

@@ -7,7 +7,8 @@ import optax
 import pytest
 from scipy import ndimage
 
-from arjax.attacks import make_spec, pgd, run_attack, segpgd, segpgd_lambda, segpgd_objective
+from arjax.attacks import make_spec, pgd, run_attack, segpgd
+from arjax.attacks.segpgd import segpgd_lambda, segpgd_objective
 from arjax.losses.segmentation import pixel_cross_entropy
 
 SIZE = 16

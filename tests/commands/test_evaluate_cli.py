@@ -7,7 +7,7 @@ import pytest
 from helpers import tiny_config
 
 from arjax import cli, evaluate
-from arjax.experiment import evaluate as workdir_eval
+from arjax.experiment import final_eval as workdir_eval
 from arjax.experiment import train as loop
 from arjax.experiment import workdir as workdir_lib
 from arjax.experiment.presets import method_config

@@ -12,7 +12,7 @@ from arjax import data as data_lib
 from arjax.config_lib import ConfigError
 from arjax.data import folds
 from arjax.experiment import train as loop
-from arjax.experiment.evaluate import evaluate_workdir
+from arjax.experiment.final_eval import evaluate_workdir
 from arjax.experiment.presets import method_config
 
 

@@ -6,7 +6,8 @@ import pytest
 from attack_models import NUM_WRONG, B, D, labels, model, norms
 
 from arjax import attacks, losses
-from arjax.evaluation.autoattack import AutoAttackResult, autoattack
+from arjax.attacks.ensemble import autoattack_members
+from arjax.evaluation.autoattack_eval import AutoAttackResult, autoattack
 from arjax.evaluation.masking import gradient_masking_checks, masking_warnings
 
 KEY = jax.random.PRNGKey(0)
@@ -58,7 +59,7 @@ def test_ensemble_at_least_as_strong_as_each_part(head):
     f, x = model(head), _x(2)
     y = labels(head, x)
     eps, norm = 0.05, "linf"
-    members = attacks.autoattack_members("standard", num_steps=10, num_targets=3, num_queries=100)
+    members = autoattack_members("standard", num_steps=10, num_targets=3, num_queries=100)
     res = autoattack(f, x, y, KEY, eps, norm, members=members)
     pgd = jax.jit(lambda x, y, k: attacks.pgd(f, x, y, k, eps=eps, num_steps=10))(x, y, KEY)
     acc = {"pgd": float(np.mean(losses.predictions_correct(f(pgd), y)))}
@@ -84,7 +85,7 @@ def test_per_sample_eps_and_fast_version():
     np.testing.assert_array_equal(res.x_adv[0], x[0])
     assert res.broken_by[0] in ("", "clean")
     # the jittable ensemble of the registry agrees with the host driver (same keys)
-    members = attacks.autoattack_members("fast", num_steps=6)
+    members = autoattack_members("fast", num_steps=6)
     x_j, robust_j = jax.jit(
         lambda x, y, k, e: attacks.autoattack_adversarial(
             f, x, y, k, eps=e, norm="linf", members=members
@@ -96,7 +97,7 @@ def test_per_sample_eps_and_fast_version():
 
 def test_unknown_version():
     with pytest.raises(ValueError, match="valid choices: standard, standard-margin, rand, fast"):
-        attacks.autoattack_members("plus")
+        autoattack_members("plus")
 
 
 def _masking(transform, norm="linf", eps=0.1):

@@ -9,9 +9,6 @@ import sklearn.metrics
 
 from arjax.evaluation import (
     accuracy,
-    aggregate,
-    binary_scores,
-    format_mean_std,
     mann_whitney_u,
     mean_std,
     roc_auc,
@@ -20,6 +17,7 @@ from arjax.evaluation import (
     suite,
     youden_threshold,
 )
+from arjax.evaluation.metrics import aggregate, binary_scores, format_mean_std
 
 # ----------------------------------------------------------------------------- metrics
 

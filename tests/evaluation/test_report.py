@@ -18,9 +18,8 @@ from arjax.evaluation import (
     plot_histogram,
     plot_roc_curves,
     plot_training_curves,
-    read_jsonl,
-    write_json,
 )
+from arjax.evaluation.report import read_jsonl, write_json
 from arjax.experiment import compare as comparison
 
 # --------------------------------------------------------------------------- report

@@ -17,11 +17,11 @@ from arjax.evaluation import (
     RobustCurve,
     adversarial_examples,
     attack_specs,
-    binary_scores,
     robust_accuracy,
     robust_predictions,
     roc_auc,
 )
+from arjax.evaluation.metrics import binary_scores
 
 # ------------------------------------------------------------------ robust accuracy
 

@@ -98,7 +98,7 @@ def test_segmentation_report_has_hd95_in_clean_and_adversarial():
     cfg = ml_collections.ConfigDict(
         dict(adv_eps=0.5, norm="l2", num_steps=2, losses=("ce",), alpha=4.0, batch_size=4)
     )
-    result, _ = seg_eval.evaluate(
+    result, _ = seg_eval.evaluate_split(
         fns, params, stats, {"image": x, "label": y}, cfg, (0.0, 1.0), jax.random.key(0),
         parallel.make_mesh(1), curves=False, keep=2,
     )  # fmt: skip

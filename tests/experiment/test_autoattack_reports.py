@@ -22,7 +22,7 @@ from arjax.config_lib import ConfigError
 from arjax.evaluation import report as report_lib
 from arjax.evaluation import suite
 from arjax.evaluation.attack_curve import attack_predictions
-from arjax.experiment import evaluate as workdir_eval
+from arjax.experiment import final_eval as workdir_eval
 from arjax.experiment import train as loop
 from arjax.experiment.presets import base_config, method_config
 from arjax.experiment.summary import format_eval, format_report
@@ -64,7 +64,7 @@ def _evaluate(head, transform, cfg, curves=True):
     arrays = {"image": x, "label": labels(head, x)}
     mesh = parallel.make_mesh(1)
     m = TinyModel(head, transform)
-    return suite.evaluate(m, {}, {}, arrays, cfg, (0.0, 1.0), KEY, mesh, curves=curves)
+    return suite.evaluate_split(m, {}, {}, arrays, cfg, (0.0, 1.0), KEY, mesh, curves=curves)
 
 
 @functools.cache

@@ -14,7 +14,7 @@ import sys
 import pytest
 from report_pins import flatten
 
-from arjax.experiment import evaluate as evaluate_lib
+from arjax.experiment import final_eval as evaluate_lib
 from arjax.experiment import train as loop
 
 HERE = os.path.dirname(os.path.abspath(__file__))

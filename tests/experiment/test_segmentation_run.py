@@ -12,7 +12,7 @@ from test_configs import load
 
 from arjax import compare as compare_cli
 from arjax.config_lib import ConfigError
-from arjax.experiment import evaluate as evaluate_lib
+from arjax.experiment import final_eval as evaluate_lib
 from arjax.experiment import train as loop
 
 

@@ -201,7 +201,7 @@ def test_feature_map_is_channels_last_and_gives_cams():
 
 def test_methods_attacks_and_autoattack_run_on_a_torch_model():
     import arjax
-    from arjax.evaluation.autoattack import autoattack
+    from arjax.evaluation.autoattack_eval import autoattack
 
     model = from_torch(_small(dropout=0.2), torch.zeros(2, 3, 8, 8), features="penultimate")
     x, y = _images(8, size=8)

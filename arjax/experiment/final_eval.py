@@ -132,7 +132,7 @@ def evaluate_run(
             curves=curves,
         )  # fmt: skip
     threshold = validation_threshold(cfg, dataset, model, state, mesh)
-    result, logits = suite.evaluate(
+    result, logits = suite.evaluate_split(
         model,
         state.params,
         state.batch_stats,
@@ -188,7 +188,7 @@ def _evaluate_segmentation(
     and the fraction with Dice >= ``eval.dice_threshold``) and the margin histogram.
     """
     threshold = float(cfg.eval.get("dice_threshold", seg_eval.seg.DICE_THRESHOLD))
-    result, pictures = seg_eval.evaluate(
+    result, pictures = seg_eval.evaluate_split(
         model, state.params, state.batch_stats, arrays, cfg.eval, dataset.bounds, key, mesh,
         dice_threshold=threshold, curves=curves,
     )  # fmt: skip
