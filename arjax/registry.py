@@ -75,6 +75,15 @@ class Registry(Mapping[str, T], Generic[T]):
 
         return add if entry is None else add(entry)
 
+    def register_class(self, name: str, attribute: str = "name") -> Callable[[type], type]:
+        """Class decorator: sets ``cls.<attribute> = name`` and registers the class."""
+
+        def add(cls: type) -> type:
+            setattr(cls, attribute, name)
+            return self.register(name, cls)
+
+        return add
+
     def lookup(self, name: object, field: str | None = None) -> T:
         """The entry registered as ``name``.
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from report_pins import cpu_model, flatten
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "arjax"
@@ -137,14 +138,6 @@ def test_deprecated_preset_alias_warns():
         config_lib.no_such_name  # noqa: B018
 
 
-def _flatten(d, prefix=""):
-    if isinstance(d, dict):
-        return {k2: v2 for k, v in d.items() for k2, v2 in _flatten(v, f"{prefix}{k}/").items()}
-    if isinstance(d, list):
-        return {k2: v2 for i, v in enumerate(d) for k2, v2 in _flatten(v, f"{prefix}{i}/").items()}
-    return {prefix: d}
-
-
 def test_quickstart_report_is_pinned(tmp_path):
     """``arjax-train`` on the quickstart gives the report.json of before the layering move.
 
@@ -157,7 +150,7 @@ def test_quickstart_report_is_pinned(tmp_path):
     elsewhere (still far below the 1/1000-sample granularity of an accuracy on the 1000
     test points).
     """
-    pinned = _flatten(json.loads((ROOT / "tests/data/quickstart_report.json").read_text()))
+    pinned = flatten(json.loads((ROOT / "tests/data/quickstart_report.json").read_text()))
     out = subprocess.run(
         [sys.executable, "-m", "arjax.launch", "--config=configs/quickstart.py",
          f"--workdir={tmp_path}", "--noprogress"],
@@ -165,9 +158,9 @@ def test_quickstart_report_is_pinned(tmp_path):
         env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    got = _flatten(json.loads((tmp_path / "report.json").read_text()))
+    got = flatten(json.loads((tmp_path / "report.json").read_text()))
     assert got.keys() == pinned.keys()
-    tol = 1e-6 if _cpu_model() == PINNED_ON else 1e-3
+    tol = 1e-6 if tuple(cpu_model() or ()) == PINNED_ON else 1e-3
     for key, value in pinned.items():
         if isinstance(value, float):
             assert got[key] == pytest.approx(value, abs=tol), key
@@ -178,15 +171,3 @@ def test_quickstart_report_is_pinned(tmp_path):
 # The CPU model (``/proc/cpuinfo`` vendor, family, model) on which the current code was
 # checked to reproduce the pinned report to 1e-6.
 PINNED_ON = ("AuthenticAMD", "25", "1")
-
-
-def _cpu_model() -> tuple[str, str, str] | None:
-    """``(vendor_id, cpu family, model)`` of the first CPU, or None off Linux."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return None
-    return (fields.get("vendor_id", ""), fields.get("cpu family", ""), fields.get("model", ""))

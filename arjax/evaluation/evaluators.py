@@ -42,12 +42,7 @@ EVALUATORS: Registry[type["Evaluator"]] = Registry("evaluator", "evals.<name>.ty
 
 def register_evaluator(name: str) -> Callable[[type], type]:
     """Class decorator: registers an :class:`Evaluator` subclass as ``type = name``."""
-
-    def add(cls: type) -> type:
-        cls.type = name
-        return EVALUATORS.register(name, cls)
-
-    return add
+    return EVALUATORS.register_class(name, "type")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -73,12 +73,7 @@ class LossOutput(NamedTuple):
 
 def register_method(name: str) -> Callable[[type], type]:
     """Class decorator: registers a :class:`Method` subclass as ``method.name = name``."""
-
-    def add(cls: type) -> type:
-        cls.name = name
-        return METHODS.register(name, cls)
-
-    return add
+    return METHODS.register_class(name, "name")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
